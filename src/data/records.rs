@@ -1,0 +1,288 @@
+//! User-supplied labelled records: JSONL (`{"sample_id", "label", "features": [...]}` per line)
+//! or CSV (`id,label,feature...`, header optional). Every problem names the line.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::LabelledSet;
+use crate::o2u::InputShape;
+
+#[derive(Debug, Error)]
+pub enum InputError {
+    #[error("cannot read {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{path} line {line}: {problem}")]
+    Bad { path: PathBuf, line: usize, problem: String },
+    #[error("{path}: no records")]
+    Empty { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+impl Format {
+    /// From the file extension: `.csv` is CSV, everything else JSONL.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("csv") => Format::Csv,
+            _ => Format::Jsonl,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonRecord {
+    sample_id: serde_json::Value,
+    label: serde_json::Value,
+    features: Vec<serde_json::Value>,
+    #[serde(default)]
+    annotator_id: Option<String>,
+    #[serde(default)]
+    vendor_id: Option<String>,
+}
+
+/// Reads records. With `classes`, a label outside the list is an error; without, the classes
+/// are the sorted distinct labels seen.
+pub fn read(path: &Path, format: Format, classes: Option<&[String]>) -> Result<LabelledSet, InputError> {
+    let file = File::open(path).map_err(|source| InputError::Unreadable { path: path.into(), source })?;
+    let mut builder = Builder::new(path, classes);
+    let reader = BufReader::new(file);
+    let mut csv_header_checked = false;
+    for (i, line) in reader.lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.map_err(|source| InputError::Unreadable { path: path.into(), source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = match format {
+            Format::Jsonl => parse_json(&line),
+            Format::Csv => {
+                let first = !csv_header_checked;
+                csv_header_checked = true;
+                match parse_csv(&line) {
+                    // A first row whose feature columns are not numbers is a header.
+                    Err(_) if first && looks_like_header(&line) => continue,
+                    other => other,
+                }
+            }
+        };
+        let (id, label, features, annotator) = parsed.map_err(|problem| builder.bad(line_no, problem))?;
+        builder.push(line_no, id, label, features, annotator)?;
+    }
+    builder.finish()
+}
+
+type Parsed = (String, String, Vec<f32>, Option<String>);
+
+fn parse_json(line: &str) -> Result<Parsed, String> {
+    let rec: JsonRecord = serde_json::from_str(line).map_err(|e| format!("not a valid record: {e}"))?;
+    let scalar = |v: &serde_json::Value, what: &str| match v {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(format!("{what} must be a string or a number, got {other}")),
+    };
+    let features = rec
+        .features
+        .iter()
+        .enumerate()
+        .map(|(j, v)| match v.as_f64() {
+            Some(x) => Ok(x as f32),
+            None => Err(format!("feature {j} is {v}, not a number")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, features, rec.annotator_id.or(rec.vendor_id)))
+}
+
+fn parse_csv(line: &str) -> Result<Parsed, String> {
+    let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+    if cols.len() < 3 {
+        return Err(format!("expected id,label,feature... but found {} column(s)", cols.len()));
+    }
+    let features = cols[2..]
+        .iter()
+        .enumerate()
+        .map(|(j, c)| c.parse::<f32>().map_err(|_| format!("feature {j} (column {}) is `{c}`, not a number", j + 3)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((cols[0].to_string(), cols[1].to_string(), features, None))
+}
+
+fn looks_like_header(line: &str) -> bool {
+    line.split(',').nth(2).is_some_and(|c| c.trim().parse::<f32>().is_err())
+}
+
+struct Builder<'a> {
+    path: &'a Path,
+    fixed_classes: Option<&'a [String]>,
+    ids: HashSet<String>,
+    set: LabelledSet,
+    label_names: Vec<String>,
+    annotators: Vec<Option<String>>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(path: &'a Path, classes: Option<&'a [String]>) -> Self {
+        Self {
+            path,
+            fixed_classes: classes,
+            ids: HashSet::new(),
+            set: LabelledSet {
+                sample_ids: Vec::new(),
+                features: Vec::new(),
+                shape: InputShape::Vector { dim: 0 },
+                labels: Vec::new(),
+                classes: Vec::new(),
+                truth: None,
+                annotators: None,
+            },
+            label_names: Vec::new(),
+            annotators: Vec::new(),
+        }
+    }
+
+    fn bad(&self, line: usize, problem: String) -> InputError {
+        InputError::Bad { path: self.path.into(), line, problem }
+    }
+
+    fn push(&mut self, line: usize, id: String, label: String, features: Vec<f32>, annotator: Option<String>) -> Result<(), InputError> {
+        if features.is_empty() {
+            return Err(self.bad(line, "no features".into()));
+        }
+        if self.set.sample_ids.is_empty() {
+            self.set.shape = InputShape::Vector { dim: features.len() };
+        } else if features.len() != self.set.shape.len() {
+            return Err(self.bad(line, format!("{} features, but the first record has {}", features.len(), self.set.shape.len())));
+        }
+        if let Some(j) = features.iter().position(|v| !v.is_finite()) {
+            return Err(self.bad(line, format!("feature {j} is {}, features must be finite", features[j])));
+        }
+        if let Some(classes) = self.fixed_classes {
+            if !classes.contains(&label) {
+                return Err(self.bad(line, format!("unknown label `{label}`; known classes: {}", classes.join(", "))));
+            }
+        }
+        if !self.ids.insert(id.clone()) {
+            return Err(self.bad(line, format!("duplicate sample_id `{id}`")));
+        }
+        self.set.sample_ids.push(id);
+        self.set.features.extend(features);
+        self.label_names.push(label);
+        self.annotators.push(annotator);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<LabelledSet, InputError> {
+        if self.set.sample_ids.is_empty() {
+            return Err(InputError::Empty { path: self.path.into() });
+        }
+        let classes: Vec<String> = match self.fixed_classes {
+            Some(c) => c.to_vec(),
+            None => {
+                let mut c = self.label_names.clone();
+                // Numeric labels sort numerically so class "10" follows "9".
+                c.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => a.cmp(b),
+                });
+                c.dedup();
+                c
+            }
+        };
+        self.set.labels = self.label_names.iter().map(|l| classes.iter().position(|c| c == l).unwrap() as u32).collect();
+        self.set.classes = classes;
+        if self.annotators.iter().all(Option::is_some) {
+            self.set.annotators = Some(self.annotators.into_iter().map(Option::unwrap).collect());
+        }
+        Ok(self.set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(ext: &str, body: &str) -> tempfile_lite::TempFile {
+        let f = tempfile_lite::TempFile::new(ext);
+        std::fs::File::create(&f.path).unwrap().write_all(body.as_bytes()).unwrap();
+        f
+    }
+
+    /// A file under the system temp dir, removed on drop.
+    mod tempfile_lite {
+        pub struct TempFile {
+            pub path: std::path::PathBuf,
+        }
+        impl TempFile {
+            pub fn new(ext: &str) -> Self {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let path = std::env::temp_dir().join(format!("labelgate-records-{}-{n}.{ext}", std::process::id()));
+                Self { path }
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+
+    fn err(ext: &str, body: &str, classes: Option<&[String]>) -> String {
+        let f = file(ext, body);
+        read(&f.path, Format::from_path(&f.path), classes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_jsonl_with_string_and_numeric_labels() {
+        let f = file("jsonl", "{\"sample_id\":\"a\",\"label\":\"cat\",\"features\":[1,2]}\n\n{\"sample_id\":7,\"label\":\"dog\",\"features\":[3,4.5],\"vendor_id\":\"v1\"}\n");
+        let set = read(&f.path, Format::Jsonl, None).unwrap();
+        assert_eq!(set.sample_ids, vec!["a", "7"]);
+        assert_eq!(set.classes, vec!["cat", "dog"]);
+        assert_eq!(set.labels, vec![0, 1]);
+        assert_eq!(set.features, vec![1.0, 2.0, 3.0, 4.5]);
+        assert!(set.annotators.is_none(), "only one record named its vendor");
+    }
+
+    #[test]
+    fn reads_csv_with_or_without_header() {
+        let f = file("csv", "id,label,f0,f1\nx,2,0.5,1\ny,10,1,2\n");
+        let set = read(&f.path, Format::Csv, None).unwrap();
+        assert_eq!(set.classes, vec!["2", "10"]);
+        let g = file("csv", "x,1,0.5,1\n");
+        assert_eq!(read(&g.path, Format::Csv, None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn problems_name_the_line() {
+        let e = err("jsonl", "{\"sample_id\":\"a\",\"label\":\"c\",\"features\":[1,2]}\n{\"sample_id\":\"b\",\"label\":\"c\",\"features\":[1]}\n", None);
+        assert!(e.contains("line 2") && e.contains("1 features, but the first record has 2"), "{e}");
+        let e = err("csv", "a,c,1,2\nb,c,NaN,2\n", None);
+        assert!(e.contains("line 2") && e.contains("finite"), "{e}");
+        let e = err("jsonl", "{\"sample_id\":\"a\",\"label\":\"c\",\"features\":[1,2]}\nnot json\n", None);
+        assert!(e.contains("line 2") && e.contains("not a valid record"), "{e}");
+        let classes = vec!["cat".to_string()];
+        let e = err("jsonl", "{\"sample_id\":\"a\",\"label\":\"cow\",\"features\":[1]}\n", Some(&classes));
+        assert!(e.contains("line 1") && e.contains("unknown label `cow`"), "{e}");
+        let e = err("csv", "a,c,1\na,c,2\n", None);
+        assert!(e.contains("line 2") && e.contains("duplicate sample_id"), "{e}");
+        let e = err("csv", "a,c,1\nb,c,oops\n", None);
+        assert!(e.contains("line 2") && e.contains("`oops`"), "{e}");
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_clear() {
+        let e = read(Path::new("/nonexistent/x.jsonl"), Format::Jsonl, None).unwrap_err().to_string();
+        assert!(e.contains("cannot read /nonexistent/x.jsonl"), "{e}");
+        assert!(err("jsonl", "\n", None).contains("no records"));
+    }
+}
