@@ -84,10 +84,13 @@ impl Standardizer {
         };
         let mut sum = vec![0f64; columns];
         let mut sq = vec![0f64; columns];
-        for (i, &v) in features.iter().enumerate() {
-            let c = i % dim % columns;
-            sum[c] += v as f64;
-            sq[c] += (v as f64) * (v as f64);
+        for row in features.chunks_exact(dim) {
+            for part in row.chunks_exact(columns) {
+                for ((s, q), &v) in sum.iter_mut().zip(sq.iter_mut()).zip(part) {
+                    *s += v as f64;
+                    *q += (v as f64) * (v as f64);
+                }
+            }
         }
         let count = (n * dim / columns).max(1) as f64;
         let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
@@ -105,9 +108,11 @@ impl Standardizer {
 
     pub fn apply(&self, features: &mut [f32], dim: usize) {
         let columns = self.mean.len();
-        for (i, v) in features.iter_mut().enumerate() {
-            let c = i % dim % columns;
-            *v = (*v - self.mean[c]) / self.std[c];
+        debug_assert_eq!(dim % columns, 0);
+        for part in features.chunks_exact_mut(columns) {
+            for ((v, &m), &s) in part.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = (*v - m) / s;
+            }
         }
     }
 }
