@@ -85,6 +85,9 @@ struct EvalArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write every sample's `index,sample_id,true_label,given_label,score,loss_variance` as CSV.
+    #[arg(long)]
+    scores: Option<PathBuf>,
     /// Write `index,true_label,given_label` of the training samples (for peer benchmarks).
     #[arg(long)]
     export_labels: Option<PathBuf>,
@@ -302,11 +305,20 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let mut progress = ProgressReporter::new(train.len(), epochs);
     let mut report = eval::evaluate(&train, &test, args.noise, &config, args.retrain, &device, args.common.threads, &mut progress)?;
     progress.finish();
-    report.dataset = format!("{:?}", args.dataset).to_lowercase();
+    report.dataset = clap::ValueEnum::to_possible_value(&args.dataset).expect("named").get_name().to_string();
     print_report(&report);
     if let Some(path) = &args.plot {
         let title = format!("{} {}", report.dataset, report.noise.as_deref().unwrap_or("crowd labels"));
         eval::plot::pr_curve_png(path, &title, &report.pr_curve, report.average_precision)?;
+    }
+    if let Some(path) = &args.scores {
+        let mut w = BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
+        writeln!(w, "index,sample_id,true_label,given_label,score,loss_variance")?;
+        let truth = train.truth.as_ref().expect("evaluation data has truth");
+        for i in 0..train.len() {
+            writeln!(w, "{i},{},{},{},{},{}", train.sample_ids[i], truth[i], train.labels[i], report.scores[i], report.loss_variance[i])?;
+        }
+        w.flush()?;
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;

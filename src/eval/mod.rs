@@ -39,6 +39,10 @@ pub struct EvalReport {
     pub config: O2uConfig,
     #[serde(skip)]
     pub pr_curve: Vec<(f64, f64)>,
+    #[serde(skip)]
+    pub scores: Vec<f32>,
+    #[serde(skip)]
+    pub loss_variance: Vec<f32>,
 }
 
 /// Flips the labels of `train` (whose labels are the truth) through `noise`.
@@ -99,5 +103,7 @@ pub fn evaluate(
         test_accuracy_after,
         config: config.clone(),
         pr_curve: metrics::pr_curve(&outcome.scores, &is_noisy),
+        scores: outcome.scores,
+        loss_variance: outcome.loss_variance,
     })
 }
