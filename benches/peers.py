@@ -45,7 +45,7 @@ def mlp(dim, hidden, classes):
 def run_epoch(model, opt, x, y, batch, lr, gen, record=None):
     for g in opt.param_groups:
         g["lr"] = lr
-    perm = torch.randperm(len(y), generator=gen)
+    perm = torch.randperm(len(y), generator=gen).to(x.device)
     model.train()
     for start in range(0, len(y), batch):
         idx = perm[start:start + batch]
@@ -77,10 +77,10 @@ def prf(flags, noisy):
 def o2u_torch(x, y, noisy, a):
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
-    model = mlp(x.shape[1], a.hidden, a.classes)
+    model = mlp(x.shape[1], a.hidden, a.classes).to(x.device)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr1, momentum=0.9, weight_decay=5e-4)
     n = len(y)
-    mean_loss = torch.zeros(n, dtype=torch.float64)
+    mean_loss = torch.zeros(n, dtype=torch.float64, device=x.device)
     t0 = time.perf_counter()
     for _ in range(a.stage1_epochs):
         run_epoch(model, opt, x, y, a.batch_size, a.lr1, gen)
@@ -88,16 +88,19 @@ def o2u_torch(x, y, noisy, a):
     for e in range(epochs2):
         t = (e % a.cycle_len + 1) / a.cycle_len
         lr = (1 - t) * a.lr_max + t * a.lr_min
-        rec = torch.zeros(n)
+        rec = torch.zeros(n, device=x.device)
         run_epoch(model, opt, x, y, a.batch_size, lr, gen, rec)
         mean_loss += (rec - rec.mean()).double()
+    if x.is_cuda:
+        torch.cuda.synchronize()
     secs = time.perf_counter() - t0
-    scores = (mean_loss / epochs2).numpy()
+    scores = (mean_loss / epochs2).cpu().numpy()
     lp, ap = label_metrics(scores, noisy)
     epochs = a.stage1_epochs + epochs2
     return {"peer": "o2u-torch", "label_precision": lp, "average_precision": ap,
             "training_seconds": secs, "wall_seconds": secs, "epochs": epochs,
-            "samples_per_second": n * epochs / secs, "threads": torch.get_num_threads()}
+            "samples_per_second": n * epochs / secs, "threads": torch.get_num_threads(),
+            "device": str(x.device)}
 
 
 def cleanlab_cv(x, y, noisy, a):
@@ -140,6 +143,7 @@ def main():
     p.add_argument("--labels", required=True, help="CSV from labelgate eval --export-labels")
     p.add_argument("--peers", default="o2u-torch,cleanlab")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (o2u-torch only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", default="256,256")
     p.add_argument("--batch-size", type=int, default=128)
@@ -159,6 +163,8 @@ def main():
     x = torch.from_numpy(np.ascontiguousarray(x[: len(given)]))
     a.classes = 10
     y = torch.from_numpy(given)
+    if a.device != "cpu":
+        x, y = x.to(a.device), y.to(a.device)
     noisy = true != given
     for peer in a.peers.split(","):
         result = {"o2u-torch": o2u_torch, "cleanlab": cleanlab_cv}[peer](x, y, noisy, a)

@@ -31,6 +31,8 @@ pub struct EvalReport {
     pub noise_rate_estimate: f64,
     pub samples_per_second: f64,
     pub training_seconds: f64,
+    /// Training plus scoring and thresholding, without data loading (comparable with the peers).
+    pub wall_seconds: f64,
     pub epochs: usize,
     pub device: String,
     pub threads: usize,
@@ -68,10 +70,12 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     let Some(is_noisy) = train.is_noisy() else { bail!("evaluation needs the true labels") };
     let test_samples = test.true_samples();
+    let started = std::time::Instant::now();
     let outcome = o2u::score(train.samples(), test_samples, config, device, observer)?;
     let noisy_samples = is_noisy.iter().filter(|&&n| n).count();
     let auto = suspects::select(&outcome.scores, suspects::NoiseRate::Auto);
     let prf = metrics::precision_recall_f1(&auto.flagged, &is_noisy);
+    let wall_seconds = started.elapsed().as_secs_f64();
     let test_accuracy_after = if retrain {
         let mut keep = vec![true; train.len()];
         for &i in &auto.flagged {
@@ -96,6 +100,7 @@ pub fn evaluate(
         noise_rate_estimate: auto.noise_rate,
         samples_per_second: outcome.samples_per_second,
         training_seconds: outcome.training_seconds,
+        wall_seconds,
         epochs: outcome.epochs,
         device: crate::device::describe(device).into(),
         threads,
