@@ -349,8 +349,11 @@ impl Trainer {
     fn predict(&self, x: &Tensor) -> Result<Vec<u32>> {
         let n = x.dim(0)?;
         let mut out = Vec::with_capacity(n);
-        for start in (0..n).step_by(1024) {
-            let len = 1024.min(n - start);
+        // Evaluation batches as large as training ones for the CNN (its activations are big),
+        // larger for the MLP.
+        let chunk = if self.net.is_convolutional() { self.batch_size } else { self.batch_size.max(4096) };
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
             let logits = self.net.forward(&x.narrow(0, start, len)?, None)?;
             out.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
         }

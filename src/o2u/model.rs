@@ -4,7 +4,7 @@
 //! reproducible and comparable with a PyTorch peer.
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var, D};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear};
+use candle_nn::{BatchNorm, Linear};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -71,8 +71,45 @@ impl WeightRng {
     }
 }
 
+/// A square convolution, stride 1, computed as one matrix product over shifted copies of the
+/// input (im2col built from tensor views). candle's own conv2d backward copies the kernel once
+/// per input channel, which ran an 80 GB GPU out of memory on this network at batch 128; here
+/// the backward pass holds only the k² shifted copies.
+struct Conv {
+    /// `[out, in, k, k]`, PyTorch's layout.
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    padding: usize,
+}
+
+impl Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let out_channels = self.weight.dim(0)?;
+        let (k, p) = (self.kernel, self.padding);
+        let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+        let cols = if k == 1 {
+            x.permute((0, 2, 3, 1))?.reshape((b * h * w, c))?
+        } else {
+            let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+            let mut shifted = Vec::with_capacity(k * k);
+            for dy in 0..k {
+                for dx in 0..k {
+                    shifted.push(xp.narrow(2, dy, ho)?.narrow(3, dx, wo)?);
+                }
+            }
+            // [b, c, k·k, ho, wo] -> rows of (c, dy, dx) patches, matching the weight layout.
+            Tensor::stack(&shifted, 2)?.reshape((b, c * k * k, ho * wo))?.transpose(1, 2)?.reshape((b * ho * wo, c * k * k))?
+        };
+        let kernel = self.weight.reshape((out_channels, c * k * k))?;
+        let out = cols.matmul(&kernel.t()?)?.broadcast_add(&self.bias)?;
+        out.reshape((b, ho, wo, out_channels))?.permute((0, 3, 1, 2))
+    }
+}
+
 struct ConvBn {
-    conv: Conv2d,
+    conv: Conv,
     bn: BatchNorm,
 }
 
@@ -130,11 +167,7 @@ impl Network {
                     let fan_in = i * k * k;
                     let w = rng.var(&[o, i, k, k], fan_in, device)?;
                     let b = rng.var(&[o], fan_in, device)?;
-                    let conv = Conv2d::new(
-                        w.as_tensor().clone(),
-                        Some(b.as_tensor().clone()),
-                        Conv2dConfig { padding, ..Default::default() },
-                    );
+                    let conv = Conv { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), kernel: k, padding };
                     let gamma = Var::ones(o, DType::F32, device)?;
                     let beta = Var::zeros(o, DType::F32, device)?;
                     let bn = BatchNorm::new(
@@ -153,6 +186,10 @@ impl Network {
             }
         };
         Ok(Self { layers, params, input })
+    }
+
+    pub fn is_convolutional(&self) -> bool {
+        matches!(self.layers, Layers::Cnn9 { .. })
     }
 
     pub fn params(&self) -> Vec<Var> {
@@ -241,6 +278,22 @@ mod tests {
             let mut rng = WeightRng::new(5);
             assert_eq!(net.forward(&x, Some(&mut rng))?.dims(), &[2, 10]);
             assert_eq!(net.forward(&x, None)?.dims(), &[2, 10]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shifted_matmul_conv_matches_candle_conv2d() -> Result<()> {
+        let mut rng = WeightRng::new(3);
+        for (cin, cout, k, padding) in [(3, 5, 3, 1), (4, 6, 3, 0), (5, 2, 1, 0)] {
+            let x = Tensor::from_vec(rng.uniform(2 * cin * 7 * 6, 1.0), (2, cin, 7, 6), &Device::Cpu)?;
+            let weight = rng.var(&[cout, cin, k, k], cin * k * k, &Device::Cpu)?.as_tensor().clone();
+            let bias = rng.var(&[cout], 1, &Device::Cpu)?.as_tensor().clone();
+            let ours = Conv { weight: weight.clone(), bias: bias.clone(), kernel: k, padding }.forward(&x)?;
+            let reference = x.conv2d(&weight, padding, 1, 1, 1)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+            assert_eq!(ours.dims(), reference.dims());
+            let diff = (ours - reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "k={k} p={padding}: max difference {diff}");
         }
         Ok(())
     }
