@@ -34,6 +34,34 @@ enum Command {
     Score(ScoreArgs),
     /// Measure detection on real data with known truth (injected or real crowd noise).
     Eval(EvalArgs),
+    /// The whole gate with no services: an in-process Kafka mock cluster, vendor deliveries made
+    /// from the shared data, verdicts and suspects checked against the truth.
+    Demo(DemoArgs),
+    /// Run the gate against Kafka until SIGTERM / SIGINT.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Data directory holding mnist/ and music_genre_crowd/.
+    #[arg(long, env = "LABELGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Records per MNIST delivery (3 vendors × 2 deliveries).
+    #[arg(long, default_value_t = 1500)]
+    per_delivery: usize,
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML file over the embedded defaults; LABELGATE__SECTION__KEY variables override both.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Create missing output and progress topics with this many partitions (0 = don't).
+    #[arg(long, default_value_t = 0)]
+    create_topics: i32,
 }
 
 #[derive(Args)]
@@ -196,6 +224,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Score(args) => score(args),
         Command::Eval(args) => run_eval(args),
+        Command::Demo(args) => demo(args),
+        Command::Run(args) => run_gate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -324,6 +354,31 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn demo(args: DemoArgs) -> Result<()> {
+    let dir = args.data_dir.unwrap_or_else(data::default_data_dir);
+    let reports = runtime()?.block_on(crate::demo::run(&dir, args.per_delivery))?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run_gate(args: RunArgs) -> Result<()> {
+    let config = crate::config::Config::load(args.config.as_deref())?;
+    runtime()?.block_on(async move {
+        if args.create_topics > 0 {
+            crate::service::ensure_topics(&config, args.create_topics).await?;
+        }
+        let summary = crate::service::run(config, crate::service::Hooks::default(), crate::service::shutdown_signal()).await?;
+        tracing::info!(?summary, "exiting");
+        Ok(())
+    })
 }
 
 fn print_report(r: &eval::EvalReport) {

@@ -4,12 +4,19 @@
 //! - [`data`]: readers for user records and the built-in data sets.
 //! - [`noise`]: synthetic label noise for evaluation.
 //! - [`eval`]: detection metrics and the evaluation harness.
-//! - [`cli`]: the `labelgate` command line.
+//! - [`wire`]: the Kafka message contract; [`gate`]: the streaming gate's state machine (no I/O).
+//! - [`service`]: the Kafka edge (transactions, rebalances, backpressure); [`demo`]: the embedded mode.
+//! - [`config`]: layered configuration; [`cli`]: the `labelgate` command line.
 
 pub mod cli;
+pub mod config;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod eval;
+pub mod gate;
 pub mod noise;
 pub mod o2u;
 pub mod progress;
+pub mod service;
+pub mod wire;

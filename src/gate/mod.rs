@@ -1,0 +1,611 @@
+//! The gate's state machine, free of I/O: it takes input messages with their source position,
+//! groups them into deliveries, decides when a window is due, turns window scores into routed
+//! outputs and verdicts, and knows, per input partition, which offsets may be committed and which
+//! above that are already done. The Kafka edge (`crate::service`) feeds it and writes what it
+//! returns in one transaction.
+
+pub mod pool;
+pub mod verdict;
+pub mod window;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::GateConfig,
+    wire::{self, Annotation, DlqReason, Inbound, RereviewMessage, Schema, VerdictMessage},
+};
+use pool::ReferencePool;
+use window::{WindowData, WindowScores};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourcePos {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One consumed input record.
+#[derive(Debug, Clone)]
+pub struct InputMessage {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub pos: SourcePos,
+}
+
+/// What the gate asks the edge to write.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// The original record, unchanged, with its score in a header.
+    Accepted { key: Option<Vec<u8>>, payload: Vec<u8>, score: f32, window_id: String },
+    Rereview(RereviewMessage),
+    Verdict(VerdictMessage),
+    /// The original bytes, unchanged, with the reason in headers.
+    DeadLetter { key: Option<Vec<u8>>, payload: Vec<u8>, reason: DlqReason, message: String, pos: SourcePos },
+}
+
+/// Per input partition: commit `commit_offset`; offsets in `done` (half-open ranges above it)
+/// are already routed and must be skipped when re-read. Written to the progress topic in the
+/// same transaction as the outputs and the offsets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionProgress {
+    pub partition: i32,
+    pub commit_offset: i64,
+    pub done: Vec<(i64, i64)>,
+}
+
+/// Everything one transaction must carry.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub outputs: Vec<Output>,
+    pub progress: Vec<PartitionProgress>,
+    pub routed: usize,
+}
+
+struct PendingRecord {
+    annotation: Annotation,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    pos: SourcePos,
+}
+
+struct Delivery {
+    batch_id: String,
+    vendor_id: String,
+    partition: i32,
+    records: Vec<PendingRecord>,
+    sample_ids: HashSet<String>,
+    end: Option<(usize, SourcePos)>,
+    last_seen: Instant,
+    closed: Option<(Instant, &'static str)>,
+}
+
+#[derive(Default)]
+struct PartitionTrack {
+    next_offset: i64,
+    in_flight: BTreeSet<i64>,
+    /// Ranges already done before a restart, from the progress topic.
+    skip: Vec<(i64, i64)>,
+}
+
+/// Deliveries taken out for scoring.
+pub struct WindowJob {
+    pub id: String,
+    deliveries: Vec<Delivery>,
+    pub data: WindowData,
+}
+
+impl WindowJob {
+    pub fn records(&self) -> usize {
+        self.data.pending
+    }
+
+    pub fn deliveries(&self) -> usize {
+        self.deliveries.len()
+    }
+}
+
+/// What happened to an ingested message (for metrics and logs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ingested {
+    Buffered,
+    DeliveryClosed,
+    Rejected(DlqReason),
+    /// Already routed before a restart.
+    Skipped,
+}
+
+pub struct Gate {
+    config: GateConfig,
+    schema: Schema,
+    z: f64,
+    model_version: String,
+    instance: String,
+    deliveries: HashMap<(i32, String), Delivery>,
+    /// Gated deliveries, to send late records and repeated batch_ends to the DLQ. Bounded.
+    gated: HashSet<String>,
+    gated_order: VecDeque<String>,
+    dead_letters: Vec<Output>,
+    partitions: BTreeMap<i32, PartitionTrack>,
+    pool: ReferencePool,
+    buffered: usize,
+    window_seq: u64,
+}
+
+const GATED_MEMORY: usize = 100_000;
+
+impl Gate {
+    pub fn new(config: GateConfig, max_message_bytes: usize, model_version: String, instance: String) -> Self {
+        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes);
+        let z = verdict::z_for(config.confidence);
+        let pool = ReferencePool::new(config.classes.len(), config.reference_pool_size);
+        Self {
+            config,
+            schema,
+            z,
+            model_version,
+            instance,
+            deliveries: HashMap::new(),
+            gated: HashSet::new(),
+            gated_order: VecDeque::new(),
+            dead_letters: Vec::new(),
+            partitions: BTreeMap::new(),
+            pool,
+            buffered: 0,
+            window_seq: 0,
+        }
+    }
+
+    /// Records held in memory (buffered deliveries and dead letters awaiting commit).
+    pub fn buffered(&self) -> usize {
+        self.buffered + self.dead_letters.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.buffered() >= self.config.max_buffered_records
+    }
+
+    pub fn open_deliveries(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// Remembers deliveries that were gated before (from the verdict topic after a restart).
+    pub fn remember_gated(&mut self, batch_id: String) {
+        if self.gated.insert(batch_id.clone()) {
+            self.gated_order.push_back(batch_id);
+            if self.gated_order.len() > GATED_MEMORY {
+                if let Some(old) = self.gated_order.pop_front() {
+                    self.gated.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A partition was assigned: `progress` is its last committed progress record, if any.
+    pub fn assign(&mut self, partition: i32, progress: Option<PartitionProgress>) {
+        let track = self.partitions.entry(partition).or_default();
+        if let Some(p) = progress {
+            track.skip = p.done;
+            track.next_offset = track.next_offset.max(p.commit_offset);
+        }
+    }
+
+    /// A partition was revoked: forget its buffered records; the next owner re-reads them from
+    /// the committed offset.
+    pub fn revoke(&mut self, partition: i32) {
+        self.deliveries.retain(|(p, _), d| {
+            if *p == partition {
+                self.buffered -= d.records.len();
+            }
+            *p != partition
+        });
+        self.dead_letters.retain(|o| !matches!(o, Output::DeadLetter { pos, .. } if pos.partition == partition));
+        self.partitions.remove(&partition);
+    }
+
+    pub fn ingest(&mut self, msg: InputMessage, now: Instant) -> Ingested {
+        let track = self.partitions.entry(msg.pos.partition).or_default();
+        track.next_offset = track.next_offset.max(msg.pos.offset + 1);
+        if track.skip.iter().any(|&(a, b)| (a..b).contains(&msg.pos.offset)) {
+            return Ingested::Skipped;
+        }
+        track.in_flight.insert(msg.pos.offset);
+        let parsed = self.schema.parse(&msg.payload);
+        let outcome = match parsed {
+            Err(rejection) => Err((rejection.reason, rejection.message)),
+            Ok(Inbound::Annotation(a)) => self.add_annotation(a, &msg, now),
+            Ok(Inbound::BatchEnd(end)) => self.add_batch_end(end, msg.pos, now),
+        };
+        match outcome {
+            Ok(closed) => {
+                if closed { Ingested::DeliveryClosed } else { Ingested::Buffered }
+            }
+            Err((reason, message)) => {
+                self.dead_letters.push(Output::DeadLetter { key: msg.key, payload: msg.payload, reason, message, pos: msg.pos });
+                Ingested::Rejected(reason)
+            }
+        }
+    }
+
+    fn add_annotation(&mut self, a: Annotation, msg: &InputMessage, now: Instant) -> Result<bool, (DlqReason, String)> {
+        if self.gated.contains(&a.batch_id) {
+            return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
+        }
+        let key = (msg.pos.partition, a.batch_id.clone());
+        let d = self.deliveries.entry(key).or_insert_with(|| Delivery {
+            batch_id: a.batch_id.clone(),
+            vendor_id: a.vendor_id.clone(),
+            partition: msg.pos.partition,
+            records: Vec::new(),
+            sample_ids: HashSet::new(),
+            end: None,
+            last_seen: now,
+            closed: None,
+        });
+        if d.closed.is_some() {
+            return Err((DlqReason::LateRecord, format!("delivery `{}` is closed and awaiting its window", a.batch_id)));
+        }
+        if d.vendor_id != a.vendor_id {
+            return Err((DlqReason::VendorMismatch, format!("delivery `{}` belongs to vendor `{}`, record says `{}`", a.batch_id, d.vendor_id, a.vendor_id)));
+        }
+        if !d.sample_ids.insert(a.sample_id.clone()) {
+            return Err((DlqReason::DuplicateSampleId, format!("sample `{}` appears twice in delivery `{}`", a.sample_id, a.batch_id)));
+        }
+        d.last_seen = now;
+        d.records.push(PendingRecord { annotation: a, key: msg.key.clone(), payload: msg.payload.clone(), pos: msg.pos });
+        self.buffered += 1;
+        let closed = matches!(d.end, Some((count, _)) if d.records.len() >= count);
+        if closed {
+            d.closed = Some((now, "batch_end"));
+        }
+        Ok(closed)
+    }
+
+    fn add_batch_end(&mut self, end: wire::BatchEnd, pos: SourcePos, now: Instant) -> Result<bool, (DlqReason, String)> {
+        if self.gated.contains(&end.batch_id) {
+            return Err((DlqReason::DuplicateBatchEnd, format!("delivery `{}` was already gated", end.batch_id)));
+        }
+        let key = (pos.partition, end.batch_id.clone());
+        let d = self.deliveries.entry(key).or_insert_with(|| Delivery {
+            batch_id: end.batch_id.clone(),
+            vendor_id: end.vendor_id.clone(),
+            partition: pos.partition,
+            records: Vec::new(),
+            sample_ids: HashSet::new(),
+            end: None,
+            last_seen: now,
+            closed: None,
+        });
+        if d.end.is_some() {
+            return Err((DlqReason::DuplicateBatchEnd, format!("delivery `{}` already has a batch_end", end.batch_id)));
+        }
+        if d.vendor_id != end.vendor_id {
+            return Err((DlqReason::VendorMismatch, format!("delivery `{}` belongs to vendor `{}`, batch_end says `{}`", end.batch_id, d.vendor_id, end.vendor_id)));
+        }
+        d.end = Some((end.count, pos));
+        d.last_seen = now;
+        let closed = d.records.len() >= end.count;
+        if closed {
+            d.closed = Some((now, "batch_end"));
+        }
+        Ok(closed)
+    }
+
+    /// Closes deliveries that have been quiet for the delivery timeout.
+    pub fn close_idle(&mut self, now: Instant) -> usize {
+        let timeout = Duration::from_secs(self.config.delivery_timeout_secs);
+        let mut closed = 0;
+        for d in self.deliveries.values_mut().filter(|d| d.closed.is_none()) {
+            if now.duration_since(d.last_seen) >= timeout {
+                let why = if d.end.is_some() { "timeout_after_short_batch_end" } else { "timeout" };
+                d.closed = Some((now, why));
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    fn closed_records(&self) -> (usize, Option<Instant>) {
+        self.deliveries.values().filter_map(|d| d.closed.map(|(t, _)| (d.records.len(), t))).fold((0, None), |(n, oldest), (len, t)| {
+            (n + len, Some(oldest.map_or(t, |o: Instant| o.min(t))))
+        })
+    }
+
+    /// A window is due when enough closed records wait, or the oldest closed delivery has
+    /// waited long enough, or buffering is at its bound.
+    pub fn window_due(&self, now: Instant) -> bool {
+        let (records, oldest) = self.closed_records();
+        let closed_exists = self.deliveries.values().any(|d| d.closed.is_some());
+        closed_exists
+            && (records >= self.config.min_window_records
+                || self.is_full()
+                || oldest.is_some_and(|t| now.duration_since(t) >= Duration::from_secs(self.config.max_window_wait_secs)))
+    }
+
+    /// Takes closed deliveries, oldest first and whole, until the window holds at least
+    /// `max_window_records` (a single larger delivery is taken alone).
+    pub fn take_window(&mut self, now: Instant) -> Option<WindowJob> {
+        let mut closed: Vec<((i32, String), Instant)> =
+            self.deliveries.iter().filter_map(|(k, d)| d.closed.map(|(t, _)| (k.clone(), t))).collect();
+        if closed.is_empty() {
+            return None;
+        }
+        closed.sort_by_key(|(k, t)| (*t, k.clone()));
+        let mut deliveries = Vec::new();
+        let mut records = 0;
+        for (key, _) in closed {
+            if records >= self.config.max_window_records {
+                break;
+            }
+            let d = self.deliveries.remove(&key).expect("listed");
+            records += d.records.len();
+            deliveries.push(d);
+        }
+        self.buffered -= records;
+        self.window_seq += 1;
+        let id = format!("{}-{}-{}", self.instance, now.elapsed().as_nanos() % 1_000_000, self.window_seq);
+        let dim = self.config.feature_dim;
+        let mut features = Vec::with_capacity((records + self.pool.len()) * dim);
+        let mut labels = Vec::with_capacity(records + self.pool.len());
+        for r in deliveries.iter().flat_map(|d| &d.records) {
+            features.extend_from_slice(&r.annotation.features);
+            labels.push(r.annotation.label);
+        }
+        for (label, f) in self.pool.samples() {
+            features.extend_from_slice(f);
+            labels.push(label);
+        }
+        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len() };
+        Some(WindowJob { id, deliveries, data })
+    }
+
+    /// Routes a scored window: each record to accepted or re-review, one verdict per delivery,
+    /// plus any dead letters waiting. Returns what the transaction must carry.
+    pub fn finish_window(&mut self, job: WindowJob, scores: &WindowScores) -> Commit {
+        let mut commit = Commit::default();
+        let mut done = Vec::new();
+        let mut i = 0;
+        for d in job.deliveries {
+            let (mut flagged, mut gold_items, mut gold_correct) = (0, 0, 0);
+            let sla = self.config.sla(&d.vendor_id);
+            let records = d.records.len();
+            for r in d.records {
+                let a = &r.annotation;
+                if let Some(g) = a.gold_label {
+                    gold_items += 1;
+                    gold_correct += (g == a.label) as usize;
+                }
+                if scores.flagged[i] {
+                    flagged += 1;
+                    commit.outputs.push(Output::Rereview(RereviewMessage {
+                        schema_version: wire::SCHEMA_VERSION,
+                        sample_id: a.sample_id.clone(),
+                        batch_id: a.batch_id.clone(),
+                        vendor_id: a.vendor_id.clone(),
+                        annotator_id: a.annotator_id.clone(),
+                        label: self.config.classes[a.label as usize].clone(),
+                        predicted_label: self.config.classes[scores.predicted[i] as usize].clone(),
+                        score: scores.scores[i],
+                        rank_percentile: scores.percentile[i],
+                        window_id: job.id.clone(),
+                        model_version: self.model_version.clone(),
+                        reason: "o2u_high_loss".into(),
+                    }));
+                } else {
+                    self.pool.add(a.label, &a.features);
+                    commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: job.id.clone() });
+                }
+                done.push(r.pos);
+                commit.routed += 1;
+                i += 1;
+            }
+            let a = verdict::assess(records, flagged, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
+            let (_, closed_by) = d.closed.expect("windows take closed deliveries");
+            commit.outputs.push(Output::Verdict(VerdictMessage {
+                schema_version: wire::SCHEMA_VERSION,
+                batch_id: d.batch_id.clone(),
+                vendor_id: d.vendor_id.clone(),
+                records,
+                announced_count: d.end.map(|(c, _)| c),
+                closed_by: closed_by.into(),
+                accepted: records - flagged,
+                rereview: flagged,
+                estimated_accuracy: a.estimated_accuracy,
+                accuracy_ci_low: a.ci.0,
+                accuracy_ci_high: a.ci.1,
+                gold_items: a.gold_items,
+                gold_accuracy: a.gold_accuracy,
+                sla_accuracy: sla,
+                decision: a.decision,
+                decided_by: a.decided_by.into(),
+                window_id: job.id.clone(),
+                model_version: self.model_version.clone(),
+            }));
+            if let Some((_, pos)) = d.end {
+                done.push(pos);
+            }
+            self.remember_gated(d.batch_id);
+        }
+        self.drain_dead_letters(&mut commit, &mut done);
+        commit.progress = self.mark_done(&done);
+        commit
+    }
+
+    /// A window whose partitions were partly revoked while it trained: deliveries still owned
+    /// go back to wait for the next window; the others are forgotten (their new owner re-reads
+    /// them).
+    pub fn requeue(&mut self, job: WindowJob, revoked: &[i32]) {
+        for d in job.deliveries {
+            if revoked.contains(&d.partition) || !self.partitions.contains_key(&d.partition) {
+                continue;
+            }
+            self.buffered += d.records.len();
+            self.deliveries.insert((d.partition, d.batch_id.clone()), d);
+        }
+    }
+
+    /// Dead letters waiting with no window due: a commit of their own.
+    pub fn flush_dead_letters(&mut self) -> Option<Commit> {
+        if self.dead_letters.is_empty() {
+            return None;
+        }
+        let mut commit = Commit::default();
+        let mut done = Vec::new();
+        self.drain_dead_letters(&mut commit, &mut done);
+        commit.progress = self.mark_done(&done);
+        Some(commit)
+    }
+
+    fn drain_dead_letters(&mut self, commit: &mut Commit, done: &mut Vec<SourcePos>) {
+        for o in self.dead_letters.drain(..) {
+            if let Output::DeadLetter { pos, .. } = &o {
+                done.push(*pos);
+            }
+            commit.routed += 1;
+            commit.outputs.push(o);
+        }
+    }
+
+    /// Marks positions done and returns the progress of every partition they touch.
+    fn mark_done(&mut self, done: &[SourcePos]) -> Vec<PartitionProgress> {
+        let mut touched = BTreeSet::new();
+        for pos in done {
+            if let Some(t) = self.partitions.get_mut(&pos.partition) {
+                t.in_flight.remove(&pos.offset);
+                touched.insert(pos.partition);
+            }
+        }
+        touched.into_iter().map(|p| self.progress_of(p)).collect()
+    }
+
+    /// Commit offset = lowest offset still in flight (or the next to read); done = the gaps
+    /// between in-flight offsets below the next offset to read.
+    pub fn progress_of(&self, partition: i32) -> PartitionProgress {
+        let t = &self.partitions[&partition];
+        let commit_offset = t.in_flight.first().copied().unwrap_or(t.next_offset);
+        let mut done = Vec::new();
+        let mut start = commit_offset;
+        for &o in t.in_flight.iter() {
+            if o > start {
+                done.push((start, o));
+            }
+            start = o + 1;
+        }
+        if start < t.next_offset && commit_offset < t.next_offset {
+            done.push((start, t.next_offset));
+        }
+        PartitionProgress { partition, commit_offset, done }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> GateConfig {
+        let mut c = crate::config::Config::from_figment(crate::config::Config::figment(None)).unwrap().gate;
+        c.classes = vec!["a".into(), "b".into()];
+        c.feature_dim = 2;
+        c.min_window_records = 3;
+        c.max_window_records = 100;
+        c.delivery_timeout_secs = 5;
+        c
+    }
+
+    fn msg(offset: i64, body: &str) -> InputMessage {
+        InputMessage { key: Some(b"k".to_vec()), payload: body.as_bytes().to_vec(), pos: SourcePos { partition: 0, offset } }
+    }
+
+    fn rec(id: &str, batch: &str, label: &str) -> String {
+        format!(r#"{{"sample_id":"{id}","batch_id":"{batch}","vendor_id":"v","label":"{label}","features":[1,2]}}"#)
+    }
+
+    fn scores(n: usize, flag: &[usize]) -> WindowScores {
+        WindowScores {
+            scores: (0..n).map(|i| i as f32).collect(),
+            predicted: vec![0; n],
+            flagged: (0..n).map(|i| flag.contains(&i)).collect(),
+            percentile: vec![0.5; n],
+            noise_rate: 0.1,
+            final_loss: 0.3,
+            training_seconds: 0.1,
+        }
+    }
+
+    #[test]
+    fn a_delivery_closes_on_its_batch_end_and_every_record_lands_once() {
+        let now = Instant::now();
+        let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+        assert_eq!(g.ingest(msg(0, &rec("s1", "b1", "a")), now), Ingested::Buffered);
+        assert_eq!(g.ingest(msg(1, "garbage"), now), Ingested::Rejected(DlqReason::InvalidJson));
+        assert_eq!(g.ingest(msg(2, &rec("s2", "b1", "b")), now), Ingested::Buffered);
+        assert_eq!(g.ingest(msg(3, &rec("s2", "b1", "b")), now), Ingested::Rejected(DlqReason::DuplicateSampleId));
+        assert_eq!(g.ingest(msg(4, &rec("s3", "b1", "a")), now), Ingested::Buffered);
+        assert!(!g.window_due(now), "not closed yet");
+        assert_eq!(g.ingest(msg(5, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now), Ingested::DeliveryClosed);
+        assert!(g.window_due(now));
+        let job = g.take_window(now).unwrap();
+        assert_eq!(job.records(), 3);
+        let commit = g.finish_window(job, &scores(3, &[1]));
+        let count = |f: fn(&Output) -> bool| commit.outputs.iter().filter(|o| f(o)).count();
+        assert_eq!(count(|o| matches!(o, Output::Accepted { .. })), 2);
+        assert_eq!(count(|o| matches!(o, Output::Rereview(_))), 1);
+        assert_eq!(count(|o| matches!(o, Output::DeadLetter { .. })), 2);
+        assert_eq!(count(|o| matches!(o, Output::Verdict(_))), 1);
+        assert_eq!(commit.routed, 5, "3 records + 2 dead letters");
+        assert_eq!(commit.progress, vec![PartitionProgress { partition: 0, commit_offset: 6, done: vec![] }]);
+        // The delivery is gated: a late record and a second batch_end are dead letters.
+        assert_eq!(g.ingest(msg(6, &rec("s4", "b1", "a")), now), Ingested::Rejected(DlqReason::LateRecord));
+        assert_eq!(g.ingest(msg(7, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now), Ingested::Rejected(DlqReason::DuplicateBatchEnd));
+    }
+
+    #[test]
+    fn offsets_commit_below_open_deliveries_and_done_ranges_cover_the_rest() {
+        let now = Instant::now();
+        let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+        g.ingest(msg(0, &rec("x1", "open", "a")), now);
+        for (i, id) in ["s1", "s2", "s3"].iter().enumerate() {
+            g.ingest(msg(1 + i as i64, &rec(id, "b1", "a")), now);
+        }
+        g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
+        g.ingest(msg(5, &rec("x2", "open", "a")), now);
+        let job = g.take_window(now).unwrap();
+        let commit = g.finish_window(job, &scores(3, &[]));
+        assert_eq!(commit.progress, vec![PartitionProgress { partition: 0, commit_offset: 0, done: vec![(1, 5)] }]);
+        // After a restart the done offsets are skipped, the open delivery is read again.
+        let mut restarted = Gate::new(config(), 10_000, "m".into(), "t".into());
+        restarted.assign(0, Some(commit.progress[0].clone()));
+        assert_eq!(restarted.ingest(msg(0, &rec("x1", "open", "a")), now), Ingested::Buffered);
+        assert_eq!(restarted.ingest(msg(2, &rec("s2", "b1", "a")), now), Ingested::Skipped);
+        assert_eq!(restarted.ingest(msg(5, &rec("x2", "open", "a")), now), Ingested::Buffered);
+    }
+
+    #[test]
+    fn quiet_deliveries_close_after_the_timeout_and_dead_letters_flush_alone() {
+        let now = Instant::now();
+        let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+        g.ingest(msg(0, &rec("s1", "b1", "a")), now);
+        g.ingest(msg(1, "{}"), now);
+        assert_eq!(g.close_idle(now + Duration::from_secs(1)), 0);
+        assert_eq!(g.close_idle(now + Duration::from_secs(6)), 1);
+        assert!(g.window_due(now + Duration::from_secs(60)), "waited past max_window_wait_secs");
+        let flushed = g.flush_dead_letters().unwrap();
+        assert_eq!(flushed.routed, 1);
+        assert_eq!(flushed.progress[0].commit_offset, 0, "record 0 still buffered");
+        assert_eq!(flushed.progress[0].done, vec![(1, 2)]);
+        assert!(g.flush_dead_letters().is_none());
+    }
+
+    #[test]
+    fn revoking_a_partition_drops_its_buffered_records() {
+        let now = Instant::now();
+        let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+        g.ingest(msg(0, &rec("s1", "b1", "a")), now);
+        assert_eq!(g.buffered(), 1);
+        g.revoke(0);
+        assert_eq!((g.buffered(), g.open_deliveries()), (0, 0));
+    }
+}

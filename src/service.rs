@@ -1,0 +1,494 @@
+//! The Kafka edge of the gate: consumes the input topic, feeds the gate, trains windows on their
+//! own thread, and writes each window's outputs, its progress record and the input offsets in
+//! one Kafka transaction, so every input record lands in exactly one of accepted / re-review /
+//! dead-letter, once, across crashes and rebalances (see docs/delivery-guarantee.md).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
+    error::KafkaError,
+    message::{Header, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, Producer},
+    types::RDKafkaErrorCode,
+    ClientContext, Message, Offset, TopicPartitionList,
+};
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    device::{self, DeviceChoice},
+    gate::{
+        window::{self, WindowScores},
+        Commit, Gate, Ingested, InputMessage, Output, PartitionProgress, SourcePos, WindowJob,
+    },
+    o2u::{EpochReport, TrainingObserver},
+    wire::{headers, VerdictMessage},
+};
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts of one run, for the demo, tests and logs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub consumed: u64,
+    pub skipped: u64,
+    pub accepted: u64,
+    pub rereview: u64,
+    pub dead_letters: BTreeMap<String, u64>,
+    pub verdicts: u64,
+    pub windows: u64,
+    pub transactions: u64,
+}
+
+/// Callbacks for progress display (the demo) — all optional.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    pub on_window_start: Option<Arc<dyn Fn(&str, usize, usize) + Send + Sync>>,
+    pub on_epoch: Option<Arc<dyn Fn(&EpochReport) + Send + Sync>>,
+    pub on_verdict: Option<Arc<dyn Fn(&VerdictMessage) + Send + Sync>>,
+}
+
+/// Runs the gate until `shutdown` resolves, then finishes the window in flight, commits and
+/// returns.
+pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || run_blocking(&config, &stop, hooks))
+    };
+    tokio::pin!(worker);
+    tokio::select! {
+        result = &mut worker => return result.context("gate thread panicked")?,
+        _ = shutdown => {
+            tracing::info!("shutdown requested: finishing the window in flight");
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+    worker.await.context("gate thread panicked")?
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Properties shared by every client.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    for (k, v) in &config.kafka.client {
+        c.set(k, v);
+    }
+    if let Some(p) = &config.kafka.sasl_password {
+        c.set("sasl.password", p.expose());
+    }
+    c
+}
+
+/// This replica's stable name: transactions of a crashed replica are aborted as soon as it
+/// restarts under the same name.
+pub fn instance_id(config: &Config) -> String {
+    if !config.kafka.instance_id.is_empty() {
+        return config.kafka.instance_id.clone();
+    }
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| "labelgate".into())
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+struct GateContext {
+    topic: String,
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for GateContext {}
+
+impl ConsumerContext for GateContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+            self.events.lock().unwrap().push(RebalanceEvent::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+            self.events.lock().unwrap().push(RebalanceEvent::Assigned(parts));
+        }
+    }
+}
+
+/// Creates the output and progress topics if they are missing (the progress topic compacted).
+pub async fn ensure_topics(config: &Config, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create().context("admin client")?;
+    let k = &config.kafka;
+    let plain = [&k.input_topic, &k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic];
+    let mut topics: Vec<NewTopic> = plain.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    topics.push(NewTopic::new(&k.progress_topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"));
+    let results = admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
+    for r in results {
+        if let Err((topic, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("cannot create topic {topic}: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a topic from the beginning to its current end (committed data only).
+pub fn read_topic(config: &Config, topic: &str, mut each: impl FnMut(&[u8], &[u8])) -> Result<()> {
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", format!("{}-reader", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let Some(t) = metadata.topics().first() else { return Ok(()) };
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in t.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(p.id(), high);
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                each(m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+                // Transaction markers take offsets too: done once the next offset reaches the end.
+                if m.offset() + 1 >= ends[&m.partition()] {
+                    ends.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                // The last records may be transaction markers with no message to deliver.
+                let position = consumer.position()?;
+                for e in position.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        if ends.get(&e.partition()).is_some_and(|&end| o >= end - 1) {
+                            ends.remove(&e.partition());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn progress_key(config: &Config, partition: i32) -> String {
+    format!("{}/{partition}", config.kafka.input_topic)
+}
+
+struct Trainer {
+    jobs: mpsc::Sender<WindowJob>,
+    results: mpsc::Receiver<(WindowJob, candle_core::Result<WindowScores>)>,
+}
+
+fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
+    let (job_tx, job_rx) = mpsc::channel::<WindowJob>();
+    let (res_tx, res_rx) = mpsc::channel();
+    let engine = config.engine.clone();
+    let noise_rate = config.gate.noise_rate;
+    let threads = config.runtime.threads;
+    let choice = if config.runtime.device == "cuda" { DeviceChoice::Cuda } else { DeviceChoice::Cpu };
+    let on_epoch = hooks.on_epoch.clone();
+    thread::Builder::new()
+        .name("labelgate-window".into())
+        .spawn(move || {
+            device::set_cpu_threads(threads);
+            let dev = device::select(choice);
+            struct Hook(Option<Arc<dyn Fn(&EpochReport) + Send + Sync>>);
+            impl TrainingObserver for Hook {
+                fn on_epoch(&mut self, r: &EpochReport) {
+                    if let Some(f) = &self.0 {
+                        f(r)
+                    }
+                }
+            }
+            while let Ok(mut job) = job_rx.recv() {
+                let empty = window::WindowData { features: vec![], labels: vec![], pending: job.data.pending, dim: job.data.dim, classes: job.data.classes };
+                let data = std::mem::replace(&mut job.data, empty);
+                let result = window::score_window(data, &engine, noise_rate, &dev, &mut Hook(on_epoch.clone()));
+                if res_tx.send((job, result)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("window thread");
+    Trainer { jobs: job_tx, results: res_rx }
+}
+
+/// The gate loop on the calling thread until `stop` is set.
+pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<RunSummary> {
+    let k = &config.kafka;
+    let instance = instance_id(config);
+    let model_version = format!("labelgate-{}/o2u-{}", env!("CARGO_PKG_VERSION"), model_name(config));
+    let mut gate = Gate::new(config.gate.clone(), k.max_message_bytes, model_version, instance.clone());
+    let mut summary = RunSummary::default();
+
+    // Deliveries gated before: late records and repeated batch_ends go to the DLQ.
+    read_topic(config, &k.verdicts_topic, |key, _| gate.remember_gated(String::from_utf8_lossy(key).into_owned()))?;
+
+    let producer: BaseProducer = client_config(config)
+        .set("transactional.id", format!("{}-{}", k.transactional_id_prefix, instance))
+        .set("transaction.timeout.ms", "60000")
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", (k.max_message_bytes + 65_536).to_string())
+        .create()
+        .context("transactional producer")?;
+    producer.init_transactions(TXN_TIMEOUT).context("init_transactions: is the broker reachable and does it support transactions?")?;
+
+    let context = GateContext { topic: k.input_topic.clone(), events: Mutex::new(Vec::new()) };
+    let consumer: BaseConsumer<GateContext> = client_config(config)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.message.max.bytes", (k.max_message_bytes + 65_536).to_string())
+        .create_with_context(context)
+        .context("consumer")?;
+    consumer.subscribe(&[&k.input_topic]).context("subscribe")?;
+
+    let trainer = start_trainer(config, &hooks);
+    let mut in_flight: Option<String> = None;
+    let mut revoked_during_window: Vec<i32> = Vec::new();
+    let mut paused = false;
+    let mut last_flush = Instant::now();
+
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        if stopping && in_flight.is_none() {
+            break;
+        }
+        let polled = if stopping { None } else { consumer.poll(Duration::from_millis(50)) };
+        for event in consumer.context().events.lock().unwrap().drain(..) {
+            match event {
+                RebalanceEvent::Revoked(parts) => {
+                    for p in parts {
+                        tracing::info!(partition = p, "partition revoked");
+                        gate.revoke(p);
+                        if in_flight.is_some() {
+                            revoked_during_window.push(p);
+                        }
+                    }
+                }
+                RebalanceEvent::Assigned(parts) => {
+                    let mut progress: HashMap<String, PartitionProgress> = HashMap::new();
+                    read_topic(config, &k.progress_topic, |key, value| {
+                        if let Ok(p) = serde_json::from_slice::<PartitionProgress>(value) {
+                            progress.insert(String::from_utf8_lossy(key).into_owned(), p);
+                        }
+                    })?;
+                    for p in parts {
+                        tracing::info!(partition = p, "partition assigned");
+                        gate.assign(p, progress.remove(&progress_key(config, p)));
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        match polled {
+            Some(Ok(m)) => {
+                summary.consumed += 1;
+                let msg = InputMessage {
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    pos: SourcePos { partition: m.partition(), offset: m.offset() },
+                };
+                if gate.ingest(msg, now) == Ingested::Skipped {
+                    summary.skipped += 1;
+                }
+            }
+            Some(Err(e)) => tracing::warn!("consumer: {e}"),
+            None => {}
+        }
+        gate.close_idle(now);
+
+        // Backpressure: stop fetching while the buffer is at its bound.
+        if gate.is_full() != paused {
+            let assignment = consumer.assignment()?;
+            if gate.is_full() { consumer.pause(&assignment)? } else { consumer.resume(&assignment)? }
+            paused = !paused;
+            tracing::info!(paused, buffered = gate.buffered(), "backpressure");
+        }
+
+        if in_flight.is_none() && !stopping && gate.window_due(now) {
+            if let Some(job) = gate.take_window(now) {
+                tracing::info!(window = %job.id, records = job.records(), deliveries = job.deliveries(), "window started");
+                if let Some(f) = &hooks.on_window_start {
+                    f(&job.id, job.records(), job.deliveries());
+                }
+                in_flight = Some(job.id.clone());
+                trainer.jobs.send(job).context("window thread gone")?;
+            }
+        }
+        match trainer.results.try_recv() {
+            Ok((job, result)) => {
+                in_flight = None;
+                let scores = result.with_context(|| format!("window {} failed", job.id))?;
+                if !revoked_during_window.is_empty() {
+                    // Its records may now belong to another replica: put back what is still ours.
+                    gate.requeue(job, &revoked_during_window);
+                    revoked_during_window.clear();
+                    continue;
+                }
+                let commit = gate.finish_window(job, &scores);
+                summary.windows += 1;
+                commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks)?;
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+            Err(mpsc::TryRecvError::Disconnected) => bail!("window thread stopped"),
+        }
+        if in_flight.is_none() && (last_flush.elapsed() >= Duration::from_millis(500) || stopping) {
+            last_flush = Instant::now();
+            if let Some(commit) = gate.flush_dead_letters() {
+                commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks)?;
+            }
+        }
+    }
+    if let Some(commit) = gate.flush_dead_letters() {
+        commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks)?;
+    }
+    consumer.unsubscribe();
+    tracing::info!(?summary, "gate stopped");
+    Ok(summary)
+}
+
+fn model_name(config: &Config) -> String {
+    match &config.engine.model {
+        crate::o2u::ModelConfig::Mlp { hidden } => format!("mlp-{}", hidden.iter().map(usize::to_string).collect::<Vec<_>>().join("x")),
+        crate::o2u::ModelConfig::Cnn9 { .. } => "cnn9".into(),
+    }
+}
+
+fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(10));
+                record = r;
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Outputs, progress and input offsets in one transaction; any failure aborts it and stops the
+/// gate (a restart resumes from the last committed transaction).
+fn commit_transaction(
+    config: &Config,
+    producer: &BaseProducer,
+    consumer: &BaseConsumer<GateContext>,
+    commit: &Commit,
+    summary: &mut RunSummary,
+    hooks: &Hooks,
+) -> Result<()> {
+    let k = &config.kafka;
+    let result = (|| -> Result<()> {
+        producer.begin_transaction()?;
+        let mut payloads: Vec<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)> = Vec::with_capacity(commit.outputs.len());
+        for o in &commit.outputs {
+            payloads.push(match o {
+                Output::Accepted { key, payload, score, window_id } => (
+                    k.accepted_topic.clone(),
+                    key.clone(),
+                    payload.clone(),
+                    OwnedHeaders::new()
+                        .insert(Header { key: headers::SCORE, value: Some(&score.to_string()) })
+                        .insert(Header { key: headers::WINDOW, value: Some(window_id.as_str()) }),
+                ),
+                Output::Rereview(r) => (k.rereview_topic.clone(), Some(r.batch_id.clone().into_bytes()), serde_json::to_vec(r)?, OwnedHeaders::new()),
+                Output::Verdict(v) => (k.verdicts_topic.clone(), Some(v.batch_id.clone().into_bytes()), serde_json::to_vec(v)?, OwnedHeaders::new()),
+                Output::DeadLetter { key, payload, reason, message, pos } => (
+                    k.dlq_topic.clone(),
+                    key.clone(),
+                    payload.clone(),
+                    OwnedHeaders::new()
+                        .insert(Header { key: headers::ERROR_CLASS, value: Some(reason.as_str()) })
+                        .insert(Header { key: headers::ERROR_MESSAGE, value: Some(message.as_str()) })
+                        .insert(Header { key: headers::SOURCE_TOPIC, value: Some(k.input_topic.as_str()) })
+                        .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&pos.partition.to_string()) })
+                        .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&pos.offset.to_string()) }),
+                ),
+            });
+        }
+        for (topic, key, payload, hdrs) in &payloads {
+            let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(payload.as_slice()).headers(hdrs.clone());
+            if let Some(key) = key {
+                rec = rec.key(key.as_slice());
+            }
+            send(producer, rec)?;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for p in &commit.progress {
+            let key = progress_key(config, p.partition);
+            let value = serde_json::to_vec(p)?;
+            send(producer, BaseRecord::<[u8], [u8]>::to(&k.progress_topic).key(key.as_bytes()).payload(&value))?;
+            offsets.add_partition_offset(&k.input_topic, p.partition, Offset::Offset(p.commit_offset))?;
+        }
+        if offsets.count() > 0 {
+            let group = consumer.group_metadata().context("no consumer group metadata")?;
+            producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+        }
+        producer.commit_transaction(TXN_TIMEOUT)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = producer.abort_transaction(TXN_TIMEOUT);
+        return Err(e.context("transaction failed; the gate stops and a restart resumes from the last committed transaction"));
+    }
+    summary.transactions += 1;
+    for o in &commit.outputs {
+        match o {
+            Output::Accepted { .. } => summary.accepted += 1,
+            Output::Rereview(_) => summary.rereview += 1,
+            Output::Verdict(v) => {
+                summary.verdicts += 1;
+                if let Some(f) = &hooks.on_verdict {
+                    f(v);
+                }
+            }
+            Output::DeadLetter { reason, .. } => *summary.dead_letters.entry(reason.as_str().to_string()).or_default() += 1,
+        }
+    }
+    Ok(())
+}

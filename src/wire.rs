@@ -1,0 +1,319 @@
+//! The wire contract (version 1): what vendors put on the input topic and what the gate writes to
+//! its output topics. Parsing never panics; every way a record can be wrong has a `DlqReason`.
+//! JSON Schemas for each message type are in `docs/schemas/`.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Header names on output records.
+pub mod headers {
+    pub const SCORE: &str = "labelgate-score";
+    pub const WINDOW: &str = "labelgate-window";
+    pub const ERROR_CLASS: &str = "labelgate-error-class";
+    pub const ERROR_MESSAGE: &str = "labelgate-error-message";
+    pub const SOURCE_TOPIC: &str = "labelgate-source-topic";
+    pub const SOURCE_PARTITION: &str = "labelgate-source-partition";
+    pub const SOURCE_OFFSET: &str = "labelgate-source-offset";
+}
+
+/// Why a record went to the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DlqReason {
+    Oversized,
+    InvalidJson,
+    MissingField,
+    UnknownMessageType,
+    WrongFeatureLength,
+    NonFiniteFeature,
+    InvalidImage,
+    UnknownClass,
+    DuplicateSampleId,
+    DuplicateBatchEnd,
+    /// A record for a delivery that was already gated.
+    LateRecord,
+    /// A batch_end whose vendor differs from its records'.
+    VendorMismatch,
+}
+
+impl DlqReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DlqReason::Oversized => "oversized",
+            DlqReason::InvalidJson => "invalid_json",
+            DlqReason::MissingField => "missing_field",
+            DlqReason::UnknownMessageType => "unknown_message_type",
+            DlqReason::WrongFeatureLength => "wrong_feature_length",
+            DlqReason::NonFiniteFeature => "non_finite_feature",
+            DlqReason::InvalidImage => "invalid_image",
+            DlqReason::UnknownClass => "unknown_class",
+            DlqReason::DuplicateSampleId => "duplicate_sample_id",
+            DlqReason::DuplicateBatchEnd => "duplicate_batch_end",
+            DlqReason::LateRecord => "late_record",
+            DlqReason::VendorMismatch => "vendor_mismatch",
+        }
+    }
+
+    pub const ALL: [DlqReason; 12] = [
+        DlqReason::Oversized,
+        DlqReason::InvalidJson,
+        DlqReason::MissingField,
+        DlqReason::UnknownMessageType,
+        DlqReason::WrongFeatureLength,
+        DlqReason::NonFiniteFeature,
+        DlqReason::InvalidImage,
+        DlqReason::UnknownClass,
+        DlqReason::DuplicateSampleId,
+        DlqReason::DuplicateBatchEnd,
+        DlqReason::LateRecord,
+        DlqReason::VendorMismatch,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: DlqReason,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(reason: DlqReason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}
+
+/// One labelled sample from a vendor, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotation {
+    pub sample_id: String,
+    pub batch_id: String,
+    pub vendor_id: String,
+    pub annotator_id: Option<String>,
+    /// Index into the configured classes.
+    pub label: u32,
+    pub features: Vec<f32>,
+    pub gold_label: Option<u32>,
+}
+
+/// Closes a delivery: `count` records were sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchEnd {
+    pub batch_id: String,
+    pub vendor_id: String,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Annotation(Annotation),
+    BatchEnd(BatchEnd),
+}
+
+/// Every field of both input message types; one pass of serde, then validation.
+#[derive(Deserialize)]
+struct RawInput {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    sample_id: Option<String>,
+    batch_id: Option<String>,
+    vendor_id: Option<String>,
+    annotator_id: Option<String>,
+    label: Option<String>,
+    features: Option<Vec<f64>>,
+    image: Option<RawImage>,
+    gold_label: Option<String>,
+    count: Option<usize>,
+    #[allow(dead_code)]
+    ts: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawImage {
+    shape: Vec<usize>,
+    data_b64: String,
+}
+
+/// What the parser needs to know about the deployment.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub class_index: HashMap<String, u32>,
+    pub feature_dim: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Schema {
+    pub fn new(classes: &[String], feature_dim: usize, max_message_bytes: usize) -> Self {
+        let class_index = classes.iter().enumerate().map(|(i, c)| (c.clone(), i as u32)).collect();
+        Self { class_index, feature_dim, max_message_bytes }
+    }
+
+    fn class(&self, label: &str, field: &str) -> Result<u32, Rejection> {
+        self.class_index
+            .get(label)
+            .copied()
+            .ok_or_else(|| Rejection::new(DlqReason::UnknownClass, format!("{field} `{label}` is not one of the configured classes")))
+    }
+
+    /// Parses and validates one input message.
+    pub fn parse(&self, payload: &[u8]) -> Result<Inbound, Rejection> {
+        if payload.len() > self.max_message_bytes {
+            return Err(Rejection::new(DlqReason::Oversized, format!("{} bytes, limit {}", payload.len(), self.max_message_bytes)));
+        }
+        let raw: RawInput = serde_json::from_slice(payload).map_err(|e| Rejection::new(DlqReason::InvalidJson, e.to_string()))?;
+        let need = |v: Option<String>, name: &str| v.filter(|s| !s.is_empty()).ok_or_else(|| Rejection::new(DlqReason::MissingField, format!("`{name}` is missing or empty")));
+        match raw.kind.as_deref() {
+            Some("batch_end") => Ok(Inbound::BatchEnd(BatchEnd {
+                batch_id: need(raw.batch_id, "batch_id")?,
+                vendor_id: need(raw.vendor_id, "vendor_id")?,
+                count: raw.count.ok_or_else(|| Rejection::new(DlqReason::MissingField, "`count` is missing"))?,
+            })),
+            None | Some("annotation") => {
+                let sample_id = need(raw.sample_id, "sample_id")?;
+                let batch_id = need(raw.batch_id, "batch_id")?;
+                let vendor_id = need(raw.vendor_id, "vendor_id")?;
+                let label = self.class(&need(raw.label, "label")?, "label")?;
+                let gold_label = raw.gold_label.map(|g| self.class(&g, "gold_label")).transpose()?;
+                let features = match (raw.features, raw.image) {
+                    (Some(f), None) => {
+                        if f.len() != self.feature_dim {
+                            return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("{} features, expected {}", f.len(), self.feature_dim)));
+                        }
+                        let mut out = Vec::with_capacity(f.len());
+                        for (i, v) in f.into_iter().enumerate() {
+                            let x = v as f32;
+                            if !x.is_finite() {
+                                return Err(Rejection::new(DlqReason::NonFiniteFeature, format!("feature {i} is {v}, not a finite f32")));
+                            }
+                            out.push(x);
+                        }
+                        out
+                    }
+                    (None, Some(image)) => self.image(image)?,
+                    (Some(_), Some(_)) => return Err(Rejection::new(DlqReason::MissingField, "give `features` or `image`, not both")),
+                    (None, None) => return Err(Rejection::new(DlqReason::MissingField, "`features` or `image` is missing")),
+                };
+                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, gold_label }))
+            }
+            Some(other) => Err(Rejection::new(DlqReason::UnknownMessageType, format!("type `{other}`; expected `batch_end` or none"))),
+        }
+    }
+
+    /// u8 pixels `[h, w, c]`, base64, scaled to [0, 1] and flattened.
+    fn image(&self, image: RawImage) -> Result<Vec<f32>, Rejection> {
+        use base64::Engine;
+        let bad = |m: String| Rejection::new(DlqReason::InvalidImage, m);
+        if image.shape.len() != 3 || image.shape.iter().any(|&d| d == 0) {
+            return Err(bad(format!("shape {:?}: expected [height, width, channels]", image.shape)));
+        }
+        let expected: usize = image.shape.iter().product();
+        if expected != self.feature_dim {
+            return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {expected} values, expected {}", self.feature_dim)));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD.decode(image.data_b64.as_bytes()).map_err(|e| bad(format!("data_b64: {e}")))?;
+        if bytes.len() != expected {
+            return Err(bad(format!("{} bytes of pixels for shape {:?} ({expected})", bytes.len(), image.shape)));
+        }
+        Ok(bytes.into_iter().map(|b| b as f32 / 255.0).collect())
+    }
+}
+
+/// A suspect sent to human re-review (`annotations.rereview`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RereviewMessage {
+    pub schema_version: u32,
+    pub sample_id: String,
+    pub batch_id: String,
+    pub vendor_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotator_id: Option<String>,
+    pub label: String,
+    pub predicted_label: String,
+    pub score: f32,
+    /// Share of the window's samples with a lower score (1.0 = most suspect).
+    pub rank_percentile: f64,
+    pub window_id: String,
+    pub model_version: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Accept,
+    Reject,
+    Review,
+}
+
+/// One per delivery (`annotations.verdicts`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerdictMessage {
+    pub schema_version: u32,
+    pub batch_id: String,
+    pub vendor_id: String,
+    pub records: usize,
+    /// The count its batch_end announced, if one came.
+    pub announced_count: Option<usize>,
+    pub closed_by: String,
+    pub accepted: usize,
+    pub rereview: usize,
+    pub estimated_accuracy: f64,
+    pub accuracy_ci_low: f64,
+    pub accuracy_ci_high: f64,
+    pub gold_items: usize,
+    pub gold_accuracy: Option<f64>,
+    pub sla_accuracy: f64,
+    pub decision: Decision,
+    pub decided_by: String,
+    pub window_id: String,
+    pub model_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::new(&["cat".into(), "dog".into()], 3, 1000)
+    }
+
+    fn reason(payload: &str) -> DlqReason {
+        schema().parse(payload.as_bytes()).unwrap_err().reason
+    }
+
+    #[test]
+    fn parses_annotations_and_batch_ends() {
+        let a = schema().parse(br#"{"sample_id":"s1","batch_id":"b","vendor_id":"v","label":"dog","features":[1,2,3],"gold_label":"dog","ts":"2026-01-01"}"#).unwrap();
+        let Inbound::Annotation(a) = a else { panic!() };
+        assert_eq!((a.label, a.gold_label, a.features.len()), (1, Some(1), 3));
+        let e = schema().parse(br#"{"type":"batch_end","batch_id":"b","vendor_id":"v","count":7}"#).unwrap();
+        assert_eq!(e, Inbound::BatchEnd(BatchEnd { batch_id: "b".into(), vendor_id: "v".into(), count: 7 }));
+    }
+
+    #[test]
+    fn images_are_decoded_and_scaled() {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode([0u8, 255, 51]);
+        let msg = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[1,3,1],"data_b64":"{data}"}}}}"#);
+        let Inbound::Annotation(a) = schema().parse(msg.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(a.features, vec![0.0, 1.0, 0.2]);
+        let short = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[1,1,3],"data_b64":"AAA="}}}}"#);
+        assert_eq!(reason(&short), DlqReason::InvalidImage);
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_reason() {
+        assert_eq!(reason("{not json"), DlqReason::InvalidJson);
+        assert_eq!(reason("[1,2]"), DlqReason::InvalidJson);
+        assert_eq!(reason(r#"{"batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3]}"#), DlqReason::MissingField);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2]}"#), DlqReason::WrongFeatureLength);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,1e39]}"#), DlqReason::NonFiniteFeature);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cow","features":[1,2,3]}"#), DlqReason::UnknownClass);
+        assert_eq!(reason(r#"{"type":"restart","batch_id":"b"}"#), DlqReason::UnknownMessageType);
+        assert_eq!(reason(r#"{"type":"batch_end","batch_id":"b","vendor_id":"v"}"#), DlqReason::MissingField);
+        assert_eq!(reason(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000))), DlqReason::Oversized);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,NaN]}"#), DlqReason::InvalidJson);
+    }
+}

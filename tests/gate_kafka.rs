@@ -1,0 +1,335 @@
+//! The streaming gate against a real Apache Kafka broker (KRaft, started by
+//! `scripts/kafka.sh start`; `scripts/test.sh` does it and sets LABELGATE_KAFKA_BOOTSTRAP).
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use labelgate::{
+    config::Config,
+    data::{mnist, LabelledSet},
+    noise::NoiseModel,
+    service::{self, Hooks},
+    wire::{RereviewMessage, VerdictMessage},
+};
+use rdkafka::{
+    config::ClientConfig,
+    message::Headers,
+    producer::{BaseProducer, BaseRecord, Producer},
+};
+use serde_json::json;
+
+fn bootstrap() -> String {
+    std::env::var("LABELGATE_KAFKA_BOOTSTRAP").expect("LABELGATE_KAFKA_BOOTSTRAP is not set: run scripts/test.sh, or scripts/kafka.sh start and export LABELGATE_KAFKA_BOOTSTRAP=127.0.0.1:19092")
+}
+
+/// A config with topics of its own, so tests do not see each other's records.
+fn config(name: &str, dim: usize) -> Config {
+    let mut c = Config::load(None).unwrap();
+    let unique = format!("{name}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() % 100_000);
+    c.kafka.bootstrap_servers = bootstrap();
+    c.kafka.group_id = format!("gate-{unique}");
+    c.kafka.instance_id = unique.clone();
+    c.kafka.input_topic = format!("{unique}.in");
+    c.kafka.accepted_topic = format!("{unique}.accepted");
+    c.kafka.rereview_topic = format!("{unique}.rereview");
+    c.kafka.verdicts_topic = format!("{unique}.verdicts");
+    c.kafka.dlq_topic = format!("{unique}.dlq");
+    c.kafka.progress_topic = format!("{unique}.progress");
+    c.gate.feature_dim = dim;
+    c.gate.delivery_timeout_secs = 5;
+    c.gate.max_window_wait_secs = 1;
+    c.gate.min_window_records = 1500;
+    c.gate.max_window_records = 6000;
+    c.gate.max_buffered_records = 20_000;
+    c.engine.stage1_epochs = 3;
+    c
+}
+
+/// MNIST deliveries: (batch_id, vendor, indices); labels of each vendor flipped at its rate.
+fn deliveries(set: &mut LabelledSet, vendors: &[(&str, f64, usize)], per_delivery: usize) -> Vec<(String, String, Vec<usize>)> {
+    let truth = set.truth.clone().unwrap();
+    let mut out = Vec::new();
+    let mut next = 0;
+    for (v, &(vendor, rate, count)) in vendors.iter().enumerate() {
+        for d in 0..count {
+            let idx: Vec<usize> = (next..next + per_delivery).collect();
+            let slice: Vec<u32> = idx.iter().map(|&i| truth[i]).collect();
+            for (&i, l) in idx.iter().zip(NoiseModel::Symmetric(rate).apply(&slice, 10, (v * 7 + d) as u64)) {
+                set.labels[i] = l;
+            }
+            out.push((format!("{vendor}-{d}"), vendor.to_string(), idx));
+            next += per_delivery;
+        }
+    }
+    out
+}
+
+fn record(set: &LabelledSet, i: usize, batch: &str, vendor: &str) -> String {
+    let dim = set.shape.len();
+    json!({"sample_id": set.sample_ids[i], "batch_id": batch, "vendor_id": vendor, "label": set.classes[set.labels[i] as usize], "features": &set.features[i * dim..(i + 1) * dim]}).to_string()
+}
+
+const BAD_RECORDS: [(&str, &str); 4] = [
+    ("{\"sample_id\": ", "invalid_json"),
+    (r#"{"sample_id":"x","batch_id":"bad-1","vendor_id":"v","label":"3","features":[1,2]}"#, "wrong_feature_length"),
+    (r#"{"sample_id":"y","batch_id":"bad-1","vendor_id":"v","label":"cow","features":[]}"#, "unknown_class"),
+    (r#"{"type":"rollback","batch_id":"bad-1"}"#, "unknown_message_type"),
+];
+
+fn produce(config: &Config, messages: &[(String, String)]) {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &config.kafka.bootstrap_servers).create().unwrap();
+    for (key, payload) in messages {
+        loop {
+            match producer.send(BaseRecord::to(&config.kafka.input_topic).key(key).payload(payload)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn messages(set: &LabelledSet, ds: &[(String, String, Vec<usize>)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (batch, vendor, idx) in ds {
+        for &i in idx {
+            out.push((batch.clone(), record(set, i, batch, vendor)));
+        }
+        out.push((batch.clone(), json!({"type": "batch_end", "batch_id": batch, "vendor_id": vendor, "count": idx.len()}).to_string()));
+    }
+    for (payload, _) in BAD_RECORDS {
+        out.push(("bad-1".to_string(), payload.to_string()));
+    }
+    out
+}
+
+struct Outputs {
+    accepted: Vec<String>,
+    rereview: Vec<RereviewMessage>,
+    verdicts: Vec<VerdictMessage>,
+    dlq_reasons: Vec<String>,
+}
+
+fn read_outputs(config: &Config) -> Outputs {
+    let mut accepted = Vec::new();
+    service::read_topic(config, &config.kafka.accepted_topic, |_, v| {
+        let value: serde_json::Value = serde_json::from_slice(v).unwrap();
+        accepted.push(value["sample_id"].as_str().unwrap().to_string());
+    })
+    .unwrap();
+    let mut rereview = Vec::new();
+    service::read_topic(config, &config.kafka.rereview_topic, |_, v| rereview.push(serde_json::from_slice(v).unwrap())).unwrap();
+    let mut verdicts = Vec::new();
+    service::read_topic(config, &config.kafka.verdicts_topic, |_, v| verdicts.push(serde_json::from_slice(v).unwrap())).unwrap();
+    let dlq_reasons = dlq_headers(config);
+    Outputs { accepted, rereview, verdicts, dlq_reasons }
+}
+
+/// The `labelgate-error-class` header of every DLQ record.
+fn dlq_headers(config: &Config) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", format!("{}-dlq-check", config.kafka.group_id))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&config.kafka.dlq_topic]).unwrap();
+    let mut reasons = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(4) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            quiet_since = Instant::now();
+            let headers = m.headers().expect("dlq headers");
+            let class = headers.iter().find(|h| h.key == "labelgate-error-class").and_then(|h| h.value).expect("error class");
+            assert!(headers.iter().any(|h| h.key == "labelgate-source-offset"));
+            reasons.push(String::from_utf8_lossy(class).into_owned());
+        }
+    }
+    reasons
+}
+
+fn check_exactly_once(set: &LabelledSet, ds: &[(String, String, Vec<usize>)], out: &Outputs) {
+    let expected: usize = ds.iter().map(|d| d.2.len()).sum();
+    let mut seen = HashSet::new();
+    for id in out.accepted.iter().chain(out.rereview.iter().map(|r| &r.sample_id)) {
+        assert!(seen.insert(id.clone()), "sample {id} routed twice");
+    }
+    assert_eq!(seen.len(), expected, "every record routed: accepted {} + rereview {}", out.accepted.len(), out.rereview.len());
+    let mut reasons = out.dlq_reasons.clone();
+    reasons.sort();
+    let mut want: Vec<String> = BAD_RECORDS.iter().map(|(_, r)| r.to_string()).collect();
+    want.sort();
+    assert_eq!(reasons, want, "each bad record in the DLQ once, with its reason");
+    let mut batches: Vec<&str> = out.verdicts.iter().map(|v| v.batch_id.as_str()).collect();
+    batches.sort();
+    let mut want: Vec<&str> = ds.iter().map(|d| d.0.as_str()).collect();
+    want.sort();
+    assert_eq!(batches, want, "one verdict per delivery");
+    // Injected noise dominates the re-review topic.
+    let index: HashMap<&str, usize> = set.sample_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let noisy = set.is_noisy().unwrap();
+    let hits = out.rereview.iter().filter(|r| noisy[index[r.sample_id.as_str()]]).count();
+    let precision = hits as f64 / out.rereview.len().max(1) as f64;
+    eprintln!("re-review: {} suspects, precision {precision:.3}", out.rereview.len());
+    assert!(precision > 0.8, "suspect precision {precision}");
+}
+
+fn mnist_set(n: usize) -> LabelledSet {
+    let mut set = mnist::load(&common::data_dir(), "train").unwrap();
+    set.truncate(n);
+    set
+}
+
+async fn run_until_verdicts(config: Config, expected: usize) -> service::RunSummary {
+    let count = Arc::new(Mutex::new(0usize));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let hooks = Hooks {
+        on_verdict: Some(Arc::new({
+            let (count, notify) = (count.clone(), notify.clone());
+            move |_| {
+                let mut c = count.lock().unwrap();
+                *c += 1;
+                if *c >= expected {
+                    notify.notify_one();
+                }
+            }
+        })),
+        ..Default::default()
+    };
+    service::run(config, hooks, async move {
+        tokio::select! { _ = notify.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(180)) => {} }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_routed_exactly_once_with_verdicts() {
+    common::single_thread();
+    let config = config("routing", 784);
+    service::ensure_topics(&config, 3).await.unwrap();
+    let mut set = mnist_set(4000);
+    let ds = deliveries(&mut set, &[("clean-co", 0.03, 2), ("sloppy-inc", 0.3, 2)], 1000);
+    produce(&config, &messages(&set, &ds));
+    let summary = run_until_verdicts(config.clone(), ds.len()).await;
+    assert_eq!(summary.verdicts, 4);
+    let out = read_outputs(&config);
+    check_exactly_once(&set, &ds, &out);
+    // The sloppier vendor's estimated accuracy is lower, and the clean one is accepted.
+    let acc = |vendor: &str| out.verdicts.iter().filter(|v| v.vendor_id == vendor).map(|v| v.estimated_accuracy).sum::<f64>() / 2.0;
+    assert!(acc("clean-co") > acc("sloppy-inc") + 0.15, "clean {} sloppy {}", acc("clean-co"), acc("sloppy-inc"));
+    assert!(out.verdicts.iter().filter(|v| v.vendor_id == "sloppy-inc").all(|v| v.decision == labelgate::wire::Decision::Reject));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_as_the_external_producer() {
+    common::single_thread();
+    let config = config("kcat", 784);
+    service::ensure_topics(&config, 2).await.unwrap();
+    let mut set = mnist_set(2000);
+    let ds = deliveries(&mut set, &[("kcat-vendor", 0.2, 2)], 1000);
+    let mut kcat = Command::new("kcat")
+        .args(["-P", "-b", &config.kafka.bootstrap_servers, "-t", &config.kafka.input_topic, "-K", "\t"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("kcat (Debian package kcat) on the PATH");
+    {
+        let stdin = kcat.stdin.as_mut().unwrap();
+        for (key, payload) in messages(&set, &ds) {
+            writeln!(stdin, "{key}\t{payload}").unwrap();
+        }
+    }
+    assert!(kcat.wait().unwrap().success());
+    run_until_verdicts(config.clone(), ds.len()).await;
+    check_exactly_once(&set, &ds, &read_outputs(&config));
+}
+
+#[test]
+fn kill_mid_window_then_restart_is_exactly_once() {
+    let config = config("sigkill", 784);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(service::ensure_topics(&config, 2)).unwrap();
+    let mut set = mnist_set(9000);
+    let ds = deliveries(&mut set, &[("kill-a", 0.1, 3), ("kill-b", 0.25, 3)], 1500);
+    produce(&config, &messages(&set, &ds));
+    let k = &config.kafka;
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_labelgate"))
+            .arg("run")
+            .env("LABELGATE_LOG", "info")
+            .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
+            .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
+            .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
+            .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
+            .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
+            .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
+            .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
+            .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
+            .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
+            .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
+            .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
+            .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
+            .env("LABELGATE__ENGINE__STAGE1_EPOCHS", "3")
+            .env("LABELGATE__RUNTIME__THREADS", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // First run: let one window commit, then SIGKILL during the second.
+    let mut gate = spawn();
+    let lines = BufReader::new(gate.stderr.take().unwrap()).lines();
+    let mut windows_started = 0;
+    for line in lines {
+        let line = line.unwrap();
+        if line.contains("window started") {
+            windows_started += 1;
+            if windows_started == 2 {
+                std::thread::sleep(Duration::from_millis(800));
+                break;
+            }
+        }
+    }
+    assert_eq!(windows_started, 2, "the gate started two windows before the kill");
+    gate.kill().unwrap(); // SIGKILL
+    gate.wait().unwrap();
+    let partial = read_outputs(&config);
+    assert!(partial.verdicts.len() < ds.len(), "killed before every delivery was gated");
+
+    // Restart and let it finish; then stop it with SIGTERM and expect a clean exit.
+    let mut gate = spawn();
+    let stderr = gate.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let verdicts = {
+            let mut n = 0;
+            service::read_topic(&config, &config.kafka.verdicts_topic, |_, _| n += 1).unwrap();
+            n
+        };
+        if verdicts >= ds.len() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let status = Command::new("kill").args(["-TERM", &gate.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = gate.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert!(exit.success(), "SIGTERM exits 0; log tail: {:?}", &log[log.len().saturating_sub(5)..]);
+    check_exactly_once(&set, &ds, &read_outputs(&config));
+}
