@@ -128,6 +128,8 @@ fn scenario_config(s: &Scenario, bootstrap: &str, prefix: &str) -> Result<Config
         // Small crowd sets (2,945 labels of 124 features) need more warm-up steps than MNIST
         // windows before their losses separate (see docs/benchmarks.md).
         config.engine.stage1_epochs = 20;
+        // and are scored as one window: 44 small deliveries, one per worker.
+        config.gate.min_window_records = s.set.len();
     }
     Ok(config)
 }
