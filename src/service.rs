@@ -166,6 +166,11 @@ pub async fn ensure_topics(config: &Config, partitions: i32) -> Result<()> {
 
 /// Reads a topic from the beginning to its current end (committed data only).
 pub fn read_topic(config: &Config, topic: &str, mut each: impl FnMut(&[u8], &[u8])) -> Result<()> {
+    read_topic_messages(config, topic, |m| each(m.key().unwrap_or_default(), m.payload().unwrap_or_default()))
+}
+
+/// Like [`read_topic`], with the whole message (headers, partition, offset).
+pub fn read_topic_messages(config: &Config, topic: &str, mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) -> Result<()> {
     let consumer: BaseConsumer = client_config(config)
         .set("group.id", format!("{}-reader", config.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -190,7 +195,7 @@ pub fn read_topic(config: &Config, topic: &str, mut each: impl FnMut(&[u8], &[u8
     while !ends.is_empty() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                each(m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+                each(&m);
                 // Transaction markers take offsets too: done once the next offset reaches the end.
                 if m.offset() + 1 >= ends[&m.partition()] {
                     ends.remove(&m.partition());

@@ -45,10 +45,9 @@ fn config(name: &str, dim: usize) -> Config {
     c.gate.feature_dim = dim;
     c.gate.delivery_timeout_secs = 5;
     c.gate.max_window_wait_secs = 1;
-    c.gate.min_window_records = 1500;
+    c.gate.min_window_records = 3000;
     c.gate.max_window_records = 6000;
     c.gate.max_buffered_records = 20_000;
-    c.engine.stage1_epochs = 3;
     c
 }
 
@@ -136,28 +135,15 @@ fn read_outputs(config: &Config) -> Outputs {
 
 /// The `labelgate-error-class` header of every DLQ record.
 fn dlq_headers(config: &Config) -> Vec<String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("group.id", format!("{}-dlq-check", config.kafka.group_id))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&config.kafka.dlq_topic]).unwrap();
     let mut reasons = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(4) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            quiet_since = Instant::now();
-            let headers = m.headers().expect("dlq headers");
-            let class = headers.iter().find(|h| h.key == "labelgate-error-class").and_then(|h| h.value).expect("error class");
-            assert!(headers.iter().any(|h| h.key == "labelgate-source-offset"));
-            reasons.push(String::from_utf8_lossy(class).into_owned());
-        }
-    }
+    service::read_topic_messages(config, &config.kafka.dlq_topic, |m| {
+        let headers = m.headers().expect("dlq headers");
+        let class = headers.iter().find(|h| h.key == "labelgate-error-class").and_then(|h| h.value).expect("error class");
+        assert!(headers.iter().any(|h| h.key == "labelgate-source-offset"));
+        reasons.push(String::from_utf8_lossy(class).into_owned());
+    })
+    .unwrap();
     reasons
 }
 
@@ -283,7 +269,6 @@ fn kill_mid_window_then_restart_is_exactly_once() {
             .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
             .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
             .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
-            .env("LABELGATE__ENGINE__STAGE1_EPOCHS", "3")
             .env("LABELGATE__RUNTIME__THREADS", "1")
             .stderr(Stdio::piped())
             .spawn()
