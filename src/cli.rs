@@ -39,6 +39,18 @@ enum Command {
     Demo(DemoArgs),
     /// Run the gate against Kafka until SIGTERM / SIGINT.
     Run(RunArgs),
+    /// Benchmark: consume N input records through the gate's consumer, parser and buffer with
+    /// no window running; prints records per second.
+    #[command(hide = true)]
+    BenchIngest(BenchIngestArgs),
+}
+
+#[derive(Args)]
+struct BenchIngestArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    records: u64,
 }
 
 #[derive(Args)]
@@ -226,6 +238,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => run_eval(args),
         Command::Demo(args) => demo(args),
         Command::Run(args) => run_gate(args),
+        Command::BenchIngest(args) => bench_ingest(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -379,6 +392,13 @@ fn run_gate(args: RunArgs) -> Result<()> {
         tracing::info!(?summary, "exiting");
         Ok(())
     })
+}
+
+fn bench_ingest(args: BenchIngestArgs) -> Result<()> {
+    let config = crate::config::Config::load(args.config.as_deref())?;
+    let seconds = crate::service::measure_ingest(&config, args.records)?;
+    println!("{{\"records\": {}, \"seconds\": {seconds:.3}, \"records_per_second\": {:.0}}}", args.records, args.records as f64 / seconds.max(1e-9));
+    Ok(())
 }
 
 fn print_report(r: &eval::EvalReport) {

@@ -322,6 +322,17 @@ fn print_report(r: &ScenarioReport) {
         "   suspects {}: precision {:.3} against the truth, recall {:.3}; {} windows, {:.0} s",
         r.suspects, r.suspect_precision, r.suspect_recall, s.windows, r.seconds
     );
+    for t in &s.window_timings {
+        println!(
+            "   window of {} records / {} deliveries: closed → verdict {:.2} s = waiting {:.2} + training {:.2} + producing {:.2}",
+            t.records,
+            t.deliveries,
+            t.waiting_seconds + t.training_seconds + t.producing_seconds,
+            t.waiting_seconds,
+            t.training_seconds,
+            t.producing_seconds
+        );
+    }
 }
 
 /// Runs both scenarios; returns their reports.

@@ -52,6 +52,22 @@ pub struct RunSummary {
     pub verdicts: u64,
     pub windows: u64,
     pub transactions: u64,
+    /// Where each window's latency went.
+    pub window_timings: Vec<WindowTiming>,
+}
+
+/// From the moment a window's first delivery closed (its last record or batch_end arrived) to
+/// its committed verdicts.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowTiming {
+    pub records: usize,
+    pub deliveries: usize,
+    /// Closed, waiting for the window to start (min records or max wait).
+    pub waiting_seconds: f64,
+    /// Training and scoring on the window thread.
+    pub training_seconds: f64,
+    /// Routing, producing and committing the transaction.
+    pub producing_seconds: f64,
 }
 
 /// Callbacks for progress display (the demo) — all optional.
@@ -261,6 +277,48 @@ fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
     Trainer { jobs: job_tx, results: res_rx }
 }
 
+fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
+    let k = &config.kafka;
+    let context = GateContext { topic: k.input_topic.clone(), events: Mutex::new(Vec::new()) };
+    let consumer: BaseConsumer<GateContext> = client_config(config)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.message.max.bytes", (k.max_message_bytes + 65_536).to_string())
+        .create_with_context(context)
+        .context("consumer")?;
+    consumer.subscribe(&[&k.input_topic]).context("subscribe")?;
+    Ok(consumer)
+}
+
+/// Consumes `records` input records through the gate's own consumer settings, parser and
+/// buffer, with no window running; returns the seconds from the first record to the last.
+pub fn measure_ingest(config: &Config, records: u64) -> Result<f64> {
+    let consumer = input_consumer(config)?;
+    let mut gate = Gate::new(config.gate.clone(), config.kafka.max_message_bytes, "bench".into(), "bench".into());
+    let mut consumed = 0u64;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while consumed < records && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            started.get_or_insert_with(Instant::now);
+            let msg = InputMessage {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                pos: SourcePos { partition: m.partition(), offset: m.offset() },
+            };
+            gate.ingest(msg, Instant::now());
+            consumed += 1;
+        }
+    }
+    if consumed < records {
+        bail!("consumed {consumed} of {records} records in 600 s");
+    }
+    Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+}
+
 /// The gate loop on the calling thread until `stop` is set.
 pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<RunSummary> {
     let k = &config.kafka;
@@ -281,19 +339,10 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
         .context("transactional producer")?;
     producer.init_transactions(TXN_TIMEOUT).context("init_transactions: is the broker reachable and does it support transactions?")?;
 
-    let context = GateContext { topic: k.input_topic.clone(), events: Mutex::new(Vec::new()) };
-    let consumer: BaseConsumer<GateContext> = client_config(config)
-        .set("group.id", &k.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("fetch.message.max.bytes", (k.max_message_bytes + 65_536).to_string())
-        .create_with_context(context)
-        .context("consumer")?;
-    consumer.subscribe(&[&k.input_topic]).context("subscribe")?;
+    let consumer = input_consumer(config)?;
 
     let trainer = start_trainer(config, &hooks);
-    let mut in_flight: Option<String> = None;
+    let mut in_flight: Option<(String, Instant, Instant, usize, usize)> = None;
     let mut revoked_during_window: Vec<i32> = Vec::new();
     let mut paused = false;
     let mut last_flush = Instant::now();
@@ -361,13 +410,14 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
                 if let Some(f) = &hooks.on_window_start {
                     f(&job.id, job.records(), job.deliveries());
                 }
-                in_flight = Some(job.id.clone());
+                in_flight = Some((job.id.clone(), job.first_closed, Instant::now(), job.records(), job.deliveries()));
                 trainer.jobs.send(job).context("window thread gone")?;
             }
         }
         match trainer.results.try_recv() {
             Ok((job, result)) => {
-                in_flight = None;
+                let (_, first_closed, started, records, deliveries) = in_flight.take().expect("a window was in flight");
+                let trained = Instant::now();
                 let scores = result.with_context(|| format!("window {} failed", job.id))?;
                 if !revoked_during_window.is_empty() {
                     // Its records may now belong to another replica: put back what is still ours.
@@ -378,6 +428,15 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
                 let commit = gate.finish_window(job, &scores);
                 summary.windows += 1;
                 commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks)?;
+                let timing = WindowTiming {
+                    records,
+                    deliveries,
+                    waiting_seconds: started.duration_since(first_closed).as_secs_f64(),
+                    training_seconds: trained.duration_since(started).as_secs_f64(),
+                    producing_seconds: trained.elapsed().as_secs_f64(),
+                };
+                tracing::info!(window = %commit_window_id(&commit), ?timing, "window committed");
+                summary.window_timings.push(timing);
             }
             Err(mpsc::TryRecvError::Empty) => {}
             Err(mpsc::TryRecvError::Disconnected) => bail!("window thread stopped"),
@@ -395,6 +454,10 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
     consumer.unsubscribe();
     tracing::info!(?summary, "gate stopped");
     Ok(summary)
+}
+
+fn commit_window_id(commit: &Commit) -> String {
+    commit.outputs.iter().find_map(|o| if let Output::Verdict(v) = o { Some(v.window_id.clone()) } else { None }).unwrap_or_default()
 }
 
 fn model_name(config: &Config) -> String {

@@ -122,7 +122,8 @@ struct RawInput {
     vendor_id: Option<String>,
     annotator_id: Option<String>,
     label: Option<String>,
-    features: Option<Vec<f64>>,
+    /// Parsed straight into f32: a number beyond f32's range becomes ±inf and is rejected below.
+    features: Option<Vec<f32>>,
     image: Option<RawImage>,
     gold_label: Option<String>,
     count: Option<usize>,
@@ -181,15 +182,10 @@ impl Schema {
                         if f.len() != self.feature_dim {
                             return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("{} features, expected {}", f.len(), self.feature_dim)));
                         }
-                        let mut out = Vec::with_capacity(f.len());
-                        for (i, v) in f.into_iter().enumerate() {
-                            let x = v as f32;
-                            if !x.is_finite() {
-                                return Err(Rejection::new(DlqReason::NonFiniteFeature, format!("feature {i} is {v}, not a finite f32")));
-                            }
-                            out.push(x);
+                        if let Some(i) = f.iter().position(|x| !x.is_finite()) {
+                            return Err(Rejection::new(DlqReason::NonFiniteFeature, format!("feature {i} is beyond the f32 range")));
                         }
-                        out
+                        f
                     }
                     (None, Some(image)) => self.image(image)?,
                     (Some(_), Some(_)) => return Err(Rejection::new(DlqReason::MissingField, "give `features` or `image`, not both")),

@@ -96,6 +96,8 @@ pub struct WindowJob {
     pub id: String,
     deliveries: Vec<Delivery>,
     pub data: WindowData,
+    /// When its earliest delivery closed: the window's waiting time starts there.
+    pub first_closed: Instant,
 }
 
 impl WindowJob {
@@ -359,7 +361,8 @@ impl Gate {
             labels.push(label);
         }
         let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len() };
-        Some(WindowJob { id, deliveries, data })
+        let first_closed = deliveries.iter().filter_map(|d| d.closed.map(|(t, _)| t)).min().unwrap_or(now);
+        Some(WindowJob { id, deliveries, data, first_closed })
     }
 
     /// Routes a scored window: each record to accepted or re-review, one verdict per delivery,
