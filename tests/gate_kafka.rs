@@ -318,3 +318,50 @@ fn kill_mid_window_then_restart_is_exactly_once() {
     assert!(exit.success(), "SIGTERM exits 0; log tail: {:?}", &log[log.len().saturating_sub(5)..]);
     check_exactly_once(&set, &ds, &read_outputs(&config));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_partitions_and_each_delivery_stays_on_one() {
+    common::single_thread();
+    let first = config("replicas", 784);
+    service::ensure_topics(&first, 4).await.unwrap();
+    let mut second = first.clone();
+    second.kafka.instance_id = format!("{}-second", first.kafka.instance_id);
+    let mut set = mnist_set(9000);
+    let ds = deliveries(&mut set, &[("r-a", 0.05, 3), ("r-b", 0.2, 3)], 1500);
+    // Both replicas join before the records arrive, so the group splits the partitions.
+    let verdicts = Arc::new(Mutex::new(0usize));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let hooks = || Hooks {
+        on_verdict: Some(Arc::new({
+            let (verdicts, notify) = (verdicts.clone(), notify.clone());
+            let expected = ds.len();
+            move |_| {
+                let mut n = verdicts.lock().unwrap();
+                *n += 1;
+                if *n >= expected {
+                    notify.notify_waiters();
+                }
+            }
+        })),
+        ..Default::default()
+    };
+    let stop = |notify: Arc<tokio::sync::Notify>| async move {
+        tokio::select! { _ = notify.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(150)) => {} }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    };
+    let a = tokio::spawn(service::run(first.clone(), hooks(), stop(notify.clone())));
+    let b = tokio::spawn(service::run(second.clone(), hooks(), stop(notify.clone())));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    produce(&first, &messages(&set, &ds));
+    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    eprintln!("replica a: {} verdicts, replica b: {} verdicts", a.verdicts, b.verdicts);
+    assert_eq!(a.verdicts + b.verdicts, ds.len() as u64);
+    assert!(a.verdicts > 0 && b.verdicts > 0, "both replicas gated deliveries");
+    let out = read_outputs(&first);
+    check_exactly_once(&set, &ds, &out);
+    // A delivery is gated in one window by one replica: its suspects share the verdict's window.
+    let window_of: HashMap<&str, &str> = out.verdicts.iter().map(|v| (v.batch_id.as_str(), v.window_id.as_str())).collect();
+    for r in &out.rereview {
+        assert_eq!(window_of[r.batch_id.as_str()], r.window_id, "{} split across windows", r.batch_id);
+    }
+}

@@ -209,13 +209,23 @@ impl Gate {
     }
 
     pub fn ingest(&mut self, msg: InputMessage, now: Instant) -> Ingested {
+        let parsed = self.schema.parse(&msg.payload);
+        self.ingest_parsed(msg, parsed, now)
+    }
+
+    /// The parser, for callers that parse batches in parallel before [`Gate::ingest_parsed`].
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Ingests a message whose payload `schema().parse` already parsed.
+    pub fn ingest_parsed(&mut self, msg: InputMessage, parsed: Result<Inbound, wire::Rejection>, now: Instant) -> Ingested {
         let track = self.partitions.entry(msg.pos.partition).or_default();
         track.next_offset = track.next_offset.max(msg.pos.offset + 1);
         if track.skip.iter().any(|&(a, b)| (a..b).contains(&msg.pos.offset)) {
             return Ingested::Skipped;
         }
         track.in_flight.insert(msg.pos.offset);
-        let parsed = self.schema.parse(&msg.payload);
         let outcome = match parsed {
             Err(rejection) => Err((rejection.reason, rejection.message)),
             Ok(Inbound::Annotation(a)) => self.add_annotation(a, &msg, now),
