@@ -52,6 +52,8 @@ pub struct RunSummary {
     pub verdicts: u64,
     pub windows: u64,
     pub transactions: u64,
+    /// Times consumption was paused because the buffer was full.
+    pub pauses: u64,
     /// Where each window's latency went.
     pub window_timings: Vec<WindowTiming>,
 }
@@ -438,6 +440,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
             let assignment = consumer.assignment()?;
             if gate.is_full() { consumer.pause(&assignment)? } else { consumer.resume(&assignment)? }
             paused = !paused;
+            summary.pauses += paused as u64;
             tracing::info!(paused, buffered = gate.buffered(), "backpressure");
         }
 
