@@ -147,13 +147,18 @@ fn dlq_headers(config: &Config) -> Vec<String> {
     reasons
 }
 
-fn check_exactly_once(set: &LabelledSet, ds: &[(String, String, Vec<usize>)], out: &Outputs) {
+/// Every record of every delivery in accepted or re-review, once.
+fn check_routed_once(ds: &[(String, String, Vec<usize>)], out: &Outputs) {
     let expected: usize = ds.iter().map(|d| d.2.len()).sum();
     let mut seen = HashSet::new();
     for id in out.accepted.iter().chain(out.rereview.iter().map(|r| &r.sample_id)) {
         assert!(seen.insert(id.clone()), "sample {id} routed twice");
     }
     assert_eq!(seen.len(), expected, "every record routed: accepted {} + rereview {}", out.accepted.len(), out.rereview.len());
+}
+
+fn check_exactly_once(set: &LabelledSet, ds: &[(String, String, Vec<usize>)], out: &Outputs) {
+    check_routed_once(ds, out);
     let mut reasons = out.dlq_reasons.clone();
     reasons.sort();
     let mut want: Vec<String> = BAD_RECORDS.iter().map(|(_, r)| r.to_string()).collect();
@@ -215,7 +220,7 @@ async fn deliveries_are_routed_exactly_once_with_verdicts() {
     assert_eq!(summary.verdicts, 4);
     let out = read_outputs(&config);
     check_exactly_once(&set, &ds, &out);
-    // The sloppier vendor's estimated accuracy is lower, and the clean one is accepted.
+    // The sloppier vendor's estimated accuracy is lower, and its deliveries are rejected.
     let acc = |vendor: &str| out.verdicts.iter().filter(|v| v.vendor_id == vendor).map(|v| v.estimated_accuracy).sum::<f64>() / 2.0;
     assert!(acc("clean-co") > acc("sloppy-inc") + 0.15, "clean {} sloppy {}", acc("clean-co"), acc("sloppy-inc"));
     assert!(out.verdicts.iter().filter(|v| v.vendor_id == "sloppy-inc").all(|v| v.decision == labelgate::wire::Decision::Reject));
@@ -384,11 +389,6 @@ async fn a_full_buffer_pauses_consumption_without_losing_records() {
     assert!(summary.windows >= 3, "deliveries gated in several windows");
     let out = read_outputs(&config);
     // Windows of one delivery are small; check routing, not detection quality.
-    let expected: usize = ds.iter().map(|d| d.2.len()).sum();
-    let mut seen = HashSet::new();
-    for id in out.accepted.iter().chain(out.rereview.iter().map(|r| &r.sample_id)) {
-        assert!(seen.insert(id.clone()), "sample {id} routed twice");
-    }
-    assert_eq!(seen.len(), expected);
+    check_routed_once(&ds, &out);
     assert_eq!(out.verdicts.len(), ds.len());
 }

@@ -242,21 +242,25 @@ impl Gate {
         }
     }
 
-    fn add_annotation(&mut self, a: Annotation, msg: &InputMessage, now: Instant) -> Result<bool, (DlqReason, String)> {
-        if self.gated.contains(&a.batch_id) {
-            return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
-        }
-        let key = (msg.pos.partition, a.batch_id.clone());
-        let d = self.deliveries.entry(key).or_insert_with(|| Delivery {
-            batch_id: a.batch_id.clone(),
-            vendor_id: a.vendor_id.clone(),
-            partition: msg.pos.partition,
+    /// The delivery `batch_id` on `partition`, opened by its first record or marker.
+    fn delivery(&mut self, partition: i32, batch_id: &str, vendor_id: &str, now: Instant) -> &mut Delivery {
+        self.deliveries.entry((partition, batch_id.to_string())).or_insert_with(|| Delivery {
+            batch_id: batch_id.to_string(),
+            vendor_id: vendor_id.to_string(),
+            partition,
             records: Vec::new(),
             sample_ids: HashSet::new(),
             end: None,
             last_seen: now,
             closed: None,
-        });
+        })
+    }
+
+    fn add_annotation(&mut self, a: Annotation, msg: &InputMessage, now: Instant) -> Result<bool, (DlqReason, String)> {
+        if self.gated.contains(&a.batch_id) {
+            return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
+        }
+        let d = self.delivery(msg.pos.partition, &a.batch_id, &a.vendor_id, now);
         if d.closed.is_some() {
             return Err((DlqReason::LateRecord, format!("delivery `{}` is closed and awaiting its window", a.batch_id)));
         }
@@ -268,11 +272,11 @@ impl Gate {
         }
         d.last_seen = now;
         d.records.push(PendingRecord { annotation: a, key: msg.key.clone(), payload: msg.payload.clone(), pos: msg.pos });
-        self.buffered += 1;
         let closed = matches!(d.end, Some((count, _)) if d.records.len() >= count);
         if closed {
             d.closed = Some((now, "batch_end"));
         }
+        self.buffered += 1;
         Ok(closed)
     }
 
@@ -280,17 +284,7 @@ impl Gate {
         if self.gated.contains(&end.batch_id) {
             return Err((DlqReason::DuplicateBatchEnd, format!("delivery `{}` was already gated", end.batch_id)));
         }
-        let key = (pos.partition, end.batch_id.clone());
-        let d = self.deliveries.entry(key).or_insert_with(|| Delivery {
-            batch_id: end.batch_id.clone(),
-            vendor_id: end.vendor_id.clone(),
-            partition: pos.partition,
-            records: Vec::new(),
-            sample_ids: HashSet::new(),
-            end: None,
-            last_seen: now,
-            closed: None,
-        });
+        let d = self.delivery(pos.partition, &end.batch_id, &end.vendor_id, now);
         if d.end.is_some() {
             return Err((DlqReason::DuplicateBatchEnd, format!("delivery `{}` already has a batch_end", end.batch_id)));
         }
