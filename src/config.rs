@@ -243,6 +243,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_deployment_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/labelgate.toml");
+        let c = Config::from_figment(Figment::from(Toml::string(DEFAULTS)).merge(Toml::file_exact(path))).unwrap();
+        assert_eq!(c.gate.sla("acme-labels"), 0.95);
+        assert_eq!(c.gate.sla("unknown-vendor"), 0.9);
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_key() {
         let e = with("[gate]\nmin_window_records = 0\nconfidence = 3.0\n[gate.vendor_sla]\nacme = 1.5\n[runtime]\ndevice = \"tpu\"\n").unwrap_err();
         let text = e.to_string();

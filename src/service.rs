@@ -333,15 +333,23 @@ fn parser_pool() -> Result<rayon::ThreadPool> {
 fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
     let k = &config.kafka;
     let context = GateContext { topic: k.input_topic.clone(), events: Mutex::new(Vec::new()) };
-    let consumer: BaseConsumer<GateContext> = client_config(config)
+    let mut consumer_config = client_config(config);
+    consumer_config
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        // Larger per-partition fetches: ingest was waiting on the network, not parsing.
+        // Larger per-partition fetches, a larger prefetch queue, and a short back-off when it is
+        // full: librdkafka's default 1 s back-off left the gate idle a third of the time while
+        // it parsed (ingest went from 0.51× to about 0.85× of kcat's raw read).
         .set("fetch.message.max.bytes", (k.max_message_bytes + 65_536).max(8 << 20).to_string())
-        .create_with_context(context)
-        .context("consumer")?;
+        .set("fetch.queue.backoff.ms", "5")
+        .set("queued.max.messages.kbytes", "262144");
+    // The operator's kafka.client settings win over these defaults.
+    for (key, value) in &k.client {
+        consumer_config.set(key, value);
+    }
+    let consumer: BaseConsumer<GateContext> = consumer_config.create_with_context(context).context("consumer")?;
     consumer.subscribe(&[&k.input_topic]).context("subscribe")?;
     Ok(consumer)
 }
@@ -404,7 +412,13 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
         if stopping && in_flight.is_none() {
             break;
         }
-        let (before, after) = if stopping { Default::default() } else { poll_batch(&consumer, Duration::from_millis(50)) };
+        let (before, after) = if stopping {
+            // Not consuming any more: wait for the window in flight without spinning.
+            thread::sleep(Duration::from_millis(20));
+            Default::default()
+        } else {
+            poll_batch(&consumer, Duration::from_millis(50))
+        };
         ingest_batch(&mut gate, &parsers, before, &mut summary);
         for event in consumer.context().events.lock().unwrap().drain(..) {
             match event {
