@@ -375,6 +375,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn demo(args: DemoArgs) -> Result<()> {
     let dir = args.data_dir.unwrap_or_else(data::default_data_dir);
+    device::set_cpu_threads(crate::config::Config::load(None)?.runtime.threads);
     let reports = runtime()?.block_on(crate::demo::run(&dir, args.per_delivery))?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&reports)?).with_context(|| format!("cannot write {}", path.display()))?;
@@ -384,6 +385,7 @@ fn demo(args: DemoArgs) -> Result<()> {
 
 fn run_gate(args: RunArgs) -> Result<()> {
     let config = crate::config::Config::load(args.config.as_deref())?;
+    device::set_cpu_threads(config.runtime.threads);
     runtime()?.block_on(async move {
         if args.create_topics > 0 {
             crate::service::ensure_topics(&config, args.create_topics).await?;

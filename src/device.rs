@@ -45,8 +45,8 @@ pub fn describe(device: &Device) -> &'static str {
     if device.is_cuda() { "cuda" } else { "cpu" }
 }
 
-/// Sets the CPU worker threads for matrix kernels (candle reads `RAYON_NUM_THREADS`). Must run
-/// before the first tensor operation.
+/// Sets the CPU worker threads for matrix kernels (candle reads `RAYON_NUM_THREADS`). Call it
+/// once, at start-up, before other threads exist: it writes the process environment.
 pub fn set_cpu_threads(threads: usize) {
     let threads = threads.max(1);
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());

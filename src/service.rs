@@ -250,13 +250,13 @@ fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
     let (res_tx, res_rx) = mpsc::channel();
     let engine = config.engine.clone();
     let noise_rate = config.gate.noise_rate;
-    let threads = config.runtime.threads;
     let choice = if config.runtime.device == "cuda" { DeviceChoice::Cuda } else { DeviceChoice::Cpu };
     let on_epoch = hooks.on_epoch.clone();
     thread::Builder::new()
         .name("labelgate-window".into())
         .spawn(move || {
-            device::set_cpu_threads(threads);
+            // Kernel threads are set once at start-up (`device::set_cpu_threads` writes the
+            // environment, which must not happen while other threads run).
             let dev = device::select(choice);
             struct Hook(Option<Arc<dyn Fn(&EpochReport) + Send + Sync>>);
             impl TrainingObserver for Hook {
