@@ -123,3 +123,30 @@ fn eval_on_crowd_labels_writes_json_and_plot() {
     let png = std::fs::read(&plot).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 }
+
+/// The README's first command: the embedded gate on the mock cluster accounts for every record.
+#[test]
+fn demo_routes_every_record_and_gives_each_delivery_a_verdict() {
+    let json = temp_path("demo.json");
+    let run = labelgate().args(["demo", "--per-delivery", "1000", "--json"]).arg(&json).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 2, "MNIST vendors and music-genre workers");
+    for r in reports {
+        let s = &r["summary"];
+        let dlq: u64 = s["dead_letters"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        let routed = s["accepted"].as_u64().unwrap() + s["rereview"].as_u64().unwrap() + dlq;
+        assert_eq!(routed, r["input_records"].as_u64().unwrap(), "{}: every record in exactly one place", r["name"]);
+        assert_eq!(r["deliveries"].as_array().unwrap().len() as u64, s["verdicts"].as_u64().unwrap());
+        assert!(r["suspect_precision"].as_f64().unwrap() > 0.8, "{}: precision {}", r["name"], r["suspect_precision"]);
+    }
+    let mnist = &reports[0];
+    assert_eq!(mnist["deliveries"].as_array().unwrap().len(), 6);
+    assert_eq!(mnist["summary"]["dead_letters"].as_object().unwrap().len(), 3, "three kinds of bad record");
+    // Estimated accuracy follows each vendor's true accuracy.
+    for d in mnist["deliveries"].as_array().unwrap() {
+        let (est, truth) = (d["verdict"]["estimated_accuracy"].as_f64().unwrap(), d["true_accuracy"].as_f64().unwrap());
+        assert!((est - truth).abs() < 0.08, "{}: estimated {est} true {truth}", d["batch_id"]);
+    }
+}
