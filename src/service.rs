@@ -72,12 +72,19 @@ pub struct WindowTiming {
     pub producing_seconds: f64,
 }
 
-/// Callbacks for progress display (the demo) — all optional.
+/// Called with (window id, records, deliveries) when a window starts training.
+pub type WindowStartHook = Arc<dyn Fn(&str, usize, usize) + Send + Sync>;
+/// Called after every training epoch of a window.
+pub type EpochHook = Arc<dyn Fn(&EpochReport) + Send + Sync>;
+/// Called for every committed verdict.
+pub type VerdictHook = Arc<dyn Fn(&VerdictMessage) + Send + Sync>;
+
+/// Callbacks for progress display (the demo) and tests — all optional.
 #[derive(Default, Clone)]
 pub struct Hooks {
-    pub on_window_start: Option<Arc<dyn Fn(&str, usize, usize) + Send + Sync>>,
-    pub on_epoch: Option<Arc<dyn Fn(&EpochReport) + Send + Sync>>,
-    pub on_verdict: Option<Arc<dyn Fn(&VerdictMessage) + Send + Sync>>,
+    pub on_window_start: Option<WindowStartHook>,
+    pub on_epoch: Option<EpochHook>,
+    pub on_verdict: Option<VerdictHook>,
 }
 
 /// Runs the gate until `shutdown` resolves, then finishes the window in flight, commits and
@@ -258,7 +265,7 @@ fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
             // Kernel threads are set once at start-up (`device::set_cpu_threads` writes the
             // environment, which must not happen while other threads run).
             let dev = device::select(choice);
-            struct Hook(Option<Arc<dyn Fn(&EpochReport) + Send + Sync>>);
+            struct Hook(Option<EpochHook>);
             impl TrainingObserver for Hook {
                 fn on_epoch(&mut self, r: &EpochReport) {
                     if let Some(f) = &self.0 {
@@ -547,7 +554,9 @@ fn commit_transaction(
     let k = &config.kafka;
     let result = (|| -> Result<()> {
         producer.begin_transaction()?;
-        let mut payloads: Vec<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)> = Vec::with_capacity(commit.outputs.len());
+        // (topic, key, value, headers) of every output, built before anything is sent.
+        type Outgoing = (String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders);
+        let mut payloads: Vec<Outgoing> = Vec::with_capacity(commit.outputs.len());
         for o in &commit.outputs {
             payloads.push(match o {
                 Output::Accepted { key, payload, score, window_id } => (

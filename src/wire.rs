@@ -201,7 +201,7 @@ impl Schema {
     fn image(&self, image: RawImage) -> Result<Vec<f32>, Rejection> {
         use base64::Engine;
         let bad = |m: String| Rejection::new(DlqReason::InvalidImage, m);
-        if image.shape.len() != 3 || image.shape.iter().any(|&d| d == 0) {
+        if image.shape.len() != 3 || image.shape.contains(&0) {
             return Err(bad(format!("shape {:?}: expected [height, width, channels]", image.shape)));
         }
         let expected: usize = image.shape.iter().product();
@@ -295,8 +295,8 @@ mod tests {
         let msg = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[1,3,1],"data_b64":"{data}"}}}}"#);
         let Inbound::Annotation(a) = schema().parse(msg.as_bytes()).unwrap() else { panic!() };
         assert_eq!(a.features, vec![0.0, 1.0, 0.2]);
-        let short = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[1,1,3],"data_b64":"AAA="}}}}"#);
-        assert_eq!(reason(&short), DlqReason::InvalidImage);
+        let short = r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{"shape":[1,1,3],"data_b64":"AAA="}}"#;
+        assert_eq!(reason(short), DlqReason::InvalidImage);
     }
 
     #[test]
