@@ -275,9 +275,7 @@ fn score(args: ScoreArgs) -> Result<()> {
                 None => records::Format::from_path(path),
             };
             let mut set = records::read(path, format, args.classes.as_deref())?;
-            let scaler = data::Standardizer::fit(&set.features, set.shape);
-            let dim = set.shape.len();
-            scaler.apply(&mut set.features, dim);
+            data::Standardizer::standardize_in_place(&mut set.features, set.shape);
             set
         }
         (None, Some(which)) => data::load_builtin(which, &args.common.data_dir())?.0,

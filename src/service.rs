@@ -189,7 +189,9 @@ pub async fn ensure_topics(config: &Config, partitions: i32) -> Result<()> {
     Ok(())
 }
 
-/// Reads a topic from the beginning to its current end (committed data only).
+/// Reads a topic from the beginning to its current end (committed data only). Meant for the
+/// topics the gate writes: they are written in transactions, so each partition's last offset is
+/// a commit marker, which is why a consumer position one short of the end counts as done.
 pub fn read_topic(config: &Config, topic: &str, mut each: impl FnMut(&[u8], &[u8])) -> Result<()> {
     read_topic_messages(config, topic, |m| each(m.key().unwrap_or_default(), m.payload().unwrap_or_default()))
 }
@@ -409,7 +411,8 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
 
     let trainer = start_trainer(config, &hooks);
     let parsers = parser_pool()?;
-    let mut in_flight: Option<(String, Instant, Instant, usize, usize)> = None;
+    // When the window now training started; everything else about it travels with the job.
+    let mut in_flight: Option<Instant> = None;
     let mut revoked_during_window: Vec<i32> = Vec::new();
     let mut paused = false;
     let mut last_flush = Instant::now();
@@ -471,14 +474,15 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
                 if let Some(f) = &hooks.on_window_start {
                     f(&job.id, job.records(), job.deliveries());
                 }
-                in_flight = Some((job.id.clone(), job.first_closed, Instant::now(), job.records(), job.deliveries()));
+                in_flight = Some(Instant::now());
                 trainer.jobs.send(job).context("window thread gone")?;
             }
         }
         match trainer.results.try_recv() {
             Ok((job, result)) => {
-                let (_, first_closed, started, records, deliveries) = in_flight.take().expect("a window was in flight");
+                let started = in_flight.take().expect("a window was in flight");
                 let trained = Instant::now();
+                let (window_id, first_closed, records, deliveries) = (job.id.clone(), job.first_closed, job.records(), job.deliveries());
                 let scores = result.with_context(|| format!("window {} failed", job.id))?;
                 if !revoked_during_window.is_empty() {
                     // Its records may now belong to another replica: put back what is still ours.
@@ -496,7 +500,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
                     training_seconds: trained.duration_since(started).as_secs_f64(),
                     producing_seconds: trained.elapsed().as_secs_f64(),
                 };
-                tracing::info!(window = %commit_window_id(&commit), ?timing, "window committed");
+                tracing::info!(window = %window_id, ?timing, "window committed");
                 summary.window_timings.push(timing);
             }
             Err(mpsc::TryRecvError::Empty) => {}
@@ -515,10 +519,6 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
     consumer.unsubscribe();
     tracing::info!(?summary, "gate stopped");
     Ok(summary)
-}
-
-fn commit_window_id(commit: &Commit) -> String {
-    commit.outputs.iter().find_map(|o| if let Output::Verdict(v) = o { Some(v.window_id.clone()) } else { None }).unwrap_or_default()
 }
 
 fn model_name(config: &Config) -> String {

@@ -106,6 +106,11 @@ impl Standardizer {
         Self { mean, std }
     }
 
+    /// Fits on `features` and scales them in place (for data with no separate test split).
+    pub fn standardize_in_place(features: &mut [f32], shape: InputShape) {
+        Self::fit(features, shape).apply(features, shape.len());
+    }
+
     pub fn apply(&self, features: &mut [f32], dim: usize) {
         let columns = self.mean.len();
         debug_assert_eq!(dim % columns, 0);

@@ -324,11 +324,10 @@ impl Gate {
     /// waited long enough, or buffering is at its bound.
     pub fn window_due(&self, now: Instant) -> bool {
         let (records, oldest) = self.closed_records();
-        let closed_exists = self.deliveries.values().any(|d| d.closed.is_some());
-        closed_exists
-            && (records >= self.config.min_window_records
-                || self.is_full()
-                || oldest.is_some_and(|t| now.duration_since(t) >= Duration::from_secs(self.config.max_window_wait_secs)))
+        let Some(oldest) = oldest else { return false };
+        records >= self.config.min_window_records
+            || self.is_full()
+            || now.duration_since(oldest) >= Duration::from_secs(self.config.max_window_wait_secs)
     }
 
     /// Takes closed deliveries, oldest first and whole, until the window holds at least
@@ -340,6 +339,7 @@ impl Gate {
             return None;
         }
         closed.sort_by_key(|(k, t)| (*t, k.clone()));
+        let first_closed = closed[0].1;
         let mut deliveries = Vec::new();
         let mut records = 0;
         for (key, _) in closed {
@@ -365,7 +365,6 @@ impl Gate {
             labels.push(label);
         }
         let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len() };
-        let first_closed = deliveries.iter().filter_map(|d| d.closed.map(|(t, _)| t)).min().unwrap_or(now);
         Some(WindowJob { id, deliveries, data, first_closed })
     }
 

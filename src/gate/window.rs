@@ -39,7 +39,7 @@ pub fn score_window(
     observer: &mut dyn TrainingObserver,
 ) -> candle_core::Result<WindowScores> {
     let shape = InputShape::Vector { dim: data.dim };
-    Standardizer::fit(&data.features, shape).apply(&mut data.features, data.dim);
+    Standardizer::standardize_in_place(&mut data.features, shape);
     let samples = Samples { features: &data.features, labels: &data.labels, shape, classes: data.classes };
     let outcome = o2u::score(samples, None, config, device, observer)?;
     let selection = suspects::select(&outcome.scores, noise_rate);
