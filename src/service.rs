@@ -469,7 +469,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
         }
 
         if in_flight.is_none() && !stopping && gate.window_due(now) {
-            if let Some(job) = gate.take_window(now) {
+            if let Some(job) = gate.take_window() {
                 tracing::info!(window = %job.id, records = job.records(), deliveries = job.deliveries(), "window started");
                 if let Some(f) = &hooks.on_window_start {
                     f(&job.id, job.records(), job.deliveries());

@@ -135,6 +135,8 @@ pub struct Gate {
     pool: ReferencePool,
     buffered: usize,
     window_seq: u64,
+    /// Wall-clock start of this gate (ms since the epoch): window ids stay unique across restarts.
+    started_ms: u128,
 }
 
 const GATED_MEMORY: usize = 100_000;
@@ -158,6 +160,7 @@ impl Gate {
             pool,
             buffered: 0,
             window_seq: 0,
+            started_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()),
         }
     }
 
@@ -332,7 +335,7 @@ impl Gate {
 
     /// Takes closed deliveries, oldest first and whole, until the window holds at least
     /// `max_window_records` (a single larger delivery is taken alone).
-    pub fn take_window(&mut self, now: Instant) -> Option<WindowJob> {
+    pub fn take_window(&mut self) -> Option<WindowJob> {
         let mut closed: Vec<((i32, String), Instant)> =
             self.deliveries.iter().filter_map(|(k, d)| d.closed.map(|(t, _)| (k.clone(), t))).collect();
         if closed.is_empty() {
@@ -352,7 +355,7 @@ impl Gate {
         }
         self.buffered -= records;
         self.window_seq += 1;
-        let id = format!("{}-{}-{}", self.instance, now.elapsed().as_nanos() % 1_000_000, self.window_seq);
+        let id = format!("{}-{}-{}", self.instance, self.started_ms, self.window_seq);
         let dim = self.config.feature_dim;
         let mut features = Vec::with_capacity((records + self.pool.len()) * dim);
         let mut labels = Vec::with_capacity(records + self.pool.len());
@@ -553,7 +556,7 @@ mod tests {
         assert!(!g.window_due(now), "not closed yet");
         assert_eq!(g.ingest(msg(5, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now), Ingested::DeliveryClosed);
         assert!(g.window_due(now));
-        let job = g.take_window(now).unwrap();
+        let job = g.take_window().unwrap();
         assert_eq!(job.records(), 3);
         let commit = g.finish_window(job, &scores(3, &[1]));
         let count = |f: fn(&Output) -> bool| commit.outputs.iter().filter(|o| f(o)).count();
@@ -578,7 +581,7 @@ mod tests {
         }
         g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
         g.ingest(msg(5, &rec("x2", "open", "a")), now);
-        let job = g.take_window(now).unwrap();
+        let job = g.take_window().unwrap();
         let commit = g.finish_window(job, &scores(3, &[]));
         assert_eq!(commit.progress, vec![PartitionProgress { partition: 0, commit_offset: 0, done: vec![(1, 5)] }]);
         // After a restart the done offsets are skipped, the open delivery is read again.
