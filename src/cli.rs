@@ -131,6 +131,13 @@ struct EvalArgs {
     /// Write `index,true_label,given_label` of the training samples (for peer benchmarks).
     #[arg(long)]
     export_labels: Option<PathBuf>,
+    /// Treat each annotator as a vendor: estimated vs true label accuracy, MAE and Spearman
+    /// (music-genre).
+    #[arg(long)]
+    vendors: bool,
+    /// With --vendors: compare annotators with at least this many labels.
+    #[arg(long, default_value_t = 20)]
+    min_labels: usize,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -165,9 +172,9 @@ struct EngineArgs {
     hidden: Vec<usize>,
     #[arg(long, default_value_t = O2uConfig::default().batch_size)]
     batch_size: usize,
-    /// E1: stage-1 epochs at --stage1-lr.
-    #[arg(long, default_value_t = O2uConfig::default().stage1_epochs)]
-    stage1_epochs: usize,
+    /// E1: stage-1 epochs at --stage1-lr [default: 5; 20 for --dataset music-genre]
+    #[arg(long)]
+    stage1_epochs: Option<usize>,
     #[arg(long, default_value_t = O2uConfig::default().stage1_lr)]
     stage1_lr: f64,
     /// k: stage-2 cycles.
@@ -192,7 +199,8 @@ struct EngineArgs {
 }
 
 impl CommonArgs {
-    fn o2u_config(&self) -> Result<O2uConfig> {
+    /// `dataset` picks the stage-1 default when `--stage1-epochs` is not given.
+    fn o2u_config(&self, dataset: Option<Builtin>) -> Result<O2uConfig> {
         let e = &self.engine;
         let mut config = O2uConfig {
             model: match e.model.as_str() {
@@ -200,7 +208,7 @@ impl CommonArgs {
                 _ => ModelConfig::Mlp { hidden: e.hidden.clone() },
             },
             batch_size: e.batch_size,
-            stage1_epochs: e.stage1_epochs,
+            stage1_epochs: e.stage1_epochs.unwrap_or_else(|| dataset.map_or(O2uConfig::default().stage1_epochs, Builtin::default_stage1_epochs)),
             stage1_lr: e.stage1_lr,
             cycles: e.cycles,
             schedule: o2u::CyclicalSchedule { lr_max: e.lr_max, lr_min: e.lr_min, cycle_len: e.cycle_len },
@@ -265,7 +273,7 @@ struct SuspectLine<'a> {
 }
 
 fn score(args: ScoreArgs) -> Result<()> {
-    let config = args.common.o2u_config()?;
+    let config = args.common.o2u_config(args.dataset)?;
     let device = args.common.device();
     let set: LabelledSet = match (&args.input, args.dataset) {
         (Some(path), _) => {
@@ -321,7 +329,7 @@ fn score(args: ScoreArgs) -> Result<()> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let config = args.common.o2u_config()?;
+    let config = args.common.o2u_config(Some(args.dataset))?;
     let device = args.common.device();
     let (mut train, test) = data::load_builtin(args.dataset, &args.common.data_dir())?;
     if let Some(limit) = args.limit {
@@ -347,6 +355,12 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let mut report = eval::evaluate(&train, &test, args.noise, &config, args.retrain, &device, args.common.threads, &mut progress)?;
     progress.finish();
     report.dataset = clap::ValueEnum::to_possible_value(&args.dataset).expect("named").get_name().to_string();
+    if args.vendors {
+        let vendors = eval::vendors::vendor_report(&train, &report.scores, &report.predicted, args.min_labels)?;
+        report.vendor_accuracy_mae = Some(vendors.vendor_accuracy_mae);
+        report.vendor_accuracy_spearman = Some(vendors.vendor_accuracy_spearman);
+        report.vendor_report = Some(vendors);
+    }
     print_report(&report);
     if let Some(path) = &args.plot {
         let title = format!("{} {}", report.dataset, report.noise.as_deref().unwrap_or("crowd labels"));
@@ -414,5 +428,16 @@ fn print_report(r: &eval::EvalReport) {
     }
     if let Some(a) = r.test_accuracy_after {
         println!("                       {:.4} after retraining on kept samples", a);
+    }
+    if let Some(v) = &r.vendor_report {
+        println!("vendors (annotators with ≥ {} labels)      labels   true   estimated  (95% CI)        argmax-agreement", v.min_labels);
+        for row in &v.vendors {
+            println!(
+                "  {:<38} {:>6}  {:.3}   {:.3}    ({:.3}–{:.3})   {:.3}",
+                row.vendor, row.labels, row.true_accuracy, row.estimated_accuracy, row.ci_low, row.ci_high, row.argmax_agreement
+            );
+        }
+        println!("vendor accuracy        MAE {:.4}  Spearman {:.4}  (argmax baseline: MAE {:.4}  Spearman {:.4})", v.vendor_accuracy_mae, v.vendor_accuracy_spearman, v.baseline_argmax_mae, v.baseline_argmax_spearman);
+        println!("wrong-label share      estimated {:.4}  true {:.4}  (overlap {:.2} of labels)", v.noise_share_estimate, v.true_noise_share, v.overlap_share);
     }
 }

@@ -8,6 +8,7 @@
 //! - [`service`]: the Kafka edge (transactions, rebalances, backpressure); [`demo`]: the embedded mode.
 //! - [`config`]: layered configuration; [`cli`]: the `labelgate` command line.
 
+pub mod accuracy;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -43,5 +43,6 @@ pub fn load(dir: &Path, split: &str) -> Result<LabelledSet> {
         labels,
         classes: (0..10).map(|d| d.to_string()).collect(),
         annotators: None,
+        items: None,
     })
 }

@@ -23,6 +23,9 @@ pub struct LabelledSet {
     pub truth: Option<Vec<u32>>,
     /// Who labelled each sample, when known (vendor or annotator id).
     pub annotators: Option<Vec<String>>,
+    /// What was labelled, when several samples label the same thing (the song a crowd worker
+    /// labelled): the key that lets annotators' agreement count.
+    pub items: Option<Vec<String>>,
 }
 
 impl LabelledSet {
@@ -61,6 +64,9 @@ impl LabelledSet {
         }
         if let Some(a) = &mut self.annotators {
             a.truncate(n);
+        }
+        if let Some(i) = &mut self.items {
+            i.truncate(n);
         }
     }
 }
@@ -160,6 +166,18 @@ pub enum Builtin {
     Mnist,
     /// 2,945 real crowd labels on 700 songs; 300 held-out songs as the test set.
     MusicGenre,
+}
+
+impl Builtin {
+    /// Stage-1 epochs when none are given: 2,945 music-genre labels are 23 steps an epoch, so
+    /// five epochs (115 steps) leave stage 1 under-trained (auto F1 0.74 → 0.76 at 20 epochs,
+    /// annotator-accuracy Spearman 0.45–0.66 → 0.85–0.90 over seeds).
+    pub fn default_stage1_epochs(self) -> usize {
+        match self {
+            Builtin::Mnist => crate::o2u::O2uConfig::default().stage1_epochs,
+            Builtin::MusicGenre => 20,
+        }
+    }
 }
 
 /// Loads a built-in data set as (train, clean test), features standardised on the train split.

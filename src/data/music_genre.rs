@@ -51,6 +51,7 @@ pub fn load_crowd(dir: &Path) -> Result<LabelledSet> {
         classes: classes.clone(),
         truth: Some(Vec::new()),
         annotators: Some(Vec::new()),
+        items: Some(Vec::new()),
     };
     for (i, row) in reader.records().enumerate() {
         let row = row.with_context(|| format!("{} line {}", path.display(), i + 2))?;
@@ -66,6 +67,7 @@ pub fn load_crowd(dir: &Path) -> Result<LabelledSet> {
         set.labels.push(label as u32);
         set.truth.as_mut().unwrap().push(class_of(&songs.genre[song]).unwrap() as u32);
         set.annotators.as_mut().unwrap().push(worker.to_string());
+        set.items.as_mut().unwrap().push(song.to_string());
     }
     Ok(set)
 }
@@ -90,5 +92,6 @@ pub fn load_test(dir: &Path, classes: &[String]) -> Result<LabelledSet> {
         labels,
         classes: classes.to_vec(),
         annotators: None,
+        items: None,
     })
 }

@@ -143,6 +143,7 @@ impl<'a> Builder<'a> {
                 classes: Vec::new(),
                 truth: None,
                 annotators: None,
+                items: None,
             },
             label_names: Vec::new(),
             annotators: Vec::new(),

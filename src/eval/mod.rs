@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod plot;
+pub mod vendors;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -39,6 +40,15 @@ pub struct EvalReport {
     pub test_accuracy_before: Option<f64>,
     pub test_accuracy_after: Option<f64>,
     pub config: O2uConfig,
+    /// With `--vendors`: MAE and Spearman of estimated vs true per-annotator accuracy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_accuracy_mae: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_accuracy_spearman: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_report: Option<vendors::VendorReport>,
+    #[serde(skip)]
+    pub predicted: Vec<u32>,
     #[serde(skip)]
     pub pr_curve: Vec<(f64, f64)>,
     #[serde(skip)]
@@ -107,6 +117,10 @@ pub fn evaluate(
         test_accuracy_before: outcome.test_accuracy,
         test_accuracy_after,
         config: config.clone(),
+        vendor_accuracy_mae: None,
+        vendor_accuracy_spearman: None,
+        vendor_report: None,
+        predicted: outcome.predicted,
         pr_curve: metrics::pr_curve(&outcome.scores, &is_noisy),
         scores: outcome.scores,
         loss_variance: outcome.loss_variance,

@@ -1,0 +1,192 @@
+//! A delivery's and a vendor's label accuracy: the share of labels the gate did not flag,
+//! corrected by what is known about the flags themselves — gold items (how often a wrong gold
+//! label is flagged, and a right one is) or human reviews of the suspects (how many flagged labels
+//! were really wrong) — with a confidence interval.
+
+pub mod agreement;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gate::verdict::wilson;
+
+/// Gold items (or labels below) needed on each side before gold calibrates the estimate.
+pub const MIN_GOLD_PER_SIDE: usize = 5;
+/// A flag that barely separates wrong from right labels cannot be inverted reliably.
+const MIN_SEPARATION: f64 = 0.2;
+
+/// How the gate's flags behave on gold items of one window: the share of wrong gold labels it
+/// flagged (`tpr`) and of right gold labels it flagged (`fpr`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GoldCalibration {
+    pub tpr: f64,
+    pub fpr: f64,
+    pub wrong: usize,
+    pub right: usize,
+}
+
+impl GoldCalibration {
+    /// From counts of gold labels; `None` when there are too few on either side or the flags
+    /// do not separate them.
+    pub fn from_counts(wrong_flagged: usize, wrong: usize, right_flagged: usize, right: usize) -> Option<Self> {
+        if wrong < MIN_GOLD_PER_SIDE || right < MIN_GOLD_PER_SIDE {
+            return None;
+        }
+        let tpr = wrong_flagged as f64 / wrong as f64;
+        let fpr = right_flagged as f64 / right as f64;
+        (tpr - fpr >= MIN_SEPARATION).then_some(Self { tpr, fpr, wrong, right })
+    }
+
+    /// Rogan–Gladen: the share of wrong labels that explains a flagged share `f`.
+    pub fn wrong_share(&self, flagged_share: f64) -> f64 {
+        ((flagged_share - self.fpr) / (self.tpr - self.fpr)).clamp(0.0, 1.0)
+    }
+}
+
+/// Reviews of a vendor's suspects: how many were looked at, how many were really wrong.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewStats {
+    pub reviewed: u64,
+    pub confirmed_wrong: u64,
+}
+
+impl ReviewStats {
+    /// The realised precision of the gate's suspects for this vendor.
+    pub fn precision(&self) -> Option<f64> {
+        (self.reviewed > 0).then(|| self.confirmed_wrong as f64 / self.reviewed as f64)
+    }
+}
+
+/// What corrected the raw flagged share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Calibration {
+    None,
+    Gold(GoldCalibration),
+    /// Realised suspect precision from at least `min_reviews` reviews.
+    Reviews(f64),
+}
+
+impl Calibration {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Calibration::None => "none",
+            Calibration::Gold(_) => "gold",
+            Calibration::Reviews(_) => "reviews",
+        }
+    }
+
+    /// Gold first (it measures both kinds of flag error), then reviews (they measure the false
+    /// flags only), else none.
+    pub fn choose(gold: Option<GoldCalibration>, reviews: ReviewStats, min_reviews: u64) -> Self {
+        match (gold, reviews.precision()) {
+            (Some(g), _) => Calibration::Gold(g),
+            (None, Some(p)) if reviews.reviewed >= min_reviews => Calibration::Reviews(p),
+            _ => Calibration::None,
+        }
+    }
+
+    fn wrong_share(&self, flagged_share: f64) -> f64 {
+        match self {
+            Calibration::None => flagged_share,
+            Calibration::Gold(g) => g.wrong_share(flagged_share),
+            Calibration::Reviews(precision) => flagged_share * precision,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccuracyEstimate {
+    pub accuracy: f64,
+    pub ci: (f64, f64),
+    pub calibration: Calibration,
+}
+
+/// Estimated label accuracy of `records` labels of which `flagged` were flagged. The interval is
+/// the Wilson interval of the flagged share mapped through the same (monotone) calibration.
+pub fn estimate(records: usize, flagged: usize, calibration: Calibration, z: f64) -> AccuracyEstimate {
+    if records == 0 {
+        return AccuracyEstimate { accuracy: 1.0, ci: (0.0, 1.0), calibration };
+    }
+    let share = flagged as f64 / records as f64;
+    let (flag_lo, flag_hi) = wilson(flagged, records, z);
+    AccuracyEstimate {
+        accuracy: 1.0 - calibration.wrong_share(share),
+        ci: (1.0 - calibration.wrong_share(flag_hi), 1.0 - calibration.wrong_share(flag_lo)),
+        calibration,
+    }
+}
+
+/// One delivery in a vendor's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub batch_id: String,
+    pub vendor_id: String,
+    pub records: usize,
+    pub flagged: usize,
+    pub estimated_accuracy: f64,
+    pub gold_items: usize,
+    pub gold_correct: usize,
+    /// Unix milliseconds when it was gated.
+    pub gated_at_ms: u64,
+    pub decision: crate::wire::Decision,
+    pub window_id: String,
+}
+
+/// A vendor's accuracy over recent deliveries: weighted by records, so a 10-record delivery does
+/// not swing it like a 10,000-record one. `None` with no history.
+pub fn rolling_accuracy(history: &[DeliveryRecord]) -> Option<f64> {
+    let records: usize = history.iter().map(|d| d.records).sum();
+    (records > 0).then(|| history.iter().map(|d| d.estimated_accuracy * d.records as f64).sum::<f64>() / records as f64)
+}
+
+/// Accuracy on gold items over recent deliveries.
+pub fn rolling_gold_accuracy(history: &[DeliveryRecord]) -> Option<f64> {
+    let items: usize = history.iter().map(|d| d.gold_items).sum();
+    (items > 0).then(|| history.iter().map(|d| d.gold_correct).sum::<usize>() as f64 / items as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gold_inverts_the_flag_errors() {
+        // The detector flags 80% of wrong labels and 5% of right ones; 20% wrong gives 0.2·0.8 +
+        // 0.8·0.05 = 0.2 flagged, which inverts back to 0.2.
+        let g = GoldCalibration::from_counts(8, 10, 2, 40).unwrap();
+        assert!((g.wrong_share(0.2) - 0.2).abs() < 1e-12);
+        assert_eq!(g.wrong_share(0.01), 0.0, "clamped");
+        assert!(GoldCalibration::from_counts(2, 3, 1, 40).is_none(), "too few wrong gold labels");
+        assert!(GoldCalibration::from_counts(5, 10, 20, 40).is_none(), "flags do not separate");
+    }
+
+    #[test]
+    fn reviews_scale_the_flagged_share_and_the_interval_follows() {
+        let none = estimate(1000, 200, Calibration::None, 1.96);
+        assert!((none.accuracy - 0.8).abs() < 1e-12);
+        assert!(none.ci.0 < 0.8 && none.ci.1 > 0.8);
+        let reviewed = estimate(1000, 200, Calibration::Reviews(0.5), 1.96);
+        assert!((reviewed.accuracy - 0.9).abs() < 1e-12);
+        assert!(reviewed.ci.1 - reviewed.ci.0 < none.ci.1 - none.ci.0);
+        let stats = ReviewStats { reviewed: 10, confirmed_wrong: 9 };
+        assert_eq!(Calibration::choose(None, stats, 20), Calibration::None, "too few reviews");
+        assert_eq!(Calibration::choose(None, stats, 10), Calibration::Reviews(0.9));
+    }
+
+    #[test]
+    fn rolling_accuracy_weights_by_records() {
+        let d = |records, acc| DeliveryRecord {
+            batch_id: "b".into(),
+            vendor_id: "v".into(),
+            records,
+            flagged: 0,
+            estimated_accuracy: acc,
+            gold_items: 0,
+            gold_correct: 0,
+            gated_at_ms: 0,
+            decision: crate::wire::Decision::Accept,
+            window_id: "w".into(),
+        };
+        assert_eq!(rolling_accuracy(&[]), None);
+        assert!((rolling_accuracy(&[d(900, 0.9), d(100, 0.5)]).unwrap() - 0.86).abs() < 1e-12);
+    }
+}
