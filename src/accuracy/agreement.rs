@@ -181,7 +181,7 @@ pub fn overlap_share(item: &[usize], annotator: &[usize], items: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
 
     /// Synthetic crowd: `items` items, 3 annotators each from a pool with known accuracies,
     /// scores high for wrong labels and low for right ones (with overlap between the two).
