@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite from a fresh machine: installs what the tests need (kcat from Debian, the
-# Apache Kafka broker from Maven Central), starts the broker, builds once (release profile,
-# shared with `cargo run --release`), runs every test, and stops the broker.
+# The whole test suite from a fresh machine: installs what the tests need (kcat, redis-server,
+# promtool and openssl from Debian, the Apache Kafka broker from Maven Central), starts the broker
+# and Redis (plain and TLS), builds once (release profile, shared with `cargo run --release`), runs
+# every test, and stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
@@ -15,6 +16,9 @@ missing=()
 command -v kcat >/dev/null || missing+=(kcat)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   ${SUDO:-} apt-get update -qq >&2
@@ -23,8 +27,19 @@ fi
 
 export KAFKA_PORT=${KAFKA_PORT:-19092}
 scripts/kafka.sh start
-trap 'scripts/kafka.sh stop' EXIT
+# Set before Redis starts so that a failed Redis start still stops the broker.
+trap 'scripts/redis.sh stop; scripts/kafka.sh stop' EXIT
 export LABELGATE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+
+export REDIS_PORT=${REDIS_PORT:-16379} REDIS_TLS_PORT=${REDIS_TLS_PORT:-16380}
+export REDIS_PASSWORD=${REDIS_PASSWORD:-labelgate-test}
+# start prints the TLS CA's path on stdout.
+LABELGATE_REDIS_CA=$(scripts/redis.sh start)
+export LABELGATE_REDIS_CA
+# Credentials travel apart from the URL, as in the service's config (state.redis.username/password).
+export LABELGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+export LABELGATE_REDIS_TLS_URL=rediss://127.0.0.1:$REDIS_TLS_PORT/0
+export LABELGATE_REDIS_USER=labelgate LABELGATE_REDIS_PASSWORD=$REDIS_PASSWORD
 
 # Two cores: the tests train networks side by side, one kernel thread each.
 export LABELGATE_THREADS=1 RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}

@@ -44,6 +44,25 @@ pub struct Config {
     pub gate: GateConfig,
     pub engine: O2uConfig,
     pub runtime: RuntimeConfig,
+    pub state: StateConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `redis`, or `memory` (one process, lost on exit: the embedded demo and tests).
+    pub backend: String,
+    pub redis: crate::state::redis::RedisConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; empty = no HTTP server.
+    pub listen: String,
+    /// Vendors beyond this many share the label `vendor="_other"` (and are counted).
+    pub max_vendor_series: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +80,8 @@ pub struct KafkaConfig {
     pub verdicts_topic: String,
     pub dlq_topic: String,
     pub progress_topic: String,
+    /// Human review outcomes of the suspects (`sample_id`, `final_label`, `reviewer`).
+    pub reviews_topic: String,
     pub max_message_bytes: usize,
     /// Extra librdkafka properties for every client.
     #[serde(default)]
@@ -88,6 +109,13 @@ pub struct GateConfig {
     pub confidence: f64,
     #[serde(with = "noise_rate_text")]
     pub noise_rate: NoiseRate,
+    /// A vendor's accuracy gauge covers its deliveries gated in this many recent seconds.
+    pub vendor_accuracy_window_secs: u64,
+    /// Reviews of a vendor's suspects needed before their precision corrects its estimate.
+    pub min_reviews: u64,
+    /// Share of a window's labels on items labelled by more than one vendor above which the
+    /// wrong-label share comes from the agreement model instead of the scores alone.
+    pub min_overlap_share: f64,
 }
 
 impl GateConfig {
@@ -207,11 +235,43 @@ impl Config {
         if !(0.5..1.0).contains(&g.confidence) {
             p.push(format!("gate.confidence = {}: use a level such as 0.95", g.confidence));
         }
+        if !(0.0..=1.0).contains(&g.min_overlap_share) {
+            p.push(format!("gate.min_overlap_share = {}: a share between 0 and 1, e.g. 0.05", g.min_overlap_share));
+        }
+        if g.vendor_accuracy_window_secs == 0 {
+            p.push("gate.vendor_accuracy_window_secs: must be positive, e.g. 86400 (a day)".into());
+        }
+        let st = &self.state;
+        match st.backend.as_str() {
+            "memory" => {}
+            "redis" => {
+                let r = &st.redis;
+                if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                    p.push(format!("state.redis.url = {:?}: use redis://host:port/db or rediss://host:port/db", r.url));
+                }
+                if r.url.contains('@') {
+                    p.push("state.redis.url: put credentials in state.redis.username and state.redis.password (LABELGATE__STATE__REDIS__PASSWORD), not in the URL".into());
+                }
+                if r.tls_ca_file.is_some() && !r.url.starts_with("rediss://") {
+                    p.push("state.redis.tls_ca_file: set only with a rediss:// URL".into());
+                }
+                if r.timeout_ms == 0 || r.retention_days == 0 {
+                    p.push("state.redis.timeout_ms and state.redis.retention_days: must be positive".into());
+                }
+            }
+            other => p.push(format!("state.backend = {other:?}: use \"redis\" or \"memory\"")),
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("metrics.listen = {:?}: use host:port, e.g. \"0.0.0.0:9464\", or \"\" for no HTTP server", self.metrics.listen));
+        }
+        if self.metrics.max_vendor_series == 0 {
+            p.push("metrics.max_vendor_series: must be at least 1, e.g. 1000".into());
+        }
         if !matches!(self.runtime.device.as_str(), "cpu" | "cuda") {
             p.push(format!("runtime.device = {:?}: use \"cpu\" or \"cuda\"", self.runtime.device));
         }
         let k = &self.kafka;
-        let topics = [&k.input_topic, &k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic, &k.progress_topic];
+        let topics = [&k.input_topic, &k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic, &k.progress_topic, &k.reviews_topic];
         let mut names: Vec<&String> = topics.to_vec();
         names.sort();
         names.dedup();

@@ -117,6 +117,10 @@ fn scenario_config(s: &Scenario, bootstrap: &str, prefix: &str) -> Result<Config
     k.verdicts_topic = format!("{prefix}.annotations.verdicts");
     k.dlq_topic = format!("{prefix}.annotations.dlq");
     k.progress_topic = format!("{prefix}.labelgate.progress");
+    k.reviews_topic = format!("{prefix}.annotations.reviews");
+    // Zero setup: state in this process, no HTTP server.
+    config.state.backend = "memory".into();
+    config.metrics.listen = String::new();
     config.gate.classes = s.set.classes.clone();
     config.gate.feature_dim = s.set.shape.len();
     config.gate.delivery_timeout_secs = 5;

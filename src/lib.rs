@@ -20,4 +20,6 @@ pub mod noise;
 pub mod o2u;
 pub mod progress;
 pub mod service;
+pub mod state;
+pub mod telemetry;
 pub mod wire;

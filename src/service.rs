@@ -29,6 +29,7 @@ use rdkafka::{
 use serde::Serialize;
 
 use crate::{
+    accuracy::{self, ReviewStats},
     config::Config,
     device::{self, DeviceChoice},
     gate::{
@@ -36,6 +37,8 @@ use crate::{
         Commit, Gate, Ingested, InputMessage, Output, PartitionProgress, SourcePos, WindowJob,
     },
     o2u::{EpochReport, TrainingObserver},
+    state::{redis::RedisState, MemoryState, Review, StateError, StateStore},
+    telemetry::{http, Telemetry},
     wire::{headers, VerdictMessage},
 };
 
@@ -88,22 +91,78 @@ pub struct Hooks {
 }
 
 /// Runs the gate until `shutdown` resolves, then finishes the window in flight, commits and
-/// returns.
+/// returns. Serves `/metrics`, `/healthz` and `/readyz` on `metrics.listen` meanwhile.
 pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+    let telemetry = Arc::new(Telemetry::new(config.metrics.max_vendor_series, &model_name(&config), &config.runtime.device));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(http::serve(&config.metrics.listen, telemetry.clone(), async move {
+            let _ = http_stopped.await;
+        })
+        .await?)
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
-        let stop = stop.clone();
-        tokio::task::spawn_blocking(move || run_blocking(&config, &stop, hooks))
+        let (stop, telemetry, runtime) = (stop.clone(), telemetry.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            let state = open_state(&config, runtime, &telemetry, &stop)?;
+            run_blocking(&config, &stop, hooks, &telemetry, state)
+        })
     };
     tokio::pin!(worker);
-    tokio::select! {
-        result = &mut worker => return result.context("gate thread panicked")?,
+    let result = tokio::select! {
+        result = &mut worker => result.context("gate thread panicked")?,
         _ = shutdown => {
             tracing::info!("shutdown requested: finishing the window in flight");
+            telemetry.set_ready(false, "draining");
             stop.store(true, Ordering::SeqCst);
+            worker.await.context("gate thread panicked")?
+        }
+    };
+    telemetry.set_ready(false, "stopped");
+    let _ = stop_http.send(());
+    if let Some((_, task)) = server {
+        let _ = task.await;
+    }
+    result
+}
+
+/// The configured state store; Redis is retried with back-off until it answers or `stop` is set.
+pub fn open_state(config: &Config, runtime: tokio::runtime::Handle, telemetry: &Telemetry, stop: &AtomicBool) -> Result<Arc<dyn StateStore>> {
+    if config.state.backend == "memory" {
+        return Ok(Arc::new(MemoryState::default()));
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        match RedisState::connect(&config.state.redis, runtime.clone()) {
+            Ok(s) => return Ok(Arc::new(s)),
+            Err(e) => {
+                if stop.load(Ordering::SeqCst) {
+                    bail!("stopping before the state store answered: {e}");
+                }
+                let wait = backoff.next();
+                telemetry.state_error("connect", &e, wait);
+                thread::sleep(wait);
+            }
         }
     }
-    worker.await.context("gate thread panicked")?
+}
+
+/// Exponential back-off from 250 ms to 10 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(250))
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        now
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -151,9 +210,20 @@ enum RebalanceEvent {
 struct GateContext {
     topic: String,
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Records behind the high watermark over the assigned input partitions (librdkafka stats).
+    lag: std::sync::atomic::AtomicI64,
 }
 
-impl ClientContext for GateContext {}
+impl ClientContext for GateContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .get(&self.topic)
+            .map(|t| t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| p.consumer_lag).sum())
+            .unwrap_or(0);
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for GateContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -175,7 +245,7 @@ impl ConsumerContext for GateContext {
 pub async fn ensure_topics(config: &Config, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config).create().context("admin client")?;
     let k = &config.kafka;
-    let plain = [&k.input_topic, &k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic];
+    let plain = [&k.input_topic, &k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic, &k.reviews_topic];
     let mut topics: Vec<NewTopic> = plain.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     topics.push(NewTopic::new(&k.progress_topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"));
     let results = admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
@@ -259,6 +329,7 @@ fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
     let (res_tx, res_rx) = mpsc::channel();
     let engine = config.engine.clone();
     let noise_rate = config.gate.noise_rate;
+    let min_overlap = config.gate.min_overlap_share;
     let choice = if config.runtime.device == "cuda" { DeviceChoice::Cuda } else { DeviceChoice::Cpu };
     let on_epoch = hooks.on_epoch.clone();
     thread::Builder::new()
@@ -276,9 +347,17 @@ fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
                 }
             }
             while let Ok(mut job) = job_rx.recv() {
-                let empty = window::WindowData { features: vec![], labels: vec![], pending: job.data.pending, dim: job.data.dim, classes: job.data.classes };
+                let empty = window::WindowData {
+                    features: vec![],
+                    labels: vec![],
+                    pending: job.data.pending,
+                    dim: job.data.dim,
+                    classes: job.data.classes,
+                    sample_ids: vec![],
+                    vendors: vec![],
+                };
                 let data = std::mem::replace(&mut job.data, empty);
-                let result = window::score_window(data, &engine, noise_rate, &dev, &mut Hook(on_epoch.clone()));
+                let result = window::score_window(data, &engine, noise_rate, min_overlap, &dev, &mut Hook(on_epoch.clone()));
                 if res_tx.send((job, result)).is_err() {
                     break;
                 }
@@ -341,7 +420,7 @@ fn parser_pool() -> Result<rayon::ThreadPool> {
 
 fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
     let k = &config.kafka;
-    let context = GateContext { topic: k.input_topic.clone(), events: Mutex::new(Vec::new()) };
+    let context = GateContext { topic: k.input_topic.clone(), events: Mutex::new(Vec::new()), lag: Default::default() };
     let mut consumer_config = client_config(config);
     consumer_config
         .set("group.id", &k.group_id)
@@ -353,7 +432,9 @@ fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
         // it parsed (ingest went from 0.51× to about 0.85× of kcat's raw read).
         .set("fetch.message.max.bytes", (k.max_message_bytes + 65_536).max(8 << 20).to_string())
         .set("fetch.queue.backoff.ms", "5")
-        .set("queued.max.messages.kbytes", "262144");
+        .set("queued.max.messages.kbytes", "262144")
+        // Consumer lag for the metrics comes from librdkafka's statistics.
+        .set("statistics.interval.ms", "5000");
     // The operator's kafka.client settings win over these defaults.
     for (key, value) in &k.client {
         consumer_config.set(key, value);
@@ -387,16 +468,149 @@ pub fn measure_ingest(config: &Config, records: u64) -> Result<f64> {
     Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
 }
 
+/// The reviews consumer: its own group, offsets committed after each review is stored (the store
+/// counts a replayed review once, so at-least-once delivery here is enough).
+fn reviews_consumer(config: &Config) -> Result<BaseConsumer> {
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", format!("{}-reviews", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .context("reviews consumer")?;
+    consumer.subscribe(&[&config.kafka.reviews_topic]).context("subscribe to the reviews topic")?;
+    Ok(consumer)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Calls the state store until it answers. While it does not: not ready, input paused (polled
+/// only to stay in the group; anything that still arrives waits in `stash`), retried with
+/// back-off. A revocation meanwhile stops the gate: nothing of the pending work was committed,
+/// so a restart resumes from the last transaction. Returns the value and whether the input was
+/// paused here (the caller restores its own pause state).
+fn with_state<T>(
+    op: &str,
+    telemetry: &Telemetry,
+    stop: &AtomicBool,
+    consumer: Option<&BaseConsumer<GateContext>>,
+    stash: &mut Vec<InputMessage>,
+    mut call: impl FnMut() -> Result<T, StateError>,
+) -> Result<(T, bool)> {
+    let mut backoff = Backoff::new();
+    let mut failed_since: Option<Instant> = None;
+    loop {
+        match call() {
+            Ok(v) => {
+                if failed_since.is_some() {
+                    telemetry.set_ready(!stop.load(Ordering::SeqCst), "state store answers again");
+                }
+                return Ok((v, failed_since.is_some()));
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                telemetry.state_error(op, &e, wait);
+                if failed_since.is_none() {
+                    failed_since = Some(Instant::now());
+                    telemetry.set_ready(false, "state store unreachable");
+                    if let Some(c) = consumer {
+                        c.pause(&c.assignment()?)?;
+                    }
+                }
+                if stop.load(Ordering::SeqCst) && failed_since.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
+                    bail!("stopping while the state store is unreachable ({e}); nothing pending was committed and a restart resumes from the last transaction");
+                }
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    let Some(c) = consumer else {
+                        thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    let (before, after) = poll_batch(c, Duration::from_millis(100));
+                    stash.extend(before);
+                    stash.extend(after);
+                    if c.context().events.lock().unwrap().iter().any(|e| matches!(e, RebalanceEvent::Revoked(_))) {
+                        bail!("partitions revoked while the state store was unreachable; a restart resumes from the last committed transaction");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Refreshes each vendor's gauges from its history in the state store. A failure leaves the
+/// gauges as they were (the next window retries).
+fn refresh_vendor_gauges(config: &Config, state: &dyn StateStore, telemetry: &Telemetry, vendors: &[String]) {
+    let since = now_ms().saturating_sub(config.gate.vendor_accuracy_window_secs * 1000);
+    for v in vendors {
+        let figures = state.vendor_history(v, since).and_then(|h| Ok((h, state.review_stats(v)?)));
+        match figures {
+            Ok((history, reviews)) => telemetry.vendor_updated(
+                v,
+                accuracy::rolling_accuracy(&history),
+                config.gate.sla(v),
+                accuracy::rolling_gold_accuracy(&history),
+                reviews.precision(),
+            ),
+            Err(e) => tracing::warn!(vendor = %v, error = %e, "vendor gauges not refreshed"),
+        }
+    }
+}
+
+/// Stores the reviews that arrived; commits their offsets once stored.
+fn process_reviews(
+    config: &Config,
+    reviews: &BaseConsumer,
+    state: &dyn StateStore,
+    telemetry: &Telemetry,
+    stop: &AtomicBool,
+    input: &BaseConsumer<GateContext>,
+    stash: &mut Vec<InputMessage>,
+) -> Result<bool> {
+    let mut paused_here = false;
+    for _ in 0..256 {
+        let m = match reviews.poll(Duration::ZERO) {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "reviews consumer");
+                break;
+            }
+            Some(Ok(m)) => m,
+        };
+        match serde_json::from_slice::<Review>(m.payload().unwrap_or_default()) {
+            Err(e) => telemetry.review_invalid(m.partition(), m.offset(), &e),
+            Ok(review) => {
+                let (outcome, paused) = with_state("record_review", telemetry, stop, Some(input), stash, || state.record_review(&review))?;
+                paused_here |= paused;
+                let mut vendors: Vec<String> = Vec::new();
+                for (vendor, wrong) in outcome {
+                    telemetry.review_recorded(&vendor, wrong);
+                    vendors.push(vendor);
+                }
+                refresh_vendor_gauges(config, state, telemetry, &vendors);
+            }
+        }
+        reviews.commit_message(&m, rdkafka::consumer::CommitMode::Async)?;
+    }
+    Ok(paused_here)
+}
+
 /// The gate loop on the calling thread until `stop` is set.
-pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<RunSummary> {
+pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry: &Telemetry, state: Arc<dyn StateStore>) -> Result<RunSummary> {
     let k = &config.kafka;
     let instance = instance_id(config);
     let model_version = format!("labelgate-{}/o2u-{}", env!("CARGO_PKG_VERSION"), model_name(config));
     let mut gate = Gate::new(config.gate.clone(), k.max_message_bytes, model_version, instance.clone());
     let mut summary = RunSummary::default();
+    let mut stash: Vec<InputMessage> = Vec::new();
 
     // Deliveries gated before: late records and repeated batch_ends go to the DLQ.
     read_topic(config, &k.verdicts_topic, |key, _| gate.remember_gated(String::from_utf8_lossy(key).into_owned()))?;
+    let (pool, _) = with_state("load_pool", telemetry, stop, None, &mut stash, || state.load_pool(config.gate.classes.len()))?;
+    let restored = gate.restore_pool(pool);
+    tracing::info!(restored, "reference pool loaded from the state store");
 
     let producer: BaseProducer = client_config(config)
         .set("transactional.id", format!("{}-{}", k.transactional_id_prefix, instance))
@@ -408,6 +622,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
     producer.init_transactions(TXN_TIMEOUT).context("init_transactions: is the broker reachable and does it support transactions?")?;
 
     let consumer = input_consumer(config)?;
+    let reviews = reviews_consumer(config)?;
 
     let trainer = start_trainer(config, &hooks);
     let parsers = parser_pool()?;
@@ -416,19 +631,23 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
     let mut revoked_during_window: Vec<i32> = Vec::new();
     let mut paused = false;
     let mut last_flush = Instant::now();
+    telemetry.set_ready(true, "consuming");
 
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if stopping && in_flight.is_none() {
             break;
         }
-        let (before, after) = if stopping {
+        let (mut before, after) = if stopping {
             // Not consuming any more: wait for the window in flight without spinning.
             thread::sleep(Duration::from_millis(20));
             Default::default()
         } else {
             poll_batch(&consumer, Duration::from_millis(50))
         };
+        if !stash.is_empty() {
+            before.splice(0..0, stash.drain(..));
+        }
         ingest_batch(&mut gate, &parsers, before, &mut summary);
         for event in consumer.context().events.lock().unwrap().drain(..) {
             match event {
@@ -458,19 +677,17 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
         ingest_batch(&mut gate, &parsers, after, &mut summary);
         let now = Instant::now();
         gate.close_idle(now);
-
-        // Backpressure: stop fetching while the buffer is at its bound.
-        if gate.is_full() != paused {
-            let assignment = consumer.assignment()?;
-            if gate.is_full() { consumer.pause(&assignment)? } else { consumer.resume(&assignment)? }
-            paused = !paused;
-            summary.pauses += paused as u64;
-            tracing::info!(paused, buffered = gate.buffered(), "backpressure");
+        let mut state_paused = false;
+        if !stopping {
+            state_paused |= process_reviews(config, &reviews, state.as_ref(), telemetry, stop, &consumer, &mut stash)?;
         }
 
         if in_flight.is_none() && !stopping && gate.window_due(now) {
             if let Some(job) = gate.take_window() {
                 tracing::info!(window = %job.id, records = job.records(), deliveries = job.deliveries(), "window started");
+                if let Some(e) = state.mark_scoring(&job.id, &job.batch_ids()).err() {
+                    tracing::warn!(window = %job.id, error = %e, "delivery states not marked `scoring`");
+                }
                 if let Some(f) = &hooks.on_window_start {
                     f(&job.id, job.records(), job.deliveries());
                 }
@@ -490,9 +707,20 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
                     revoked_during_window.clear();
                     continue;
                 }
-                let commit = gate.finish_window(job, &scores);
+                let vendors = job.vendors();
+                let mut review_stats: HashMap<String, ReviewStats> = HashMap::new();
+                for v in &vendors {
+                    let (stats, p) = with_state("review_stats", telemetry, stop, Some(&consumer), &mut stash, || state.review_stats(v))?;
+                    state_paused |= p;
+                    review_stats.insert(v.clone(), stats);
+                }
+                let commit = gate.finish_window(job, &scores, &review_stats, now_ms());
+                // State first, then the transaction: a crash between them replays the window,
+                // and every state write is idempotent.
+                let ((), p) = with_state("save_window", telemetry, stop, Some(&consumer), &mut stash, || state.save_window(&commit.state))?;
+                state_paused |= p;
                 summary.windows += 1;
-                commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks)?;
+                commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks, telemetry)?;
                 let timing = WindowTiming {
                     records,
                     deliveries,
@@ -500,7 +728,8 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
                     training_seconds: trained.duration_since(started).as_secs_f64(),
                     producing_seconds: trained.elapsed().as_secs_f64(),
                 };
-                tracing::info!(window = %window_id, ?timing, "window committed");
+                telemetry.window_committed(&window_id, &timing, scores.final_loss, scores.noise_rate);
+                refresh_vendor_gauges(config, state.as_ref(), telemetry, &vendors);
                 summary.window_timings.push(timing);
             }
             Err(mpsc::TryRecvError::Empty) => {}
@@ -509,12 +738,27 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks) -> Result<
         if in_flight.is_none() && (last_flush.elapsed() >= Duration::from_millis(500) || stopping) {
             last_flush = Instant::now();
             if let Some(commit) = gate.flush_dead_letters() {
-                commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks)?;
+                commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks, telemetry)?;
             }
         }
+
+        // Backpressure: stop fetching while the buffer is at its bound. A state-store outage
+        // paused everything; from here the buffer alone decides again.
+        if state_paused {
+            paused = true;
+        }
+        if gate.is_full() != paused {
+            let assignment = consumer.assignment()?;
+            if gate.is_full() { consumer.pause(&assignment)? } else { consumer.resume(&assignment)? }
+            paused = !paused;
+            summary.pauses += paused as u64;
+            tracing::info!(paused, buffered = gate.buffered(), "backpressure");
+        }
+        telemetry.set_buffered(gate.buffered());
+        telemetry.set_consumer_lag(consumer.context().lag.load(Ordering::Relaxed));
     }
     if let Some(commit) = gate.flush_dead_letters() {
-        commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks)?;
+        commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks, telemetry)?;
     }
     consumer.unsubscribe();
     tracing::info!(?summary, "gate stopped");
@@ -550,6 +794,7 @@ fn commit_transaction(
     commit: &Commit,
     summary: &mut RunSummary,
     hooks: &Hooks,
+    telemetry: &Telemetry,
 ) -> Result<()> {
     let k = &config.kafka;
     let result = (|| -> Result<()> {
@@ -559,7 +804,7 @@ fn commit_transaction(
         let mut payloads: Vec<Outgoing> = Vec::with_capacity(commit.outputs.len());
         for o in &commit.outputs {
             payloads.push(match o {
-                Output::Accepted { key, payload, score, window_id } => (
+                Output::Accepted { key, payload, score, window_id, .. } => (
                     k.accepted_topic.clone(),
                     key.clone(),
                     payload.clone(),
@@ -610,15 +855,25 @@ fn commit_transaction(
     summary.transactions += 1;
     for o in &commit.outputs {
         match o {
-            Output::Accepted { .. } => summary.accepted += 1,
-            Output::Rereview(_) => summary.rereview += 1,
+            Output::Accepted { vendor_id, .. } => {
+                summary.accepted += 1;
+                telemetry.record_routed(Some(vendor_id), "accepted");
+            }
+            Output::Rereview(r) => {
+                summary.rereview += 1;
+                telemetry.record_routed(Some(&r.vendor_id), "rereview");
+            }
             Output::Verdict(v) => {
                 summary.verdicts += 1;
+                telemetry.delivery_gated(v);
                 if let Some(f) = &hooks.on_verdict {
                     f(v);
                 }
             }
-            Output::DeadLetter { reason, .. } => *summary.dead_letters.entry(reason.as_str().to_string()).or_default() += 1,
+            Output::DeadLetter { reason, .. } => {
+                *summary.dead_letters.entry(reason.as_str().to_string()).or_default() += 1;
+                telemetry.dead_letter(None, reason.as_str());
+            }
         }
     }
     Ok(())

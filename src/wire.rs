@@ -258,6 +258,13 @@ pub struct VerdictMessage {
     pub estimated_accuracy: f64,
     pub accuracy_ci_low: f64,
     pub accuracy_ci_high: f64,
+    /// What corrected the flagged share: `none`, `gold` (the window's gold items) or `reviews`
+    /// (the vendor's realised suspect precision).
+    #[serde(default = "calibration_none")]
+    pub calibration: String,
+    /// Where the window's wrong-label share came from: `scores` or `agreement`.
+    #[serde(default = "noise_rate_from_scores")]
+    pub noise_rate_from: String,
     pub gold_items: usize,
     pub gold_accuracy: Option<f64>,
     pub sla_accuracy: f64,
@@ -265,6 +272,14 @@ pub struct VerdictMessage {
     pub decided_by: String,
     pub window_id: String,
     pub model_version: String,
+}
+
+fn calibration_none() -> String {
+    "none".into()
+}
+
+fn noise_rate_from_scores() -> String {
+    "scores".into()
 }
 
 #[cfg(test)]

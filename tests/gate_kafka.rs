@@ -29,6 +29,10 @@ fn bootstrap() -> String {
     std::env::var("LABELGATE_KAFKA_BOOTSTRAP").expect("LABELGATE_KAFKA_BOOTSTRAP is not set: run scripts/test.sh, or scripts/kafka.sh start and export LABELGATE_KAFKA_BOOTSTRAP=127.0.0.1:19092")
 }
 
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh (it starts Redis and exports it)"))
+}
+
 /// A config with topics of its own, so tests do not see each other's records.
 fn config(name: &str, dim: usize) -> Config {
     let mut c = Config::load(None).unwrap();
@@ -42,6 +46,12 @@ fn config(name: &str, dim: usize) -> Config {
     c.kafka.verdicts_topic = format!("{unique}.verdicts");
     c.kafka.dlq_topic = format!("{unique}.dlq");
     c.kafka.progress_topic = format!("{unique}.progress");
+    c.kafka.reviews_topic = format!("{unique}.reviews");
+    c.state.redis.url = env("LABELGATE_REDIS_URL");
+    c.state.redis.username = env("LABELGATE_REDIS_USER");
+    c.state.redis.password = Some(serde_json::from_value(serde_json::Value::String(env("LABELGATE_REDIS_PASSWORD"))).unwrap());
+    c.state.redis.key_prefix = format!("labelgate:test:{unique}:");
+    c.metrics.listen = String::new();
     c.gate.feature_dim = dim;
     c.gate.delivery_timeout_secs = 5;
     c.gate.max_window_wait_secs = 1;
@@ -271,6 +281,12 @@ fn kill_mid_window_then_restart_is_exactly_once() {
             .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
             .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
             .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
+            .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
+            .env("LABELGATE__STATE__REDIS__URL", &config.state.redis.url)
+            .env("LABELGATE__STATE__REDIS__USERNAME", &config.state.redis.username)
+            .env("LABELGATE__STATE__REDIS__PASSWORD", env("LABELGATE_REDIS_PASSWORD"))
+            .env("LABELGATE__STATE__REDIS__KEY_PREFIX", &config.state.redis.key_prefix)
+            .env("LABELGATE__METRICS__LISTEN", "127.0.0.1:0")
             .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
             .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
             .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")

@@ -16,7 +16,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    accuracy::{self, Calibration, DeliveryRecord, GoldCalibration, ReviewStats},
     config::GateConfig,
+    state::{SuspectRecord, WindowState},
     wire::{self, Annotation, DlqReason, Inbound, RereviewMessage, Schema, VerdictMessage},
 };
 use pool::ReferencePool;
@@ -40,7 +42,7 @@ pub struct InputMessage {
 #[derive(Debug, Clone)]
 pub enum Output {
     /// The original record, unchanged, with its score in a header.
-    Accepted { key: Option<Vec<u8>>, payload: Vec<u8>, score: f32, window_id: String },
+    Accepted { key: Option<Vec<u8>>, payload: Vec<u8>, score: f32, window_id: String, vendor_id: String },
     Rereview(RereviewMessage),
     Verdict(VerdictMessage),
     /// The original bytes, unchanged, with the reason in headers.
@@ -63,6 +65,8 @@ pub struct Commit {
     pub outputs: Vec<Output>,
     pub progress: Vec<PartitionProgress>,
     pub routed: usize,
+    /// What the state store must hold once this commit is made (empty for dead letters alone).
+    pub state: WindowState,
 }
 
 struct PendingRecord {
@@ -107,6 +111,17 @@ impl WindowJob {
 
     pub fn deliveries(&self) -> usize {
         self.deliveries.len()
+    }
+
+    pub fn batch_ids(&self) -> Vec<String> {
+        self.deliveries.iter().map(|d| d.batch_id.clone()).collect()
+    }
+
+    pub fn vendors(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.deliveries.iter().map(|d| d.vendor_id.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 }
 
@@ -175,6 +190,18 @@ impl Gate {
 
     pub fn open_deliveries(&self) -> usize {
         self.deliveries.len()
+    }
+
+    /// Puts back the reference pool a previous process left in the state store.
+    pub fn restore_pool(&mut self, samples: impl IntoIterator<Item = (u32, Vec<f32>)>) -> usize {
+        let mut n = 0;
+        for (label, f) in samples {
+            if (label as usize) < self.config.classes.len() && f.len() == self.config.feature_dim {
+                self.pool.add(label, &f);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Remembers deliveries that were gated before (from the verdict topic after a restart).
@@ -359,23 +386,40 @@ impl Gate {
         let dim = self.config.feature_dim;
         let mut features = Vec::with_capacity((records + self.pool.len()) * dim);
         let mut labels = Vec::with_capacity(records + self.pool.len());
+        let (mut sample_ids, mut vendors) = (Vec::with_capacity(records), Vec::with_capacity(records));
         for r in deliveries.iter().flat_map(|d| &d.records) {
             features.extend_from_slice(&r.annotation.features);
             labels.push(r.annotation.label);
+            sample_ids.push(r.annotation.sample_id.clone());
+            vendors.push(r.annotation.vendor_id.clone());
         }
         for (label, f) in self.pool.samples() {
             features.extend_from_slice(f);
             labels.push(label);
         }
-        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len() };
+        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len(), sample_ids, vendors };
         Some(WindowJob { id, deliveries, data, first_closed })
     }
 
     /// Routes a scored window: each record to accepted or re-review, one verdict per delivery,
-    /// plus any dead letters waiting. Returns what the transaction must carry.
-    pub fn finish_window(&mut self, job: WindowJob, scores: &WindowScores) -> Commit {
+    /// plus any dead letters waiting. `reviews` holds the review counts of the window's vendors;
+    /// `now_ms` is the gating time recorded in their history. Returns what the transaction
+    /// must carry and what the state store must hold.
+    pub fn finish_window(&mut self, job: WindowJob, scores: &WindowScores, reviews: &HashMap<String, ReviewStats>, now_ms: u64) -> Commit {
         let mut commit = Commit::default();
+        commit.state.window_id = job.id.clone();
+        commit.state.pool_capacity_per_class = self.pool.capacity_per_class();
         let mut done = Vec::new();
+        // How the flags behave on the window's gold items calibrates every delivery's estimate.
+        let (mut gold_wrong, mut gold_wrong_flagged, mut gold_right, mut gold_right_flagged) = (0, 0, 0, 0);
+        for (r, &f) in job.deliveries.iter().flat_map(|d| &d.records).zip(&scores.flagged) {
+            match r.annotation.gold_label {
+                Some(g) if g != r.annotation.label => (gold_wrong, gold_wrong_flagged) = (gold_wrong + 1, gold_wrong_flagged + f as usize),
+                Some(_) => (gold_right, gold_right_flagged) = (gold_right + 1, gold_right_flagged + f as usize),
+                None => {}
+            }
+        }
+        let gold_calibration = GoldCalibration::from_counts(gold_wrong_flagged, gold_wrong, gold_right_flagged, gold_right);
         let mut i = 0;
         for d in job.deliveries {
             let (mut flagged, mut gold_items, mut gold_correct) = (0, 0, 0);
@@ -389,6 +433,13 @@ impl Gate {
                 }
                 if scores.flagged[i] {
                     flagged += 1;
+                    commit.state.suspects.push(SuspectRecord {
+                        sample_id: a.sample_id.clone(),
+                        vendor_id: a.vendor_id.clone(),
+                        batch_id: a.batch_id.clone(),
+                        label: self.config.classes[a.label as usize].clone(),
+                        window_id: job.id.clone(),
+                    });
                     commit.outputs.push(Output::Rereview(RereviewMessage {
                         schema_version: wire::SCHEMA_VERSION,
                         sample_id: a.sample_id.clone(),
@@ -405,13 +456,28 @@ impl Gate {
                     }));
                 } else {
                     self.pool.add(a.label, &a.features);
-                    commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: job.id.clone() });
+                    commit.state.pool_added.push((a.label, a.features.clone()));
+                    commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: job.id.clone(), vendor_id: a.vendor_id.clone() });
                 }
                 done.push(r.pos);
                 commit.routed += 1;
                 i += 1;
             }
-            let a = verdict::assess(records, flagged, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
+            let calibration = Calibration::choose(gold_calibration, reviews.get(&d.vendor_id).copied().unwrap_or_default(), self.config.min_reviews);
+            let estimate = accuracy::estimate(records, flagged, calibration, self.z);
+            let a = verdict::assess(estimate, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
+            commit.state.deliveries.push(DeliveryRecord {
+                batch_id: d.batch_id.clone(),
+                vendor_id: d.vendor_id.clone(),
+                records,
+                flagged,
+                estimated_accuracy: a.estimate.accuracy,
+                gold_items,
+                gold_correct,
+                gated_at_ms: now_ms,
+                decision: a.decision,
+                window_id: job.id.clone(),
+            });
             let (_, closed_by) = d.closed.expect("windows take closed deliveries");
             commit.outputs.push(Output::Verdict(VerdictMessage {
                 schema_version: wire::SCHEMA_VERSION,
@@ -422,9 +488,11 @@ impl Gate {
                 closed_by: closed_by.into(),
                 accepted: records - flagged,
                 rereview: flagged,
-                estimated_accuracy: a.estimated_accuracy,
-                accuracy_ci_low: a.ci.0,
-                accuracy_ci_high: a.ci.1,
+                estimated_accuracy: a.estimate.accuracy,
+                accuracy_ci_low: a.estimate.ci.0,
+                accuracy_ci_high: a.estimate.ci.1,
+                calibration: calibration.name().into(),
+                noise_rate_from: scores.noise_rate_from.into(),
                 gold_items: a.gold_items,
                 gold_accuracy: a.gold_accuracy,
                 sla_accuracy: sla,
@@ -539,6 +607,7 @@ mod tests {
             flagged: (0..n).map(|i| flag.contains(&i)).collect(),
             percentile: vec![0.5; n],
             noise_rate: 0.1,
+            noise_rate_from: "scores",
             final_loss: 0.3,
             training_seconds: 0.1,
         }
@@ -558,7 +627,7 @@ mod tests {
         assert!(g.window_due(now));
         let job = g.take_window().unwrap();
         assert_eq!(job.records(), 3);
-        let commit = g.finish_window(job, &scores(3, &[1]));
+        let commit = g.finish_window(job, &scores(3, &[1]), &HashMap::new(), 0);
         let count = |f: fn(&Output) -> bool| commit.outputs.iter().filter(|o| f(o)).count();
         assert_eq!(count(|o| matches!(o, Output::Accepted { .. })), 2);
         assert_eq!(count(|o| matches!(o, Output::Rereview(_))), 1);
@@ -582,7 +651,7 @@ mod tests {
         g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
         g.ingest(msg(5, &rec("x2", "open", "a")), now);
         let job = g.take_window().unwrap();
-        let commit = g.finish_window(job, &scores(3, &[]));
+        let commit = g.finish_window(job, &scores(3, &[]), &HashMap::new(), 0);
         assert_eq!(commit.progress, vec![PartitionProgress { partition: 0, commit_offset: 0, done: vec![(1, 5)] }]);
         // After a restart the done offsets are skipped, the open delivery is read again.
         let mut restarted = Gate::new(config(), 10_000, "m".into(), "t".into());

@@ -25,6 +25,10 @@ impl ReferencePool {
         queue.push_back(features.to_vec());
     }
 
+    pub fn capacity_per_class(&self) -> usize {
+        self.capacity_per_class
+    }
+
     pub fn len(&self) -> usize {
         self.per_class.iter().map(VecDeque::len).sum()
     }

@@ -1,7 +1,7 @@
 //! A delivery's verdict: estimated label accuracy with a confidence interval, accuracy on gold
 //! items, and accept / reject / review against the vendor's SLA.
 
-use crate::wire::Decision;
+use crate::{accuracy::AccuracyEstimate, wire::Decision};
 
 /// Wilson score interval for `successes` out of `n` at the two-sided level whose normal
 /// quantile is `z`. Stays inside [0, 1] and behaves at 0 and n, unlike the normal approximation.
@@ -43,8 +43,7 @@ fn erf(x: f64) -> f64 {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assessment {
-    pub estimated_accuracy: f64,
-    pub ci: (f64, f64),
+    pub estimate: AccuracyEstimate,
     pub gold_items: usize,
     pub gold_accuracy: Option<f64>,
     pub decision: Decision,
@@ -52,14 +51,11 @@ pub struct Assessment {
     pub decided_by: &'static str,
 }
 
-/// `flagged` of `records` were sent to re-review; `gold_correct` of `gold_items` gold answers
-/// matched. The decision uses the gold interval when there are at least `min_gold` gold items.
-pub fn assess(records: usize, flagged: usize, gold_items: usize, gold_correct: usize, sla: f64, min_gold: usize, z: f64) -> Assessment {
-    let clean = records.saturating_sub(flagged);
-    let estimated_accuracy = if records == 0 { 1.0 } else { clean as f64 / records as f64 };
-    let ci = wilson(clean, records, z);
+/// Decides on the (calibrated) estimate, or on the delivery's own gold answers when it has at
+/// least `min_gold` of them: accept when the interval clears the SLA, reject when it lies below.
+pub fn assess(estimate: AccuracyEstimate, gold_items: usize, gold_correct: usize, sla: f64, min_gold: usize, z: f64) -> Assessment {
     let gold_accuracy = (gold_items > 0).then(|| gold_correct as f64 / gold_items as f64);
-    let (interval, decided_by) = if gold_items >= min_gold && gold_items > 0 { (wilson(gold_correct, gold_items, z), "gold") } else { (ci, "estimate") };
+    let (interval, decided_by) = if gold_items >= min_gold && gold_items > 0 { (wilson(gold_correct, gold_items, z), "gold") } else { (estimate.ci, "estimate") };
     let decision = if interval.0 >= sla {
         Decision::Accept
     } else if interval.1 < sla {
@@ -67,12 +63,13 @@ pub fn assess(records: usize, flagged: usize, gold_items: usize, gold_correct: u
     } else {
         Decision::Review
     };
-    Assessment { estimated_accuracy, ci, gold_items, gold_accuracy, decision, decided_by }
+    Assessment { estimate, gold_items, gold_accuracy, decision, decided_by }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accuracy::{self, Calibration};
 
     #[test]
     fn z_of_common_levels() {
@@ -93,12 +90,16 @@ mod tests {
     #[test]
     fn decisions_follow_the_interval() {
         let z = 1.96;
-        assert_eq!(assess(1000, 20, 0, 0, 0.9, 10, z).decision, Decision::Accept);
-        assert_eq!(assess(1000, 300, 0, 0, 0.9, 10, z).decision, Decision::Reject);
-        assert_eq!(assess(50, 5, 0, 0, 0.9, 10, z).decision, Decision::Review);
+        let est = |n, flagged| accuracy::estimate(n, flagged, Calibration::None, z);
+        assert_eq!(assess(est(1000, 20), 0, 0, 0.9, 10, z).decision, Decision::Accept);
+        assert_eq!(assess(est(1000, 300), 0, 0, 0.9, 10, z).decision, Decision::Reject);
+        assert_eq!(assess(est(50, 5), 0, 0, 0.9, 10, z).decision, Decision::Review);
         // Gold overrides the estimate once there are enough gold items.
-        let a = assess(1000, 20, 40, 20, 0.9, 10, z);
+        let a = assess(est(1000, 20), 40, 20, 0.9, 10, z);
         assert_eq!((a.decision, a.decided_by, a.gold_accuracy), (Decision::Reject, "gold", Some(0.5)));
-        assert_eq!(assess(1000, 20, 5, 0, 0.9, 10, z).decided_by, "estimate");
+        assert_eq!(assess(est(1000, 20), 5, 0, 0.9, 10, z).decided_by, "estimate");
+        // Review precision lifts a delivery whose suspects were half false alarms.
+        let reviewed = accuracy::estimate(1000, 150, Calibration::Reviews(0.5), z);
+        assert_eq!(assess(reviewed, 0, 0, 0.9, 10, z).decision, Decision::Accept);
     }
 }

@@ -4,6 +4,7 @@
 use candle_core::Device;
 
 use crate::{
+    accuracy::agreement,
     data::Standardizer,
     o2u::{self, suspects, InputShape, O2uConfig, Samples, TrainingObserver},
 };
@@ -16,6 +17,10 @@ pub struct WindowData {
     pub pending: usize,
     pub dim: usize,
     pub classes: usize,
+    /// Per pending row: its sample id and vendor, so labels of one sample by several vendors
+    /// count as agreement.
+    pub sample_ids: Vec<String>,
+    pub vendors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +32,8 @@ pub struct WindowScores {
     /// Share of all scored rows with a lower score.
     pub percentile: Vec<f64>,
     pub noise_rate: f64,
+    /// `scores` (the score mixture) or `agreement` (joint model over overlapping labels).
+    pub noise_rate_from: &'static str,
     pub final_loss: f64,
     pub training_seconds: f64,
 }
@@ -35,6 +42,7 @@ pub fn score_window(
     mut data: WindowData,
     config: &O2uConfig,
     noise_rate: suspects::NoiseRate,
+    min_overlap_share: f64,
     device: &Device,
     observer: &mut dyn TrainingObserver,
 ) -> candle_core::Result<WindowScores> {
@@ -42,11 +50,32 @@ pub fn score_window(
     Standardizer::standardize_in_place(&mut data.features, shape);
     let samples = Samples { features: &data.features, labels: &data.labels, shape, classes: data.classes };
     let outcome = o2u::score(samples, None, config, device, observer)?;
-    let selection = suspects::select(&outcome.scores, noise_rate);
+    let pending_scores = &outcome.scores[..data.pending];
+    let (item, items) = agreement::index_of(data.sample_ids.iter().map(String::as_str));
+    let (vendor, vendors) = agreement::index_of(data.vendors.iter().map(String::as_str));
+    let joint = (noise_rate == suspects::NoiseRate::Auto && agreement::overlap_share(&item, &vendor, items) >= min_overlap_share.max(f64::MIN_POSITIVE))
+        .then(|| {
+            let obs = agreement::Observations { item: &item, annotator: &vendor, label: &data.labels[..data.pending], score: pending_scores, items, annotators: vendors, classes: data.classes };
+            agreement::fit(&obs)
+        })
+        .flatten();
     let mut flagged = vec![false; data.pending];
-    for &i in selection.flagged.iter().filter(|&&i| i < data.pending) {
-        flagged[i] = true;
-    }
+    let (rate, rate_from) = match joint {
+        // Agreement settles the share of wrong labels; the scores still pick which ones.
+        Some(fit) => {
+            for i in suspects::select(pending_scores, suspects::NoiseRate::Fixed(fit.noise_share)).flagged {
+                flagged[i] = true;
+            }
+            (fit.noise_share, "agreement")
+        }
+        None => {
+            let selection = suspects::select(&outcome.scores, noise_rate);
+            for &i in selection.flagged.iter().filter(|&&i| i < data.pending) {
+                flagged[i] = true;
+            }
+            (selection.noise_rate, "scores")
+        }
+    };
     let order = suspects::rank_descending(&outcome.scores);
     let total = outcome.scores.len();
     let mut percentile = vec![0.0; data.pending];
@@ -60,7 +89,8 @@ pub fn score_window(
         predicted: outcome.predicted[..data.pending].to_vec(),
         flagged,
         percentile,
-        noise_rate: selection.noise_rate,
+        noise_rate: rate,
+        noise_rate_from: rate_from,
         final_loss: outcome.final_loss,
         training_seconds: outcome.training_seconds,
     })

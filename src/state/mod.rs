@@ -1,0 +1,227 @@
+//! What must outlive a process: the reference pool, each vendor's delivery history with its
+//! accuracy, delivery states and verdicts, the suspects routed to re-review, and the reviews of
+//! them. [`redis::RedisState`] in production, [`MemoryState`] for the embedded demo and unit
+//! tests. Every write is idempotent, so replaying a window after a crash leaves the same state.
+//! Key layout: docs/state.md.
+
+pub mod redis;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Mutex,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accuracy::{DeliveryRecord, ReviewStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store unreachable or failing: {0}")]
+    Unavailable(String),
+    #[error("corrupt state at `{key}`: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// A suspect routed to re-review, kept until its review arrives (or it expires).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuspectRecord {
+    pub sample_id: String,
+    pub vendor_id: String,
+    pub batch_id: String,
+    /// The vendor's label (class name).
+    pub label: String,
+    pub window_id: String,
+}
+
+/// Everything a committed window changes.
+#[derive(Debug, Clone, Default)]
+pub struct WindowState {
+    pub window_id: String,
+    /// Accepted samples added to the reference pool: (class, features).
+    pub pool_added: Vec<(u32, Vec<f32>)>,
+    pub pool_capacity_per_class: usize,
+    pub deliveries: Vec<DeliveryRecord>,
+    pub suspects: Vec<SuspectRecord>,
+}
+
+/// A human's final answer on a re-reviewed sample (`annotations.reviews`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    pub sample_id: String,
+    pub final_label: String,
+    pub reviewer: String,
+    #[serde(default)]
+    pub ts: Option<serde_json::Value>,
+}
+
+/// What one review changed: for each vendor whose suspect it settled, whether the vendor's
+/// label was really wrong. Empty when the sample was not a suspect or was reviewed before.
+pub type ReviewOutcome = Vec<(String, bool)>;
+
+pub trait StateStore: Send + Sync {
+    fn ping(&self) -> Result<(), StateError>;
+    /// The pooled samples, per class, oldest first.
+    fn load_pool(&self, classes: usize) -> Result<Vec<(u32, Vec<f32>)>, StateError>;
+    /// Deliveries taken into a window: state `scoring`.
+    fn mark_scoring(&self, window_id: &str, batch_ids: &[String]) -> Result<(), StateError>;
+    /// Everything a window changed, written atomically.
+    fn save_window(&self, window: &WindowState) -> Result<(), StateError>;
+    /// The vendor's gated deliveries since `since_ms` (unix milliseconds), oldest first.
+    fn vendor_history(&self, vendor: &str, since_ms: u64) -> Result<Vec<DeliveryRecord>, StateError>;
+    /// State of one delivery: `scoring` or `gated`, with its record once gated.
+    fn delivery(&self, batch_id: &str) -> Result<Option<(String, Option<DeliveryRecord>)>, StateError>;
+    /// Settles the suspects of `review.sample_id` once per (sample, vendor); replays change nothing.
+    fn record_review(&self, review: &Review) -> Result<ReviewOutcome, StateError>;
+    fn review_stats(&self, vendor: &str) -> Result<ReviewStats, StateError>;
+}
+
+/// In-process state: the same contract, lost when the process ends.
+#[derive(Default)]
+pub struct MemoryState {
+    inner: Mutex<Memory>,
+}
+
+#[derive(Default)]
+struct Memory {
+    pool: BTreeMap<u32, VecDeque<Vec<f32>>>,
+    deliveries: HashMap<String, (String, Option<DeliveryRecord>)>,
+    by_vendor: HashMap<String, BTreeMap<String, u64>>,
+    suspects: HashMap<String, BTreeMap<String, SuspectRecord>>,
+    reviewed: HashMap<(String, String), String>,
+    reviews: HashMap<String, ReviewStats>,
+}
+
+impl StateStore for MemoryState {
+    fn ping(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn load_pool(&self, _classes: usize) -> Result<Vec<(u32, Vec<f32>)>, StateError> {
+        let m = self.inner.lock().unwrap();
+        Ok(m.pool.iter().flat_map(|(c, q)| q.iter().map(move |f| (*c, f.clone()))).collect())
+    }
+
+    fn mark_scoring(&self, _window_id: &str, batch_ids: &[String]) -> Result<(), StateError> {
+        let mut m = self.inner.lock().unwrap();
+        for b in batch_ids {
+            m.deliveries.entry(b.clone()).or_insert_with(|| ("scoring".into(), None));
+        }
+        Ok(())
+    }
+
+    fn save_window(&self, w: &WindowState) -> Result<(), StateError> {
+        let mut m = self.inner.lock().unwrap();
+        for (c, f) in &w.pool_added {
+            let q = m.pool.entry(*c).or_default();
+            q.push_back(f.clone());
+            while q.len() > w.pool_capacity_per_class {
+                q.pop_front();
+            }
+        }
+        for d in &w.deliveries {
+            m.deliveries.insert(d.batch_id.clone(), ("gated".into(), Some(d.clone())));
+            m.by_vendor.entry(d.vendor_id.clone()).or_default().insert(d.batch_id.clone(), d.gated_at_ms);
+        }
+        for s in &w.suspects {
+            m.suspects.entry(s.sample_id.clone()).or_default().insert(s.vendor_id.clone(), s.clone());
+        }
+        Ok(())
+    }
+
+    fn vendor_history(&self, vendor: &str, since_ms: u64) -> Result<Vec<DeliveryRecord>, StateError> {
+        let m = self.inner.lock().unwrap();
+        let Some(batches) = m.by_vendor.get(vendor) else { return Ok(Vec::new()) };
+        let mut out: Vec<DeliveryRecord> = batches
+            .iter()
+            .filter(|(_, &t)| t >= since_ms)
+            .filter_map(|(b, _)| m.deliveries.get(b).and_then(|(_, d)| d.clone()))
+            .collect();
+        out.sort_by_key(|d| d.gated_at_ms);
+        Ok(out)
+    }
+
+    fn delivery(&self, batch_id: &str) -> Result<Option<(String, Option<DeliveryRecord>)>, StateError> {
+        Ok(self.inner.lock().unwrap().deliveries.get(batch_id).cloned())
+    }
+
+    fn record_review(&self, review: &Review) -> Result<ReviewOutcome, StateError> {
+        let mut m = self.inner.lock().unwrap();
+        let suspects: Vec<SuspectRecord> = m.suspects.get(&review.sample_id).map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let mut outcome = Vec::new();
+        for s in suspects {
+            let key = (review.sample_id.clone(), s.vendor_id.clone());
+            if m.reviewed.contains_key(&key) {
+                continue;
+            }
+            m.reviewed.insert(key, review.final_label.clone());
+            let wrong = s.label != review.final_label;
+            let stats = m.reviews.entry(s.vendor_id.clone()).or_default();
+            stats.reviewed += 1;
+            stats.confirmed_wrong += wrong as u64;
+            outcome.push((s.vendor_id, wrong));
+        }
+        Ok(outcome)
+    }
+
+    fn review_stats(&self, vendor: &str) -> Result<ReviewStats, StateError> {
+        Ok(self.inner.lock().unwrap().reviews.get(vendor).copied().unwrap_or_default())
+    }
+}
+
+/// The contract every implementation must meet: run against both (the Redis one in
+/// tests/state_redis.rs). Keys are made unique with `prefix_free_id`.
+#[doc(hidden)]
+pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
+    use crate::wire::Decision;
+    let id = |s: &str| format!("{prefix_free_id}-{s}");
+    let record = |batch: &str, vendor: &str, t: u64, acc: f64| DeliveryRecord {
+        batch_id: batch.into(),
+        vendor_id: vendor.into(),
+        records: 100,
+        flagged: ((1.0 - acc) * 100.0) as usize,
+        estimated_accuracy: acc,
+        gold_items: 4,
+        gold_correct: 3,
+        gated_at_ms: t,
+        decision: Decision::Accept,
+        window_id: "w1".into(),
+    };
+    let (b1, b2, v) = (id("b1"), id("b2"), id("vendor"));
+    store.ping().unwrap();
+    store.mark_scoring("w1", std::slice::from_ref(&b1)).unwrap();
+    assert_eq!(store.delivery(&b1).unwrap().unwrap().0, "scoring");
+    let window = WindowState {
+        window_id: "w1".into(),
+        pool_added: vec![(0, vec![1.0, 2.0]), (0, vec![3.0, 4.0]), (0, vec![5.0, 6.0]), (1, vec![7.0, 8.0])],
+        pool_capacity_per_class: 2,
+        deliveries: vec![record(&b1, &v, 1_000, 0.9), record(&b2, &v, 2_000, 0.7)],
+        suspects: vec![SuspectRecord { sample_id: id("s1"), vendor_id: v.clone(), batch_id: b1.clone(), label: "cat".into(), window_id: "w1".into() }],
+    };
+    // Twice: a replayed window must leave the same state.
+    store.save_window(&window).unwrap();
+    store.save_window(&WindowState { pool_added: vec![], ..window.clone() }).unwrap();
+    let (state, rec) = store.delivery(&b1).unwrap().unwrap();
+    assert_eq!((state.as_str(), rec.unwrap().estimated_accuracy), ("gated", 0.9));
+    let history = store.vendor_history(&v, 0).unwrap();
+    assert_eq!(history.iter().map(|d| d.batch_id.clone()).collect::<Vec<_>>(), vec![b1.clone(), b2.clone()]);
+    assert_eq!(store.vendor_history(&v, 1_500).unwrap().len(), 1);
+    let pool = store.load_pool(2).unwrap();
+    let zeros: Vec<&Vec<f32>> = pool.iter().filter(|(c, _)| *c == 0).map(|(_, f)| f).collect();
+    assert_eq!(zeros, vec![&vec![3.0, 4.0], &vec![5.0, 6.0]], "capped per class, newest kept, oldest first");
+    let review = Review { sample_id: id("s1"), final_label: "dog".into(), reviewer: "r".into(), ts: None };
+    assert_eq!(store.record_review(&review).unwrap(), vec![(v.clone(), true)]);
+    assert_eq!(store.record_review(&review).unwrap(), vec![], "a replayed review counts once");
+    let unknown = Review { sample_id: id("never-flagged"), ..review };
+    assert_eq!(store.record_review(&unknown).unwrap(), vec![]);
+    assert_eq!(store.review_stats(&v).unwrap(), ReviewStats { reviewed: 1, confirmed_wrong: 1 });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_state_meets_the_contract() {
+        super::check_contract(&super::MemoryState::default(), "t");
+    }
+}
