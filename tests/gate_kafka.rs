@@ -408,3 +408,175 @@ async fn a_full_buffer_pauses_consumption_without_losing_records() {
     check_routed_once(&ds, &out);
     assert_eq!(out.verdicts.len(), ds.len());
 }
+
+/// A free port on 127.0.0.1 (bound, then released for the process under test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET over plain HTTP/1.1: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string())))
+}
+
+/// The value of one sample line `name{labels} value` in the text format.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A redis-server of this test's own, so stopping it does not disturb the other tests.
+fn own_redis(port: u16) -> std::process::Child {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian package redis-server) on the PATH");
+    wait_for("redis-server to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    child
+}
+
+/// Two vendors through the real binary, Kafka and Redis: Redis goes away mid-run (the gate turns
+/// not-ready and resumes without losing or duplicating a record), then `/metrics` carries each
+/// vendor's accuracy within 0.05 of the truth, passes `promtool check metrics`, and the alert
+/// rules fire for the worse vendor only.
+#[test]
+fn vendor_metrics_scrape_and_redis_outage() {
+    let mut config = config("metrics", 784);
+    let (redis_port, http_port) = (free_port(), free_port());
+    config.state.redis.url = format!("redis://127.0.0.1:{redis_port}/0");
+    let mut redis = KillOnDrop(own_redis(redis_port));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(service::ensure_topics(&config, 2)).unwrap();
+    let mut set = mnist_set(6000);
+    let ds = deliveries(&mut set, &[("steady", 0.05, 2), ("slipping", 0.25, 2)], 1500);
+    let truth = set.truth.clone().unwrap();
+    let true_accuracy = |vendor: &str| {
+        let idx: Vec<usize> = ds.iter().filter(|d| d.1 == vendor).flat_map(|d| d.2.clone()).collect();
+        idx.iter().filter(|&&i| set.labels[i] == truth[i]).count() as f64 / idx.len() as f64
+    };
+    let k = &config.kafka;
+    let mut gate = KillOnDrop(Command::new(env!("CARGO_BIN_EXE_labelgate"))
+        .arg("run")
+        .env("LABELGATE_LOG", "info")
+        .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
+        .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
+        .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
+        .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
+        .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
+        .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
+        .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
+        .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
+        .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
+        .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
+        .env("LABELGATE__STATE__REDIS__URL", &config.state.redis.url)
+        .env("LABELGATE__STATE__REDIS__TIMEOUT_MS", "500")
+        .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
+        .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
+        .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
+        .env("LABELGATE__RUNTIME__THREADS", "1")
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap());
+    wait_for("/readyz 200", Duration::from_secs(60), || http_get(http_port, "/readyz").is_some_and(|r| r.0 == 200));
+
+    // Redis goes away before the first window commits.
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    produce(&config, &messages(&set, &ds));
+    wait_for("/readyz 503 while Redis is down", Duration::from_secs(120), || http_get(http_port, "/readyz").is_some_and(|r| r.0 == 503));
+    assert_eq!(http_get(http_port, "/healthz").unwrap().0, 200, "alive while not ready");
+    std::thread::sleep(Duration::from_secs(2));
+    let _redis = KillOnDrop(own_redis(redis_port));
+    let mut metrics = String::new();
+    wait_for("four deliveries gated", Duration::from_secs(240), || {
+        metrics = http_get(http_port, "/metrics").map(|r| r.1).unwrap_or_default();
+        ["steady", "slipping"]
+            .iter()
+            .flat_map(|v| ["accept", "reject", "review"].map(|d| sample(&metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0)))
+            .sum::<f64>()
+            == 4.0
+    });
+    assert_eq!(http_get(http_port, "/readyz").unwrap().0, 200, "ready again");
+    let state_errors: f64 = metrics.lines().filter(|l| l.starts_with("labelgate_state_errors_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert!(state_errors >= 1.0, "the outage was seen in labelgate_state_errors_total");
+
+    // Nothing lost, nothing duplicated across the outage.
+    check_exactly_once(&set, &ds, &read_outputs(&config));
+    for vendor in ["steady", "slipping"] {
+        let gauge = sample(&metrics, &format!("labelgate_vendor_label_accuracy_ratio{{vendor=\"{vendor}\"}}")).expect("accuracy gauge");
+        let truth = true_accuracy(vendor);
+        eprintln!("{vendor}: estimated {gauge:.4}, true {truth:.4}");
+        assert!((gauge - truth).abs() <= 0.05, "{vendor}: gauge {gauge} vs true {truth}");
+    }
+
+    // The live exposition passes promtool's lint.
+    let dir = std::env::temp_dir().join(format!("labelgate-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lint = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).output_with_stdin(&metrics);
+    assert!(lint.status.success(), "promtool check metrics:\n{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&std::mem::take(&mut lint.stderr)));
+
+    // The alert rules, fed the scraped values for 40 minutes: the SLA alert fires for the
+    // slipping vendor and not for the steady one.
+    let series: String = ["steady", "slipping"]
+        .iter()
+        .flat_map(|v| {
+            let acc = sample(&metrics, &format!("labelgate_vendor_label_accuracy_ratio{{vendor=\"{v}\"}}")).unwrap();
+            let sla = sample(&metrics, &format!("labelgate_vendor_label_accuracy_sla_ratio{{vendor=\"{v}\"}}")).unwrap();
+            [
+                format!("      - series: 'labelgate_vendor_label_accuracy_ratio{{vendor=\"{v}\",instance=\"gate\",job=\"labelgate\"}}'\n        values: '{acc}x45'\n"),
+                format!("      - series: 'labelgate_vendor_label_accuracy_sla_ratio{{vendor=\"{v}\",instance=\"gate\",job=\"labelgate\"}}'\n        values: '{sla}x45'\n"),
+            ]
+        })
+        .collect();
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/labelgate/files/alerts.yaml");
+    let test = format!(
+        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    promql_expr_test:\n      - expr: 'ALERTS{{alertname=\"LabelgateVendorAccuracyBelowSla\",alertstate=\"firing\"}}'\n        eval_time: 40m\n        exp_samples:\n          - labels: 'ALERTS{{alertname=\"LabelgateVendorAccuracyBelowSla\",alertstate=\"firing\",severity=\"warning\",vendor=\"slipping\"}}'\n            value: 1\n",
+        rules.display()
+    );
+    let test_file = dir.join("scraped.test.yaml");
+    std::fs::write(&test_file, test).unwrap();
+    let run = Command::new("promtool").args(["test", "rules"]).arg(&test_file).output().expect("promtool (Debian package prometheus)");
+    assert!(run.status.success(), "the SLA alert should fire for `slipping` only:\n{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+
+    // SIGTERM: drain and exit 0.
+    Command::new("kill").args(["-TERM", &gate.0.id().to_string()]).status().unwrap();
+    assert!(gate.0.wait().unwrap().success(), "SIGTERM exits 0");
+}
+
+/// A child process that does not outlive a failed test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
+        let mut child = self.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("promtool (Debian package prometheus) on the PATH");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
