@@ -549,7 +549,7 @@ fn refresh_vendor_gauges(config: &Config, state: &dyn StateStore, telemetry: &Te
         match figures {
             Ok((history, reviews)) => telemetry.vendor_updated(
                 v,
-                accuracy::rolling_accuracy(&history),
+                accuracy::rolling_accuracy(&history, reviews, config.gate.min_reviews),
                 config.gate.sla(v),
                 accuracy::rolling_gold_accuracy(&history),
                 reviews.precision(),

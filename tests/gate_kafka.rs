@@ -517,7 +517,34 @@ fn vendor_metrics_scrape_and_redis_outage() {
     assert!(state_errors >= 1.0, "the outage was seen in labelgate_state_errors_total");
 
     // Nothing lost, nothing duplicated across the outage.
-    check_exactly_once(&set, &ds, &read_outputs(&config));
+    let out = read_outputs(&config);
+    check_exactly_once(&set, &ds, &out);
+
+    // Reviewers settle the slipping vendor's suspects (twice, as a replayed topic would): the
+    // realised precision gauge is the share of its suspects that were really wrong, counted once.
+    let index: HashMap<&str, usize> = set.sample_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let suspects: Vec<&RereviewMessage> = out.rereview.iter().filter(|r| r.vendor_id == "slipping").collect();
+    let really_wrong = suspects.iter().filter(|r| set.labels[index[r.sample_id.as_str()]] != truth[index[r.sample_id.as_str()]]).count();
+    let reviews: Vec<(String, String)> = suspects
+        .iter()
+        .map(|r| (r.sample_id.clone(), json!({"sample_id": r.sample_id, "final_label": set.classes[truth[index[r.sample_id.as_str()]] as usize], "reviewer": "qa-1"}).to_string()))
+        .collect();
+    let mut review_config = config.clone();
+    review_config.kafka.input_topic = config.kafka.reviews_topic.clone();
+    produce(&review_config, &reviews);
+    produce(&review_config, &reviews);
+    produce(&review_config, &[("x".into(), "not a review".into())]);
+    let precision_series = "labelgate_vendor_suspect_precision_ratio{vendor=\"slipping\"}";
+    let counted = format!("labelgate_reviews_total{{result=\"confirmed_wrong\",vendor=\"slipping\"}} {really_wrong}");
+    wait_for("every review counted once", Duration::from_secs(60), || {
+        metrics = http_get(http_port, "/metrics").map(|r| r.1).unwrap_or_default();
+        metrics.lines().any(|l| l == counted) && sample(&metrics, "labelgate_reviews_total{result=\"invalid\",vendor=\"unknown\"}") == Some(1.0)
+    });
+    let precision = sample(&metrics, precision_series).expect("precision gauge");
+    assert!((precision - really_wrong as f64 / suspects.len() as f64).abs() < 1e-9, "precision {precision}");
+    let corrected = sample(&metrics, "labelgate_vendor_label_accuracy_ratio{vendor=\"slipping\"}").unwrap();
+    eprintln!("slipping: {} suspects reviewed, realised precision {precision:.4}, accuracy corrected to {corrected:.4}", suspects.len());
+    assert!((corrected - true_accuracy("slipping")).abs() <= 0.05, "corrected {corrected}");
     for vendor in ["steady", "slipping"] {
         let gauge = sample(&metrics, &format!("labelgate_vendor_label_accuracy_ratio{{vendor=\"{vendor}\"}}")).expect("accuracy gauge");
         let truth = true_accuracy(vendor);

@@ -129,13 +129,26 @@ pub struct DeliveryRecord {
     pub gated_at_ms: u64,
     pub decision: crate::wire::Decision,
     pub window_id: String,
+    /// What corrected `estimated_accuracy` when it was gated (`none`, `gold`, `reviews`).
+    #[serde(default = "uncalibrated")]
+    pub calibration: String,
+}
+
+fn uncalibrated() -> String {
+    "none".into()
 }
 
 /// A vendor's accuracy over recent deliveries: weighted by records, so a 10-record delivery does
-/// not swing it like a 10,000-record one. `None` with no history.
-pub fn rolling_accuracy(history: &[DeliveryRecord]) -> Option<f64> {
+/// not swing it like a 10,000-record one. Deliveries gated before enough reviews arrived are
+/// corrected now with the vendor's realised suspect precision. `None` with no history.
+pub fn rolling_accuracy(history: &[DeliveryRecord], reviews: ReviewStats, min_reviews: u64) -> Option<f64> {
     let records: usize = history.iter().map(|d| d.records).sum();
-    (records > 0).then(|| history.iter().map(|d| d.estimated_accuracy * d.records as f64).sum::<f64>() / records as f64)
+    let precision = reviews.precision().filter(|_| reviews.reviewed >= min_reviews);
+    let accuracy = |d: &DeliveryRecord| match precision {
+        Some(p) if d.calibration == "none" && d.records > 0 => 1.0 - d.flagged as f64 / d.records as f64 * p,
+        _ => d.estimated_accuracy,
+    };
+    (records > 0).then(|| history.iter().map(|d| accuracy(d) * d.records as f64).sum::<f64>() / records as f64)
 }
 
 /// Accuracy on gold items over recent deliveries.
@@ -185,8 +198,15 @@ mod tests {
             gated_at_ms: 0,
             decision: crate::wire::Decision::Accept,
             window_id: "w".into(),
+            calibration: "none".into(),
         };
-        assert_eq!(rolling_accuracy(&[]), None);
-        assert!((rolling_accuracy(&[d(900, 0.9), d(100, 0.5)]).unwrap() - 0.86).abs() < 1e-12);
+        let none = ReviewStats::default();
+        assert_eq!(rolling_accuracy(&[], none, 20), None);
+        assert!((rolling_accuracy(&[d(900, 0.9), d(100, 0.5)], none, 20).unwrap() - 0.86).abs() < 1e-12);
+        // 20 flagged of 100; reviews say half the suspects were right: 0.9, once there are enough.
+        let flagged = DeliveryRecord { flagged: 20, ..d(100, 0.8) };
+        let half = ReviewStats { reviewed: 40, confirmed_wrong: 20 };
+        assert!((rolling_accuracy(std::slice::from_ref(&flagged), half, 20).unwrap() - 0.9).abs() < 1e-12);
+        assert!((rolling_accuracy(std::slice::from_ref(&flagged), half, 50).unwrap() - 0.8).abs() < 1e-12);
     }
 }

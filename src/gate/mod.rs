@@ -477,6 +477,7 @@ impl Gate {
                 gated_at_ms: now_ms,
                 decision: a.decision,
                 window_id: job.id.clone(),
+                calibration: calibration.name().into(),
             });
             let (_, closed_by) = d.closed.expect("windows take closed deliveries");
             commit.outputs.push(Output::Verdict(VerdictMessage {

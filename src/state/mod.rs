@@ -187,6 +187,7 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         gated_at_ms: t,
         decision: Decision::Accept,
         window_id: "w1".into(),
+        calibration: "none".into(),
     };
     let (b1, b2, v) = (id("b1"), id("b2"), id("vendor"));
     // Recent times: history older than the retention is trimmed on write.
