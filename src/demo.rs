@@ -105,6 +105,12 @@ fn music_scenario(dir: &Path) -> Result<Scenario> {
     Ok(Scenario { name: "music-genre crowd (44 MTurk workers as vendors)", set, deliveries, gold: HashSet::new(), extra_bad_records: vec![] })
 }
 
+/// The sample id on the wire: what was labelled (the song, for crowd labels, so that workers'
+/// labels of one song meet in a window as agreement), else the sample's own id.
+fn wire_id(set: &LabelledSet, i: usize) -> &str {
+    set.items.as_ref().map_or(set.sample_ids[i].as_str(), |items| items[i].as_str())
+}
+
 fn scenario_config(s: &Scenario, bootstrap: &str, prefix: &str) -> Result<Config> {
     let mut config = Config::load(None).map_err(|e| anyhow::anyhow!("{e}"))?;
     config.kafka.bootstrap_servers = bootstrap.to_string();
@@ -165,7 +171,7 @@ fn produce(s: &Scenario, config: &Config) -> Result<(usize, usize)> {
     for (batch, vendor, idx) in &s.deliveries {
         for &i in idx {
             let mut rec = json!({
-                "sample_id": s.set.sample_ids[i],
+                "sample_id": wire_id(&s.set, i),
                 "batch_id": batch,
                 "vendor_id": vendor,
                 "label": s.set.classes[s.set.labels[i] as usize],
@@ -254,9 +260,11 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
         suspects.push(serde_json::from_slice(v)?);
         Ok(())
     })?;
-    let id_index: HashMap<&str, usize> = s.set.sample_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    // Crowd workers share sample ids (the song), so a suspect is known by its vendor too.
+    let id_index: HashMap<(&str, &str), usize> =
+        s.deliveries.iter().flat_map(|(_, vendor, idx)| idx.iter().map(move |&i| ((wire_id(&s.set, i), vendor.as_str()), i))).collect();
     let noisy = s.set.is_noisy().unwrap();
-    let true_hits = suspects.iter().filter(|r| id_index.get(r.sample_id.as_str()).is_some_and(|&i| noisy[i])).count();
+    let true_hits = suspects.iter().filter(|r| id_index.get(&(r.sample_id.as_str(), r.vendor_id.as_str())).is_some_and(|&i| noisy[i])).count();
     let noisy_total = s.deliveries.iter().flat_map(|(_, _, idx)| idx).filter(|&&i| noisy[i]).count();
     let mut deliveries: Vec<DeliveryReport> = verdicts
         .lock()
