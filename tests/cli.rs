@@ -150,3 +150,20 @@ fn demo_routes_every_record_and_gives_each_delivery_a_verdict() {
         assert!((est - truth).abs() < 0.08, "{}: estimated {est} true {truth}", d["batch_id"]);
     }
 }
+
+/// The README's vendor-accuracy command: each MTurk worker as a vendor, estimated against true
+/// accuracy. Targets from the issue: MAE ≤ 0.08, Spearman ≥ 0.8 (logistic baseline 0.16 / 0.58).
+#[test]
+fn vendor_accuracy_on_the_crowd_labels_meets_its_targets() {
+    let json = temp_path("vendors.json");
+    let run = labelgate().args(["eval", "--dataset", "music-genre", "--vendors", "--json"]).arg(&json).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (mae, rho) = (report["vendor_accuracy_mae"].as_f64().unwrap(), report["vendor_accuracy_spearman"].as_f64().unwrap());
+    let vendors = report["vendor_report"]["vendors"].as_array().unwrap();
+    assert_eq!(vendors.len(), 21, "workers with at least 20 labels");
+    assert!(vendors.iter().all(|v| v["labels"].as_u64().unwrap() >= 20));
+    eprintln!("vendor accuracy: MAE {mae:.4}, Spearman {rho:.4}");
+    assert!(mae <= 0.08, "MAE {mae}");
+    assert!(rho >= 0.8, "Spearman {rho}");
+}

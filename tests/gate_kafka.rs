@@ -520,6 +520,10 @@ fn vendor_metrics_scrape_and_redis_outage() {
     let out = read_outputs(&config);
     check_exactly_once(&set, &ds, &out);
 
+    for vendor in ["steady", "slipping"] {
+        let gauge = sample(&metrics, &format!("labelgate_vendor_label_accuracy_ratio{{vendor=\"{vendor}\"}}")).expect("accuracy gauge");
+        eprintln!("{vendor}: before reviews {gauge:.4}, true {:.4}", true_accuracy(vendor));
+    }
     // Reviewers settle the slipping vendor's suspects (twice, as a replayed topic would): the
     // realised precision gauge is the share of its suspects that were really wrong, counted once.
     let index: HashMap<&str, usize> = set.sample_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
