@@ -19,6 +19,8 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
+# librdkafka's TLS and gzip support build against the system OpenSSL and zlib.
+pkg-config --exists openssl zlib 2>/dev/null || missing+=(pkg-config libssl-dev zlib1g-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   ${SUDO:-} apt-get update -qq >&2

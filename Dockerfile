@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# Two images from one file (no build tools in either final stage):
+#   docker build --target cpu  -t labelgate:0.1.0 .
+#   docker build --target cuda -t labelgate:0.1.0-cuda .     # NVIDIA GPU, needs the driver on the node
+# Both run as user 10001, read /etc/labelgate/labelgate.toml and serve metrics on :9464.
+
+ARG RUST_VERSION=1.95
+ARG CUDA_VERSION=13.0.1
+ARG UBUNTU=ubuntu24.04
+
+# --- CPU build: the image's toolchain and OpenSSL headers build the bundled librdkafka and candle.
+FROM rust:${RUST_VERSION}-bookworm AS build-cpu
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+RUN cargo build --release --locked && strip target/release/labelgate
+
+# --- CUDA build: the CUDA toolkit image plus rustup (the build machine needs the internet).
+FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build-cuda
+ARG RUST_VERSION
+ENV PATH=/root/.cargo/bin:$PATH
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config libssl-dev zlib1g-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain "${RUST_VERSION}"
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+# No GPU at build time: the kernels target the listed compute capabilities (H100 = 90).
+ENV CUDA_COMPUTE_CAP=90
+RUN cargo build --release --locked --features cuda && strip target/release/labelgate
+
+# --- Runtime images: the binary, its shared libraries (OpenSSL, zlib), CA certificates and the
+# example config, nothing else.
+FROM debian:bookworm-slim AS cpu
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin labelgate \
+    && mkdir -p /var/lib/labelgate && chown 10001:10001 /var/lib/labelgate
+COPY --from=build-cpu /src/target/release/labelgate /usr/local/bin/labelgate
+COPY config/labelgate.toml /etc/labelgate/labelgate.toml
+# Data sets for `labelgate eval` / `demo` are mounted here; the gate itself needs none.
+ENV LABELGATE_DATA_DIR=/var/lib/labelgate
+USER 10001:10001
+EXPOSE 9464
+ENTRYPOINT ["/usr/local/bin/labelgate"]
+CMD ["run", "--config", "/etc/labelgate/labelgate.toml"]
+
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS cuda
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3t64 zlib1g \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin labelgate \
+    && mkdir -p /var/lib/labelgate && chown 10001:10001 /var/lib/labelgate
+COPY --from=build-cuda /src/target/release/labelgate /usr/local/bin/labelgate
+COPY config/labelgate.toml /etc/labelgate/labelgate.toml
+ENV LABELGATE_DATA_DIR=/var/lib/labelgate
+USER 10001:10001
+EXPOSE 9464
+ENTRYPOINT ["/usr/local/bin/labelgate"]
+CMD ["run", "--config", "/etc/labelgate/labelgate.toml"]
