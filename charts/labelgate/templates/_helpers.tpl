@@ -61,5 +61,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $state "redis" $redis -}}
 {{- $_ := set $config "state" $state -}}
 {{- end -}}
-{{- toToml $config -}}
+{{- include "labelgate.tomlTable" (dict "path" "" "table" $config) -}}
+{{- end -}}
+
+{{/* TOML by hand: Helm reads every number in values as a float, and toToml would write
+     `feature_dim = 784.0`, which the service (rightly) refuses for an integer key. */}}
+{{- define "labelgate.tomlValue" -}}
+{{- if kindIs "float64" . -}}
+{{- if eq (floor .) . -}}{{ int64 . }}{{- else -}}{{ . }}{{- end -}}
+{{- else if kindIs "string" . -}}{{ toJson . }}
+{{- else if kindIs "slice" . -}}[{{ range $i, $x := . }}{{ if $i }}, {{ end }}{{ include "labelgate.tomlValue" $x }}{{ end }}]
+{{- else if kindIs "map" . -}}{{ fail "labelgate.tomlValue: maps are tables" }}
+{{- else -}}{{ . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "labelgate.tomlTable" -}}
+{{- $path := .path -}}
+{{- range $k, $v := .table }}
+{{- if not (kindIs "map" $v) }}
+{{ toJson $k }} = {{ include "labelgate.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- range $k, $v := .table }}
+{{- if kindIs "map" $v }}
+{{- $sub := ternary (toJson $k) (printf "%s.%s" $path (toJson $k)) (eq $path "") }}
+
+[{{ $sub }}]
+{{- include "labelgate.tomlTable" (dict "path" $sub "table" $v) }}
+{{- end }}
+{{- end }}
 {{- end -}}
