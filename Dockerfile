@@ -20,6 +20,8 @@ RUN cargo build --release --locked && strip target/release/labelgate
 FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build-cuda
 ARG RUST_VERSION
 ENV PATH=/root/.cargo/bin:$PATH
+# A failed download must fail the build, not feed an empty script to sh.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config libssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/* \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: installs what the tests need (kcat, redis-server,
-# promtool and openssl from Debian, the Apache Kafka broker from Maven Central), starts the broker
-# and Redis (plain and TLS), builds once (release profile, shared with `cargo run --release`), runs
-# every test, and stops both.
+# promtool and openssl from Debian, the Apache Kafka broker from Maven Central, helm, kubeconform
+# and hadolint via scripts/chart-tools.sh), starts the broker and Redis (plain and TLS), builds once
+# (release profile, shared with `cargo run --release`), runs every test, and stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
@@ -42,6 +42,10 @@ export LABELGATE_REDIS_CA
 export LABELGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export LABELGATE_REDIS_TLS_URL=rediss://127.0.0.1:$REDIS_TLS_PORT/0
 export LABELGATE_REDIS_USER=labelgate LABELGATE_REDIS_PASSWORD=$REDIS_PASSWORD
+
+# helm, kubeconform (with offline Kubernetes and CRD schemas) and hadolint for tests/chart.rs,
+# cached outside the repo (the first run builds them: a few minutes).
+eval "$(scripts/chart-tools.sh)"
 
 # Two cores: the tests train networks side by side, one kernel thread each.
 export LABELGATE_THREADS=1 RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}

@@ -182,3 +182,9 @@ fn dashboard_queries_parse() {
     ok(&run("promtool", &["check", "rules", file.to_str().unwrap()]), "promtool check rules (dashboard queries)");
     assert!(n >= 10, "{n} queries");
 }
+
+/// No Docker engine here: the Dockerfile is linted instead (hadolint, from scripts/chart-tools.sh).
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    ok(&run("hadolint", &["--no-color", "--failure-threshold", "info", "Dockerfile"]), "hadolint Dockerfile");
+}
