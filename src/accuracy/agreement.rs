@@ -183,9 +183,12 @@ mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
 
+    /// (item, annotator, label, score, is wrong) per label.
+    type Crowd = (Vec<usize>, Vec<usize>, Vec<u32>, Vec<f32>, Vec<bool>);
+
     /// Synthetic crowd: `items` items, 3 annotators each from a pool with known accuracies,
     /// scores high for wrong labels and low for right ones (with overlap between the two).
-    fn crowd(accuracies: &[f64], items: usize, seed: u64) -> (Vec<usize>, Vec<usize>, Vec<u32>, Vec<f32>, Vec<bool>) {
+    fn crowd(accuracies: &[f64], items: usize, seed: u64) -> Crowd {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let (mut it, mut an, mut lab, mut sc, mut wrong) = (vec![], vec![], vec![], vec![], vec![]);
         for i in 0..items {

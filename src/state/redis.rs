@@ -82,7 +82,7 @@ impl RedisState {
             settings = settings.set_username(config.username.clone());
         }
         if let Some(p) = &config.password {
-            settings = settings.set_password(p.expose().to_string());
+            settings = settings.set_password(p.expose());
         }
         info = info.set_redis_settings(settings);
         let client = match &config.tls_ca_file {
