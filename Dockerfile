@@ -30,8 +30,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
-# No GPU at build time: the kernels target the listed compute capabilities (H100 = 90).
-ENV CUDA_COMPUTE_CAP=90
+# No GPU at build time: kernels for compute capability 8.0 run on A100, L4, L40S and H100 alike.
+# CUDA 13 needs NVIDIA driver 580 or newer on the node.
+ENV CUDA_COMPUTE_CAP=80
 RUN cargo build --release --locked --features cuda && strip target/release/labelgate
 
 # --- Runtime images: the binary, its shared libraries (OpenSSL, zlib), CA certificates and the

@@ -14,10 +14,31 @@ use crate::o2u::{suspects::NoiseRate, O2uConfig};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
-/// A value that is used but never shown: `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(transparent)]
+/// A value that is used but never shown: `Debug` and `Display` print `[redacted]`. Environment
+/// variables arrive typed, so an all-digit password is a number: any scalar is taken as text.
+#[derive(Clone, PartialEq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Int(i64),
+            Unsigned(u64),
+            Float(f64),
+            Bool(bool),
+        }
+        Ok(Secret(match Scalar::deserialize(d)? {
+            Scalar::Text(s) => s,
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Unsigned(n) => n.to_string(),
+            Scalar::Float(n) => n.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }))
+    }
+}
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -333,9 +354,11 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gate.toml", "[kafka]\ngroup_id = \"from-file\"\nsasl_password = \"hunter2\"\n")?;
             jail.set_env("LABELGATE__KAFKA__GROUP_ID", "from-env");
+            jail.set_env("LABELGATE__STATE__REDIS__PASSWORD", "12345678");
             let c = Config::load(Some(Path::new("gate.toml"))).unwrap();
             assert_eq!(c.kafka.group_id, "from-env");
             assert_eq!(c.kafka.sasl_password.as_ref().unwrap().expose(), "hunter2");
+            assert_eq!(c.state.redis.password.as_ref().unwrap().expose(), "12345678", "an all-digit password stays text");
             assert!(!format!("{c:?}").contains("hunter2"));
             Ok(())
         });

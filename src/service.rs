@@ -138,6 +138,7 @@ pub fn open_state(config: &Config, runtime: tokio::runtime::Handle, telemetry: &
     loop {
         match RedisState::connect(&config.state.redis, runtime.clone()) {
             Ok(s) => return Ok(Arc::new(s)),
+            Err(e @ StateError::Config(_)) => return Err(e.into()),
             Err(e) => {
                 if stop.load(Ordering::SeqCst) {
                     bail!("stopping before the state store answered: {e}");
@@ -482,6 +483,8 @@ fn reviews_consumer(config: &Config) -> Result<BaseConsumer> {
     Ok(consumer)
 }
 
+const VENDOR_REFRESH: Duration = Duration::from_secs(60);
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -501,14 +504,18 @@ fn with_state<T>(
 ) -> Result<(T, bool)> {
     let mut backoff = Backoff::new();
     let mut failed_since: Option<Instant> = None;
+    // Readiness is given back only if this outage took it (not during start-up).
+    let was_ready = telemetry.is_ready();
     loop {
         match call() {
             Ok(v) => {
-                if failed_since.is_some() {
+                if failed_since.is_some() && was_ready {
                     telemetry.set_ready(!stop.load(Ordering::SeqCst), "state store answers again");
                 }
                 return Ok((v, failed_since.is_some()));
             }
+            // Retrying cannot fix data; stop with the key instead of stalling not-ready forever.
+            Err(e @ StateError::Corrupt { .. }) => return Err(anyhow::Error::new(e).context(format!("state store: {op}"))),
             Err(e) => {
                 let wait = backoff.next();
                 telemetry.state_error(op, &e, wait);
@@ -531,8 +538,10 @@ fn with_state<T>(
                     let (before, after) = poll_batch(c, Duration::from_millis(100));
                     stash.extend(before);
                     stash.extend(after);
-                    if c.context().events.lock().unwrap().iter().any(|e| matches!(e, RebalanceEvent::Revoked(_))) {
-                        bail!("partitions revoked while the state store was unreachable; a restart resumes from the last committed transaction");
+                    // Stashed records must not be ingested ahead of an assignment's progress record,
+                    // and a revocation invalidates the pending commit: either way, restart.
+                    if !c.context().events.lock().unwrap().is_empty() {
+                        bail!("a rebalance arrived while the state store was unreachable; a restart resumes from the last committed transaction");
                     }
                 }
             }
@@ -547,6 +556,7 @@ fn refresh_vendor_gauges(config: &Config, state: &dyn StateStore, telemetry: &Te
     for v in vendors {
         let figures = state.vendor_history(v, since).and_then(|h| Ok((h, state.review_stats(v)?)));
         match figures {
+            Ok((history, _)) if history.is_empty() => telemetry.vendor_idle(v),
             Ok((history, reviews)) => telemetry.vendor_updated(
                 v,
                 accuracy::rolling_accuracy(&history, reviews, config.gate.min_reviews),
@@ -631,6 +641,9 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
     let mut revoked_during_window: Vec<i32> = Vec::new();
     let mut paused = false;
     let mut last_flush = Instant::now();
+    // Vendor gauges age out of the accuracy window and other replicas gate the same vendors:
+    // refresh every known vendor from the store now and then, not only after own windows.
+    let mut last_vendor_refresh = Instant::now();
     telemetry.set_ready(true, "consuming");
 
     loop {
@@ -756,6 +769,10 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
         }
         telemetry.set_buffered(gate.buffered());
         telemetry.set_consumer_lag(consumer.context().lag.load(Ordering::Relaxed));
+        if last_vendor_refresh.elapsed() >= VENDOR_REFRESH {
+            last_vendor_refresh = Instant::now();
+            refresh_vendor_gauges(config, state.as_ref(), telemetry, &telemetry.known_vendors());
+        }
     }
     if let Some(commit) = gate.flush_dead_letters() {
         commit_transaction(config, &producer, &consumer, &commit, &mut summary, &hooks, telemetry)?;

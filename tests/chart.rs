@@ -132,6 +132,8 @@ fn the_rendered_config_is_accepted_by_the_service() {
             assert_eq!(config.kafka.client["ssl.ca.location"], "/etc/labelgate/kafka-tls/ca.crt");
             assert_eq!(config.state.redis.tls_ca_file.as_deref(), Some(Path::new("/etc/labelgate/redis-tls/ca.crt")));
             assert_eq!(config.gate.sla("acme-labels"), 0.95);
+            assert_eq!(config.kafka.client["fetch.wait.max.ms"], "100");
+            assert_eq!(config.kafka.client["enable.ssl.certificate.verification"], "true");
         }
     }
 }

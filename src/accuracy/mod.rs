@@ -22,6 +22,8 @@ pub struct GoldCalibration {
     pub fpr: f64,
     pub wrong: usize,
     pub right: usize,
+    pub wrong_flagged: usize,
+    pub right_flagged: usize,
 }
 
 impl GoldCalibration {
@@ -33,13 +35,28 @@ impl GoldCalibration {
         }
         let tpr = wrong_flagged as f64 / wrong as f64;
         let fpr = right_flagged as f64 / right as f64;
-        (tpr - fpr >= MIN_SEPARATION).then_some(Self { tpr, fpr, wrong, right })
+        (tpr - fpr >= MIN_SEPARATION).then_some(Self { tpr, fpr, wrong, right, wrong_flagged, right_flagged })
     }
 
     /// Rogan–Gladen: the share of wrong labels that explains a flagged share `f`.
     pub fn wrong_share(&self, flagged_share: f64) -> f64 {
-        ((flagged_share - self.fpr) / (self.tpr - self.fpr)).clamp(0.0, 1.0)
+        invert(flagged_share, self.tpr, self.fpr)
     }
+
+    /// The widest wrong share over the flagged share's interval and the gold rates' own Wilson
+    /// intervals: few gold items make a wide interval, not a confident one.
+    fn wrong_share_bounds(&self, flagged: (f64, f64), z: f64) -> (f64, f64) {
+        let (tpr_lo, tpr_hi) = wilson(self.wrong_flagged, self.wrong, z);
+        let (fpr_lo, fpr_hi) = wilson(self.right_flagged, self.right, z);
+        // Larger with more flags, fewer true hits and fewer false alarms.
+        let high = if tpr_lo > fpr_lo { invert(flagged.1, tpr_lo, fpr_lo) } else { 1.0 };
+        let low = if tpr_hi > fpr_hi { invert(flagged.0, tpr_hi, fpr_hi) } else { 0.0 };
+        (low.min(high), high)
+    }
+}
+
+fn invert(flagged_share: f64, tpr: f64, fpr: f64) -> f64 {
+    ((flagged_share - fpr) / (tpr - fpr)).clamp(0.0, 1.0)
 }
 
 /// Reviews of a vendor's suspects: how many were looked at, how many were really wrong.
@@ -62,7 +79,7 @@ pub enum Calibration {
     None,
     Gold(GoldCalibration),
     /// Realised suspect precision from at least `min_reviews` reviews.
-    Reviews(f64),
+    Reviews(ReviewStats),
 }
 
 impl Calibration {
@@ -79,7 +96,7 @@ impl Calibration {
     pub fn choose(gold: Option<GoldCalibration>, reviews: ReviewStats, min_reviews: u64) -> Self {
         match (gold, reviews.precision()) {
             (Some(g), _) => Calibration::Gold(g),
-            (None, Some(p)) if reviews.reviewed >= min_reviews => Calibration::Reviews(p),
+            (None, Some(_)) if reviews.reviewed >= min_reviews => Calibration::Reviews(reviews),
             _ => Calibration::None,
         }
     }
@@ -88,7 +105,20 @@ impl Calibration {
         match self {
             Calibration::None => flagged_share,
             Calibration::Gold(g) => g.wrong_share(flagged_share),
-            Calibration::Reviews(precision) => flagged_share * precision,
+            Calibration::Reviews(r) => flagged_share * r.precision().unwrap_or(1.0),
+        }
+    }
+
+    /// The wrong share's interval, given the flagged share's: widened by the calibration's own
+    /// uncertainty (the Wilson intervals of the gold rates or of the review precision).
+    fn wrong_share_bounds(&self, flagged: (f64, f64), z: f64) -> (f64, f64) {
+        match self {
+            Calibration::None => flagged,
+            Calibration::Gold(g) => g.wrong_share_bounds(flagged, z),
+            Calibration::Reviews(r) => {
+                let (p_lo, p_hi) = wilson(r.confirmed_wrong as usize, r.reviewed as usize, z);
+                (flagged.0 * p_lo, flagged.1 * p_hi)
+            }
         }
     }
 }
@@ -107,12 +137,9 @@ pub fn estimate(records: usize, flagged: usize, calibration: Calibration, z: f64
         return AccuracyEstimate { accuracy: 1.0, ci: (0.0, 1.0), calibration };
     }
     let share = flagged as f64 / records as f64;
-    let (flag_lo, flag_hi) = wilson(flagged, records, z);
-    AccuracyEstimate {
-        accuracy: 1.0 - calibration.wrong_share(share),
-        ci: (1.0 - calibration.wrong_share(flag_hi), 1.0 - calibration.wrong_share(flag_lo)),
-        calibration,
-    }
+    let (wrong_lo, wrong_hi) = calibration.wrong_share_bounds(wilson(flagged, records, z), z);
+    let accuracy = 1.0 - calibration.wrong_share(share);
+    AccuracyEstimate { accuracy, ci: ((1.0 - wrong_hi).min(accuracy), (1.0 - wrong_lo).max(accuracy)), calibration }
 }
 
 /// One delivery in a vendor's history.
@@ -177,12 +204,27 @@ mod tests {
         let none = estimate(1000, 200, Calibration::None, 1.96);
         assert!((none.accuracy - 0.8).abs() < 1e-12);
         assert!(none.ci.0 < 0.8 && none.ci.1 > 0.8);
-        let reviewed = estimate(1000, 200, Calibration::Reviews(0.5), 1.96);
-        assert!((reviewed.accuracy - 0.9).abs() < 1e-12);
-        assert!(reviewed.ci.1 - reviewed.ci.0 < none.ci.1 - none.ci.0);
+        let half = |n| Calibration::Reviews(ReviewStats { reviewed: n, confirmed_wrong: n / 2 });
+        let few = estimate(1000, 200, half(20), 1.96);
+        let many = estimate(1000, 200, half(20_000), 1.96);
+        assert!((few.accuracy - 0.9).abs() < 1e-12 && (many.accuracy - 0.9).abs() < 1e-12);
+        assert!(few.ci.0 < 0.9 && few.ci.1 > 0.9);
+        assert!(many.ci.1 - many.ci.0 < few.ci.1 - few.ci.0, "20 reviews leave a wider interval than 20,000");
         let stats = ReviewStats { reviewed: 10, confirmed_wrong: 9 };
         assert_eq!(Calibration::choose(None, stats, 20), Calibration::None, "too few reviews");
-        assert_eq!(Calibration::choose(None, stats, 10), Calibration::Reviews(0.9));
+        assert_eq!(Calibration::choose(None, stats, 10), Calibration::Reviews(stats));
+    }
+
+    #[test]
+    fn few_gold_items_give_a_wide_interval_not_a_certain_one() {
+        // tpr 5/5, fpr 1/5: the point estimate inverts, but the interval must stay open.
+        let g = GoldCalibration::from_counts(5, 5, 1, 5).unwrap();
+        let e = estimate(1000, 100, Calibration::Gold(g), 1.96);
+        assert!(e.ci.0 < 0.9 && e.ci.1 >= e.accuracy, "{e:?}");
+        assert!(e.ci.1 - e.ci.0 > 0.1, "five gold items each way cannot pin the accuracy (it collapsed to (1, 1) before): {e:?}");
+        let many = GoldCalibration::from_counts(800, 1000, 50, 1000).unwrap();
+        let tight = estimate(1000, 100, Calibration::Gold(many), 1.96);
+        assert!(tight.ci.1 - tight.ci.0 < e.ci.1 - e.ci.0);
     }
 
     #[test]

@@ -507,6 +507,18 @@ impl Gate {
             }
             self.remember_gated(d.batch_id);
         }
+        // Only what the bounded pool keeps goes to the store: the newest `capacity` per class.
+        let cap = commit.state.pool_capacity_per_class;
+        let mut kept = vec![0usize; self.config.classes.len()];
+        let mut newest_first: Vec<(u32, Vec<f32>)> = Vec::new();
+        for (label, f) in std::mem::take(&mut commit.state.pool_added).into_iter().rev() {
+            if kept[label as usize] < cap {
+                kept[label as usize] += 1;
+                newest_first.push((label, f));
+            }
+        }
+        newest_first.reverse();
+        commit.state.pool_added = newest_first;
         self.drain_dead_letters(&mut commit, &mut done);
         commit.progress = self.mark_done(&done);
         commit

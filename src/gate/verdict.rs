@@ -99,7 +99,7 @@ mod tests {
         assert_eq!((a.decision, a.decided_by, a.gold_accuracy), (Decision::Reject, "gold", Some(0.5)));
         assert_eq!(assess(est(1000, 20), 5, 0, 0.9, 10, z).decided_by, "estimate");
         // Review precision lifts a delivery whose suspects were half false alarms.
-        let reviewed = accuracy::estimate(1000, 150, Calibration::Reviews(0.5), z);
+        let reviewed = accuracy::estimate(1000, 150, Calibration::Reviews(accuracy::ReviewStats { reviewed: 400, confirmed_wrong: 200 }), z);
         assert_eq!(assess(reviewed, 0, 0, 0.9, 10, z).decision, Decision::Accept);
     }
 }

@@ -21,6 +21,9 @@ pub enum StateError {
     Unavailable(String),
     #[error("corrupt state at `{key}`: {message}")]
     Corrupt { key: String, message: String },
+    /// A setting that no retry can fix (bad URL, unreadable CA file).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A suspect routed to re-review, kept until its review arrives (or it expires).

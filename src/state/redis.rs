@@ -76,7 +76,7 @@ impl RedisState {
     /// Connects (from a thread that is not a runtime worker). Fails if the server cannot be
     /// reached within the timeout; later outages are retried by the caller.
     pub fn connect(config: &RedisConfig, runtime: Handle) -> Result<Self, StateError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(|e| StateError::Unavailable(format!("state.redis.url: {e}")))?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(|e| StateError::Config(format!("state.redis.url: {e}")))?;
         let mut settings = info.redis_settings().clone();
         if !config.username.is_empty() {
             settings = settings.set_username(config.username.clone());
@@ -87,7 +87,7 @@ impl RedisState {
         info = info.set_redis_settings(settings);
         let client = match &config.tls_ca_file {
             Some(ca) => {
-                let root = std::fs::read(ca).map_err(|e| StateError::Unavailable(format!("state.redis.tls_ca_file {}: {e}", ca.display())))?;
+                let root = std::fs::read(ca).map_err(|e| StateError::Config(format!("state.redis.tls_ca_file {}: {e}", ca.display())))?;
                 redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(root) })
             }
             None => redis::Client::open(info),
@@ -235,7 +235,14 @@ impl StateStore for RedisState {
         let script = Script::new(REVIEW_SCRIPT);
         let mut outcome = Vec::new();
         for (vendor, body) in suspects {
-            let s: SuspectRecord = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["suspect", &review.sample_id]), message: e.to_string() })?;
+            let s: SuspectRecord = match serde_json::from_str(&body) {
+                Ok(s) => s,
+                Err(e) => {
+                    // One unreadable entry must not block every later review.
+                    tracing::warn!(key = %self.key(&["suspect", &review.sample_id]), vendor = %vendor, error = %e, "suspect entry unreadable; review not counted for this vendor");
+                    continue;
+                }
+            };
             let wrong = s.label != review.final_label;
             let mut invocation = script.key(self.key(&["reviewed", &review.sample_id]));
             invocation

@@ -174,6 +174,20 @@ impl Telemetry {
         }
     }
 
+    /// A vendor with no deliveries in the accuracy window: its figures are withdrawn, so an alert
+    /// neither stays on a vendor that stopped delivering nor hides another replica's fresher value.
+    pub fn vendor_idle(&self, vendor: &str) {
+        let v = self.vendor_label(vendor);
+        for g in [&self.vendor_accuracy, &self.vendor_gold_accuracy] {
+            let _ = g.remove_label_values(&[v.as_str()]);
+        }
+    }
+
+    /// Vendors this process reports on (for the periodic refresh).
+    pub fn known_vendors(&self) -> Vec<String> {
+        self.vendors.lock().unwrap().iter().cloned().collect()
+    }
+
     pub fn review_recorded(&self, vendor: &str, confirmed_wrong: bool) {
         let v = self.vendor_label(vendor);
         self.reviews.with_label_values(&[v.as_str(), if confirmed_wrong { "confirmed_wrong" } else { "label_correct" }]).inc();

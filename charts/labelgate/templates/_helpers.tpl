@@ -43,6 +43,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.gpu.enabled -}}
 {{- $_ := set $config "runtime" (mergeOverwrite (default dict (get $config "runtime")) (dict "device" "cuda")) -}}
 {{- end -}}
+{{- /* librdkafka settings are strings to the service: `fetch.wait.max.ms: 100` must not become a TOML integer. */ -}}
+{{- $kafka := default dict (get $config "kafka") -}}
+{{- $client := dict -}}
+{{- range $k, $v := (default dict (get $kafka "client")) -}}
+{{- $_ := set $client $k (kindIs "float64" $v | ternary (include "labelgate.tomlValue" $v) (toString $v)) -}}
+{{- end -}}
+{{- $_ := set $kafka "client" $client -}}
+{{- $_ := set $config "kafka" $kafka -}}
 {{- if .Values.kafka.tls.existingSecret -}}
 {{- $kafka := default dict (get $config "kafka") -}}
 {{- $client := default dict (get $kafka "client") -}}
