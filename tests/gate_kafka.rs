@@ -267,34 +267,7 @@ fn kill_mid_window_then_restart_is_exactly_once() {
     let mut set = mnist_set(9000);
     let ds = deliveries(&mut set, &[("kill-a", 0.1, 3), ("kill-b", 0.25, 3)], 1500);
     produce(&config, &messages(&set, &ds));
-    let k = &config.kafka;
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_labelgate"))
-            .arg("run")
-            .env("LABELGATE_LOG", "info")
-            .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
-            .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
-            .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
-            .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
-            .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
-            .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
-            .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
-            .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
-            .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
-            .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
-            .env("LABELGATE__STATE__REDIS__URL", &config.state.redis.url)
-            .env("LABELGATE__STATE__REDIS__USERNAME", &config.state.redis.username)
-            .env("LABELGATE__STATE__REDIS__PASSWORD", env("LABELGATE_REDIS_PASSWORD"))
-            .env("LABELGATE__STATE__REDIS__KEY_PREFIX", &config.state.redis.key_prefix)
-            .env("LABELGATE__METRICS__LISTEN", "127.0.0.1:0")
-            .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
-            .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
-            .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
-            .env("LABELGATE__RUNTIME__THREADS", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || gate_command(&config).env("LABELGATE__METRICS__LISTEN", "127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
     // First run: let one window commit, then SIGKILL during the second.
     let mut gate = spawn();
     let lines = BufReader::new(gate.stderr.take().unwrap()).lines();
@@ -409,6 +382,36 @@ async fn a_full_buffer_pauses_consumption_without_losing_records() {
     assert_eq!(out.verdicts.len(), ds.len());
 }
 
+/// `labelgate run` on `config`'s topics and Redis, with windows of 3,000 records and one kernel
+/// thread; callers add the metrics address and where stderr goes.
+fn gate_command(config: &Config) -> Command {
+    let (k, r) = (&config.kafka, &config.state.redis);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelgate"));
+    cmd.arg("run")
+        .env("LABELGATE_LOG", "info")
+        .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
+        .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
+        .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
+        .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
+        .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
+        .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
+        .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
+        .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
+        .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
+        .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
+        .env("LABELGATE__STATE__REDIS__URL", &r.url)
+        .env("LABELGATE__STATE__REDIS__USERNAME", &r.username)
+        .env("LABELGATE__STATE__REDIS__KEY_PREFIX", &r.key_prefix)
+        .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
+        .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
+        .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
+        .env("LABELGATE__RUNTIME__THREADS", "1");
+    if let Some(p) = &r.password {
+        cmd.env("LABELGATE__STATE__REDIS__PASSWORD", p.expose());
+    }
+    cmd
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the process under test).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -458,7 +461,10 @@ fn own_redis(port: u16) -> std::process::Child {
 fn vendor_metrics_scrape_and_redis_outage() {
     let mut config = config("metrics", 784);
     let (redis_port, http_port) = (free_port(), free_port());
+    // A Redis of this test's own, without the suite's ACL user.
     config.state.redis.url = format!("redis://127.0.0.1:{redis_port}/0");
+    config.state.redis.username = String::new();
+    config.state.redis.password = None;
     let mut redis = KillOnDrop(own_redis(redis_port));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(service::ensure_topics(&config, 2)).unwrap();
@@ -469,30 +475,14 @@ fn vendor_metrics_scrape_and_redis_outage() {
         let idx: Vec<usize> = ds.iter().filter(|d| d.1 == vendor).flat_map(|d| d.2.clone()).collect();
         idx.iter().filter(|&&i| set.labels[i] == truth[i]).count() as f64 / idx.len() as f64
     };
-    let k = &config.kafka;
-    let mut gate = KillOnDrop(Command::new(env!("CARGO_BIN_EXE_labelgate"))
-        .arg("run")
-        .env("LABELGATE_LOG", "info")
-        .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
-        .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
-        .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
-        .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
-        .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
-        .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
-        .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
-        .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
-        .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
-        .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
-        .env("LABELGATE__STATE__REDIS__URL", &config.state.redis.url)
-        .env("LABELGATE__STATE__REDIS__TIMEOUT_MS", "500")
-        .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}"))
-        .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
-        .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
-        .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
-        .env("LABELGATE__RUNTIME__THREADS", "1")
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap());
+    let mut gate = KillOnDrop(
+        gate_command(&config)
+            .env("LABELGATE__STATE__REDIS__TIMEOUT_MS", "500")
+            .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     wait_for("/readyz 200", Duration::from_secs(60), || http_get(http_port, "/readyz").is_some_and(|r| r.0 == 200));
 
     // Redis goes away before the first window commits.
