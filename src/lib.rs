@@ -10,6 +10,7 @@
 
 pub mod accuracy;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod data;
 pub mod demo;

@@ -485,10 +485,6 @@ fn reviews_consumer(config: &Config) -> Result<BaseConsumer> {
 
 const VENDOR_REFRESH: Duration = Duration::from_secs(60);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Calls the state store until it answers. While it does not: not ready, input paused (polled
 /// only to stay in the group; anything that still arrives waits in `stash`), retried with
 /// back-off. A revocation meanwhile stops the gate: nothing of the pending work was committed,
@@ -552,7 +548,7 @@ fn with_state<T>(
 /// Refreshes each vendor's gauges from its history in the state store. A failure leaves the
 /// gauges as they were (the next window retries).
 fn refresh_vendor_gauges(config: &Config, state: &dyn StateStore, telemetry: &Telemetry, vendors: &[String]) {
-    let since = now_ms().saturating_sub(config.gate.vendor_accuracy_window_secs * 1000);
+    let since = crate::clock::unix_millis().saturating_sub(config.gate.vendor_accuracy_window_secs * 1000);
     for v in vendors {
         let figures = state.vendor_history(v, since).and_then(|h| Ok((h, state.review_stats(v)?)));
         match figures {
@@ -727,7 +723,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
                     state_paused |= p;
                     review_stats.insert(v.clone(), stats);
                 }
-                let commit = gate.finish_window(job, &scores, &review_stats, now_ms());
+                let commit = gate.finish_window(job, &scores, &review_stats, crate::clock::unix_millis());
                 // State first, then the transaction: a crash between them replays the window,
                 // and every state write is idempotent.
                 let ((), p) = with_state("save_window", telemetry, stop, Some(&consumer), &mut stash, || state.save_window(&commit.state))?;

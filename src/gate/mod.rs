@@ -151,7 +151,7 @@ pub struct Gate {
     buffered: usize,
     window_seq: u64,
     /// Wall-clock start of this gate (ms since the epoch): window ids stay unique across restarts.
-    started_ms: u128,
+    started_ms: u64,
 }
 
 const GATED_MEMORY: usize = 100_000;
@@ -175,7 +175,7 @@ impl Gate {
             pool,
             buffered: 0,
             window_seq: 0,
-            started_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()),
+            started_ms: crate::clock::unix_millis(),
         }
     }
 

@@ -194,7 +194,7 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
     };
     let (b1, b2, v) = (id("b1"), id("b2"), id("vendor"));
     // Recent times: history older than the retention is trimmed on write.
-    let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 10_000;
+    let base = crate::clock::unix_millis() - 10_000;
     store.ping().unwrap();
     store.mark_scoring("w1", std::slice::from_ref(&b1)).unwrap();
     assert_eq!(store.delivery(&b1).unwrap().unwrap().0, "scoring");

@@ -177,7 +177,7 @@ impl StateStore for RedisState {
         for c in classes {
             pipe.ltrim(self.key(&["pool", &c.to_string()]), 0, w.pool_capacity_per_class as isize - 1).ignore();
         }
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::clock::unix_millis();
         let cutoff = now_ms.saturating_sub(self.retention_secs * 1000);
         for d in &w.deliveries {
             let body = serde_json::to_string(&StoredDelivery { state: "gated".into(), record: Some(d.clone()) }).expect("serialisable");

@@ -227,7 +227,7 @@ impl Telemetry {
 }
 
 fn unix_seconds() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    crate::clock::unix_millis() as f64 / 1000.0
 }
 
 #[cfg(test)]
