@@ -5,6 +5,7 @@
 #   scripts/kafka.sh status
 # KAFKA_VERSION (4.1.1), KAFKA_PORT (19092), LABELGATE_CACHE (~/.cache/labelgate) override.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 version=${KAFKA_VERSION:-4.1.1}
 port=${KAFKA_PORT:-19092}
 controller_port=$((port + 1))
@@ -81,15 +82,7 @@ LOG
   echo "kafka.sh: broker did not answer on 127.0.0.1:$port within 120 s" >&2; exit 1
 }
 
-stop() {
-  if [ -f "$run/pid" ]; then
-    local pid; pid=$(cat "$run/pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$run"
-}
+stop() { stop_run_dir "$run" 30; }
 
 case "${1:-}" in
   start) start ;;

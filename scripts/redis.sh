@@ -7,6 +7,7 @@
 # also listens with TLS, on a self-signed CA + server cert made in the run dir, and start prints
 # the CA's path on stdout (its only stdout; messages go to stderr) for `ca=$(scripts/redis.sh start)`.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 port=${REDIS_PORT:-16379}
 tls_port=${REDIS_TLS_PORT:-}
 password=${REDIS_PASSWORD:-labelgate-test}
@@ -85,16 +86,7 @@ CONF
   exit 1
 }
 
-stop() {
-  if [ -f "$run/pid" ]; then
-    local pid; pid=$(cat "$run/pid")
-    # The ACL user may not run SHUTDOWN (it is @dangerous): signal the pid, as kafka.sh does.
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$run"
-}
+stop() { stop_run_dir "$run" 10; }
 
 case "${1:-}" in
   start) start ;;
