@@ -171,7 +171,7 @@ pub enum Builtin {
 impl Builtin {
     /// Stage-1 epochs when none are given: 2,945 music-genre labels are 23 steps an epoch, so
     /// five epochs (115 steps) leave stage 1 under-trained (auto F1 0.74 → 0.76 at 20 epochs,
-    /// annotator-accuracy Spearman 0.45–0.66 → 0.85–0.90 over seeds).
+    /// annotator-accuracy Spearman 0.49–0.65 → 0.84–0.90 over seeds 0–4; docs/benchmarks.md §5).
     pub fn default_stage1_epochs(self) -> usize {
         match self {
             Builtin::Mnist => crate::o2u::O2uConfig::default().stage1_epochs,
