@@ -137,11 +137,35 @@ pub struct GateConfig {
     /// Share of a window's labels on items labelled by more than one vendor above which the
     /// wrong-label share comes from the agreement model instead of the scores alone.
     pub min_overlap_share: f64,
+    /// Readings of the wrong-label share further than this from their median do not agree.
+    pub max_estimator_gap: f64,
+    /// Out-of-fold accuracy must beat the most frequent label by this share of the possible
+    /// gain before the scores may say how many labels are wrong.
+    pub min_model_lift: f64,
+    /// Reference-pool rows needed before the pool serves as the window's control.
+    pub min_pool_control_rows: usize,
+    /// Mini-batches each cross-fitting network trains for at least.
+    pub crossfit_min_steps: usize,
 }
 
 impl GateConfig {
     pub fn sla(&self, vendor: &str) -> f64 {
         self.vendor_sla.get(vendor).copied().unwrap_or(self.default_sla_accuracy)
+    }
+
+    /// How windows turn scores into a wrong-label share.
+    pub fn window_policy(&self) -> crate::gate::window::WindowPolicy {
+        crate::gate::window::WindowPolicy {
+            noise_rate: self.noise_rate,
+            min_overlap_share: self.min_overlap_share,
+            evidence: crate::accuracy::evidence::EvidencePolicy {
+                max_estimator_gap: self.max_estimator_gap,
+                min_model_lift: self.min_model_lift,
+                min_pool_control_rows: self.min_pool_control_rows,
+                z: crate::gate::verdict::z_for(self.confidence),
+            },
+            crossfit_min_steps: self.crossfit_min_steps,
+        }
     }
 }
 
@@ -258,6 +282,12 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&g.min_overlap_share) {
             p.push(format!("gate.min_overlap_share = {}: a share between 0 and 1, e.g. 0.05", g.min_overlap_share));
+        }
+        if !(g.max_estimator_gap > 0.0 && g.max_estimator_gap <= 1.0) {
+            p.push(format!("gate.max_estimator_gap = {}: a share between 0 and 1, e.g. 0.1", g.max_estimator_gap));
+        }
+        if !(0.0..1.0).contains(&g.min_model_lift) {
+            p.push(format!("gate.min_model_lift = {}: a share in [0, 1), e.g. 0.25", g.min_model_lift));
         }
         if g.vendor_accuracy_window_secs == 0 {
             p.push("gate.vendor_accuracy_window_secs: must be positive, e.g. 86400 (a day)".into());

@@ -303,21 +303,41 @@ fn service_read(config: &Config, topic: &str, mut each: impl FnMut(&[u8]) -> Res
 
 fn print_report(r: &ScenarioReport) {
     println!("   {:<28} {:>6} {:>7} {:>9}  {:<17} {:>8} {:>6}  {}", "delivery", "n", "suspects", "est. acc", "95% interval", "true acc", "gold", "decision");
+    let figure = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
     for d in &r.deliveries {
         let v = &d.verdict;
         println!(
-            "   {:<28} {:>6} {:>7} {:>9.3}  [{:.3}, {:.3}]   {:>8.3} {:>6}  {:?} (by {}, SLA {})",
+            "   {:<28} {:>6} {:>7} {:>9}  [{}, {}]   {:>8.3} {:>6}  {:?} (by {}, SLA {}{})",
             d.batch_id,
             d.records,
             v.rereview,
-            v.estimated_accuracy,
-            v.accuracy_ci_low,
-            v.accuracy_ci_high,
+            figure(v.estimated_accuracy),
+            figure(v.accuracy_ci_low),
+            figure(v.accuracy_ci_high),
             d.true_accuracy,
             v.gold_accuracy.map_or("-".into(), |g| format!("{g:.2}")),
             v.decision,
             v.decided_by,
-            v.sla_accuracy
+            v.sla_accuracy,
+            v.review_reason.as_ref().map_or(String::new(), |r| format!("; {r}"))
+        );
+    }
+    let mut windows: Vec<&crate::accuracy::evidence::WindowEvidence> = Vec::new();
+    for e in r.deliveries.iter().filter_map(|d| d.verdict.evidence.as_ref()) {
+        if !windows.contains(&e) {
+            windows.push(e);
+        }
+    }
+    for e in windows {
+        let readings: Vec<String> = e.readings.iter().map(|r| format!("{:?} {:.3} [{:.3}, {:.3}]", r.estimator, r.wrong_share, r.ci_low, r.ci_high)).collect();
+        println!(
+            "   window evidence {}: wrong share {:.3} [{:.3}, {:.3}] from {}; out-of-fold lift {}",
+            e.status.name(),
+            e.wrong_share,
+            e.wrong_share_ci_low,
+            e.wrong_share_ci_high,
+            readings.join(", "),
+            e.model_fit.map_or("-".into(), |f| format!("{:.2}", f.lift))
         );
     }
     let s = &r.summary;

@@ -329,8 +329,7 @@ fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
     let (job_tx, job_rx) = mpsc::channel::<WindowJob>();
     let (res_tx, res_rx) = mpsc::channel();
     let engine = config.engine.clone();
-    let noise_rate = config.gate.noise_rate;
-    let min_overlap = config.gate.min_overlap_share;
+    let policy = config.gate.window_policy();
     let choice = if config.runtime.device == "cuda" { DeviceChoice::Cuda } else { DeviceChoice::Cpu };
     let on_epoch = hooks.on_epoch.clone();
     thread::Builder::new()
@@ -348,17 +347,8 @@ fn start_trainer(config: &Config, hooks: &Hooks) -> Trainer {
                 }
             }
             while let Ok(mut job) = job_rx.recv() {
-                let empty = window::WindowData {
-                    features: vec![],
-                    labels: vec![],
-                    pending: job.data.pending,
-                    dim: job.data.dim,
-                    classes: job.data.classes,
-                    sample_ids: vec![],
-                    vendors: vec![],
-                };
-                let data = std::mem::replace(&mut job.data, empty);
-                let result = window::score_window(data, &engine, noise_rate, min_overlap, &dev, &mut Hook(on_epoch.clone()));
+                let data = job.take_data();
+                let result = window::score_window(data, &engine, &policy, &dev, &mut Hook(on_epoch.clone()));
                 if res_tx.send((job, result)).is_err() {
                     break;
                 }
@@ -692,7 +682,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
         }
 
         if in_flight.is_none() && !stopping && gate.window_due(now) {
-            if let Some(job) = gate.take_window() {
+            if let Some(mut job) = gate.take_window() {
                 tracing::info!(window = %job.id, records = job.records(), deliveries = job.deliveries(), "window started");
                 if let Some(e) = state.mark_scoring(&job.id, &job.batch_ids()).err() {
                     tracing::warn!(window = %job.id, error = %e, "delivery states not marked `scoring`");
@@ -700,6 +690,10 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
                 if let Some(f) = &hooks.on_window_start {
                     f(&job.id, job.records(), job.deliveries());
                 }
+                // Earlier windows' labels of the same samples, so agreement spans windows.
+                let (prior, p) = with_state("sample_labels", telemetry, stop, Some(&consumer), &mut stash, || state.sample_labels(&job.data.sample_ids))?;
+                state_paused |= p;
+                job.data.attach_prior_labels(prior);
                 in_flight = Some(Instant::now());
                 trainer.jobs.send(job).context("window thread gone")?;
             }
@@ -737,7 +731,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
                     training_seconds: trained.duration_since(started).as_secs_f64(),
                     producing_seconds: trained.elapsed().as_secs_f64(),
                 };
-                telemetry.window_committed(&window_id, &timing, scores.final_loss, scores.noise_rate);
+                telemetry.window_committed(&window_id, &timing, scores.final_loss, &scores.evidence);
                 refresh_vendor_gauges(config, state.as_ref(), telemetry, &vendors);
                 summary.window_timings.push(timing);
             }

@@ -255,14 +255,17 @@ pub struct VerdictMessage {
     pub closed_by: String,
     pub accepted: usize,
     pub rereview: usize,
-    pub estimated_accuracy: f64,
-    pub accuracy_ci_low: f64,
-    pub accuracy_ci_high: f64,
+    /// `null` when the delivery has no valid records (`review_reason: "no_valid_records"`).
+    pub estimated_accuracy: Option<f64>,
+    pub accuracy_ci_low: Option<f64>,
+    pub accuracy_ci_high: Option<f64>,
     /// What corrected the flagged share: `none`, `gold` (the window's gold items) or `reviews`
     /// (the vendor's realised suspect precision).
     #[serde(default = "calibration_none")]
     pub calibration: String,
-    /// Where the window's wrong-label share came from: `scores` or `agreement`.
+    /// Where the window's wrong-label share came from: `estimators` (the readings in
+    /// `evidence`), `agreement` (vendors' labels of shared sample_ids with the scores) or `fixed`
+    /// (`gate.noise_rate`). Verdicts written before the evidence existed say `scores`.
     #[serde(default = "noise_rate_from_scores")]
     pub noise_rate_from: String,
     pub gold_items: usize,
@@ -270,6 +273,13 @@ pub struct VerdictMessage {
     pub sla_accuracy: f64,
     pub decision: Decision,
     pub decided_by: String,
+    /// Why the decision is `review`: `interval_spans_sla`, `insufficient_evidence`,
+    /// `estimators_disagree` or `no_valid_records`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_reason: Option<String>,
+    /// What the window's wrong-label share rests on (estimators, model fit, pool, agreement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::accuracy::evidence::WindowEvidence>,
     pub window_id: String,
     pub model_version: String,
 }

@@ -231,7 +231,7 @@ async fn deliveries_are_routed_exactly_once_with_verdicts() {
     let out = read_outputs(&config);
     check_exactly_once(&set, &ds, &out);
     // The sloppier vendor's estimated accuracy is lower, and its deliveries are rejected.
-    let acc = |vendor: &str| out.verdicts.iter().filter(|v| v.vendor_id == vendor).map(|v| v.estimated_accuracy).sum::<f64>() / 2.0;
+    let acc = |vendor: &str| out.verdicts.iter().filter(|v| v.vendor_id == vendor).map(|v| v.estimated_accuracy.expect("valid records")).sum::<f64>() / 2.0;
     assert!(acc("clean-co") > acc("sloppy-inc") + 0.15, "clean {} sloppy {}", acc("clean-co"), acc("sloppy-inc"));
     assert!(out.verdicts.iter().filter(|v| v.vendor_id == "sloppy-inc").all(|v| v.decision == labelgate::wire::Decision::Reject));
 }

@@ -163,7 +163,13 @@ pub fn index_of<'a>(keys: impl IntoIterator<Item = &'a str>) -> (Vec<usize>, usi
 
 /// Share of labels whose item was also labelled by a different annotator.
 pub fn overlap_share(item: &[usize], annotator: &[usize], items: usize) -> f64 {
-    if item.is_empty() {
+    overlap_shares(item, annotator, items, item.len())
+}
+
+/// Share of the first `counted` labels whose item was also labelled by a different annotator
+/// (among all the labels given).
+pub fn overlap_shares(item: &[usize], annotator: &[usize], items: usize, counted: usize) -> f64 {
+    if counted == 0 {
         return 0.0;
     }
     let mut first: Vec<Option<usize>> = vec![None; items];
@@ -175,7 +181,7 @@ pub fn overlap_share(item: &[usize], annotator: &[usize], items: usize) -> f64 {
             _ => {}
         }
     }
-    item.iter().filter(|&&i| multi[i]).count() as f64 / item.len() as f64
+    item[..counted].iter().filter(|&&i| multi[i]).count() as f64 / counted as f64
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! were really wrong) — with a confidence interval.
 
 pub mod agreement;
+pub mod evidence;
 
 use serde::{Deserialize, Serialize};
 
@@ -130,14 +131,17 @@ pub struct AccuracyEstimate {
     pub calibration: Calibration,
 }
 
-/// Estimated label accuracy of `records` labels of which `flagged` were flagged. The interval is
-/// the Wilson interval of the flagged share mapped through the same (monotone) calibration.
-pub fn estimate(records: usize, flagged: usize, calibration: Calibration, z: f64) -> AccuracyEstimate {
+/// Estimated label accuracy of `records` labels of which `flagged` were flagged. The window's
+/// own uncertainty about how many of its labels are wrong puts this delivery's flag count
+/// anywhere in `flagged_range`; the interval runs from the Wilson bound of the fewest flags to
+/// that of the most, then through the same (monotone) calibration.
+pub fn estimate(records: usize, flagged: usize, flagged_range: (usize, usize), calibration: Calibration, z: f64) -> AccuracyEstimate {
     if records == 0 {
         return AccuracyEstimate { accuracy: 1.0, ci: (0.0, 1.0), calibration };
     }
     let share = flagged as f64 / records as f64;
-    let (wrong_lo, wrong_hi) = calibration.wrong_share_bounds(wilson(flagged, records, z), z);
+    let flagged_bounds = (wilson(flagged_range.0.min(flagged), records, z).0, wilson(flagged_range.1.max(flagged), records, z).1);
+    let (wrong_lo, wrong_hi) = calibration.wrong_share_bounds(flagged_bounds, z);
     let accuracy = 1.0 - calibration.wrong_share(share);
     AccuracyEstimate { accuracy, ci: ((1.0 - wrong_hi).min(accuracy), (1.0 - wrong_lo).max(accuracy)), calibration }
 }
@@ -159,6 +163,17 @@ pub struct DeliveryRecord {
     /// What corrected `estimated_accuracy` when it was gated (`none`, `gold`, `reviews`).
     #[serde(default = "uncalibrated")]
     pub calibration: String,
+    /// What the window's wrong-label share rested on; deliveries whose evidence could not
+    /// decide (and those with no valid records) stay out of the vendor's accuracy.
+    #[serde(default)]
+    pub evidence: Option<evidence::EvidenceStatus>,
+}
+
+impl DeliveryRecord {
+    /// Whether its estimate may move the vendor's accuracy gauge.
+    pub fn counts_towards_accuracy(&self) -> bool {
+        self.records > 0 && self.evidence.is_none_or(|e| e.supports_a_decision())
+    }
 }
 
 fn uncalibrated() -> String {
@@ -169,13 +184,14 @@ fn uncalibrated() -> String {
 /// not swing it like a 10,000-record one. Deliveries gated before enough reviews arrived are
 /// corrected now with the vendor's realised suspect precision. `None` with no history.
 pub fn rolling_accuracy(history: &[DeliveryRecord], reviews: ReviewStats, min_reviews: u64) -> Option<f64> {
-    let records: usize = history.iter().map(|d| d.records).sum();
+    let counted: Vec<&DeliveryRecord> = history.iter().filter(|d| d.counts_towards_accuracy()).collect();
+    let records: usize = counted.iter().map(|d| d.records).sum();
     let precision = reviews.precision().filter(|_| reviews.reviewed >= min_reviews);
     let accuracy = |d: &DeliveryRecord| match precision {
         Some(p) if d.calibration == "none" && d.records > 0 => 1.0 - d.flagged as f64 / d.records as f64 * p,
         _ => d.estimated_accuracy,
     };
-    (records > 0).then(|| history.iter().map(|d| accuracy(d) * d.records as f64).sum::<f64>() / records as f64)
+    (records > 0).then(|| counted.iter().map(|d| accuracy(d) * d.records as f64).sum::<f64>() / records as f64)
 }
 
 /// Accuracy on gold items over recent deliveries.
@@ -201,12 +217,12 @@ mod tests {
 
     #[test]
     fn reviews_scale_the_flagged_share_and_the_interval_follows() {
-        let none = estimate(1000, 200, Calibration::None, 1.96);
+        let none = estimate(1000, 200, (200, 200), Calibration::None, 1.96);
         assert!((none.accuracy - 0.8).abs() < 1e-12);
         assert!(none.ci.0 < 0.8 && none.ci.1 > 0.8);
         let half = |n| Calibration::Reviews(ReviewStats { reviewed: n, confirmed_wrong: n / 2 });
-        let few = estimate(1000, 200, half(20), 1.96);
-        let many = estimate(1000, 200, half(20_000), 1.96);
+        let few = estimate(1000, 200, (200, 200), half(20), 1.96);
+        let many = estimate(1000, 200, (200, 200), half(20_000), 1.96);
         assert!((few.accuracy - 0.9).abs() < 1e-12 && (many.accuracy - 0.9).abs() < 1e-12);
         assert!(few.ci.0 < 0.9 && few.ci.1 > 0.9);
         assert!(many.ci.1 - many.ci.0 < few.ci.1 - few.ci.0, "20 reviews leave a wider interval than 20,000");
@@ -219,11 +235,11 @@ mod tests {
     fn few_gold_items_give_a_wide_interval_not_a_certain_one() {
         // tpr 5/5, fpr 1/5: the point estimate inverts, but the interval must stay open.
         let g = GoldCalibration::from_counts(5, 5, 1, 5).unwrap();
-        let e = estimate(1000, 100, Calibration::Gold(g), 1.96);
+        let e = estimate(1000, 100, (100, 100), Calibration::Gold(g), 1.96);
         assert!(e.ci.0 < 0.9 && e.ci.1 >= e.accuracy, "{e:?}");
         assert!(e.ci.1 - e.ci.0 > 0.1, "five gold items each way cannot pin the accuracy (it collapsed to (1, 1) before): {e:?}");
         let many = GoldCalibration::from_counts(800, 1000, 50, 1000).unwrap();
-        let tight = estimate(1000, 100, Calibration::Gold(many), 1.96);
+        let tight = estimate(1000, 100, (100, 100), Calibration::Gold(many), 1.96);
         assert!(tight.ci.1 - tight.ci.0 < e.ci.1 - e.ci.0);
     }
 
@@ -241,6 +257,7 @@ mod tests {
             decision: crate::wire::Decision::Accept,
             window_id: "w".into(),
             calibration: "none".into(),
+            evidence: None,
         };
         let none = ReviewStats::default();
         assert_eq!(rolling_accuracy(&[], none, 20), None);
@@ -250,5 +267,18 @@ mod tests {
         let half = ReviewStats { reviewed: 40, confirmed_wrong: 20 };
         assert!((rolling_accuracy(std::slice::from_ref(&flagged), half, 20).unwrap() - 0.9).abs() < 1e-12);
         assert!((rolling_accuracy(std::slice::from_ref(&flagged), half, 50).unwrap() - 0.8).abs() < 1e-12);
+        // A delivery whose window could not tell how many labels were wrong does not count.
+        let unknown = DeliveryRecord { evidence: Some(evidence::EvidenceStatus::Insufficient), ..d(10_000, 0.1) };
+        assert!((rolling_accuracy(&[d(900, 0.9), unknown], none, 20).unwrap() - 0.9).abs() < 1e-12);
+        assert_eq!(rolling_accuracy(&[d(0, 1.0)], none, 20), None, "no valid records, no accuracy");
+    }
+
+    #[test]
+    fn the_window_share_interval_widens_a_delivery_interval() {
+        let pinned = estimate(1000, 100, (100, 100), Calibration::None, 1.96);
+        let loose = estimate(1000, 100, (40, 300), Calibration::None, 1.96);
+        assert_eq!(pinned.accuracy, loose.accuracy);
+        assert!(loose.ci.0 < 0.7 && loose.ci.1 > 0.96, "{loose:?}");
+        assert!(pinned.ci.0 > 0.87 && pinned.ci.1 < 0.93, "{pinned:?}");
     }
 }

@@ -79,7 +79,7 @@ pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], min_l
         .into_iter()
         .filter(|(_, t)| t.labels >= min_labels)
         .map(|(v, t)| {
-            let e = accuracy::estimate(t.labels, t.flagged, accuracy::Calibration::None, z);
+            let e = accuracy::estimate(t.labels, t.flagged, (t.flagged, t.flagged), accuracy::Calibration::None, z);
             VendorRow {
                 vendor: v.to_string(),
                 labels: t.labels,

@@ -22,7 +22,7 @@ use crate::{
     wire::{self, Annotation, DlqReason, Inbound, RereviewMessage, Schema, VerdictMessage},
 };
 use pool::ReferencePool;
-use window::{WindowData, WindowScores};
+use window::{PriorLabel, WindowData, WindowScores};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourcePos {
@@ -115,6 +115,21 @@ impl WindowJob {
 
     pub fn batch_ids(&self) -> Vec<String> {
         self.deliveries.iter().map(|d| d.batch_id.clone()).collect()
+    }
+
+    /// Moves the training data out (to the window thread), leaving the counts.
+    pub fn take_data(&mut self) -> WindowData {
+        let empty = WindowData {
+            features: vec![],
+            labels: vec![],
+            pending: self.data.pending,
+            dim: self.data.dim,
+            classes: self.data.classes,
+            sample_ids: vec![],
+            vendors: vec![],
+            prior_labels: vec![],
+        };
+        std::mem::replace(&mut self.data, empty)
     }
 
     pub fn vendors(&self) -> Vec<String> {
@@ -397,7 +412,7 @@ impl Gate {
             features.extend_from_slice(f);
             labels.push(label);
         }
-        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len(), sample_ids, vendors };
+        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len(), sample_ids, vendors, prior_labels: Vec::new() };
         Some(WindowJob { id, deliveries, data, first_closed })
     }
 
@@ -420,9 +435,11 @@ impl Gate {
             }
         }
         let gold_calibration = GoldCalibration::from_counts(gold_wrong_flagged, gold_wrong, gold_right_flagged, gold_right);
+        let (flags_low, flags_high) = scores.flag_bounds();
+        let evidence = scores.evidence.status;
         let mut i = 0;
         for d in job.deliveries {
-            let (mut flagged, mut gold_items, mut gold_correct) = (0, 0, 0);
+            let (mut flagged, mut flagged_range, mut gold_items, mut gold_correct) = (0, (0, 0), 0, 0);
             let sla = self.config.sla(&d.vendor_id);
             let records = d.records.len();
             for r in d.records {
@@ -431,6 +448,8 @@ impl Gate {
                     gold_items += 1;
                     gold_correct += (g == a.label) as usize;
                 }
+                flagged_range.0 += (scores.rank[i] < flags_low) as usize;
+                flagged_range.1 += (scores.rank[i] < flags_high) as usize;
                 if scores.flagged[i] {
                     flagged += 1;
                     commit.state.suspects.push(SuspectRecord {
@@ -459,25 +478,27 @@ impl Gate {
                     commit.state.pool_added.push((a.label, a.features.clone()));
                     commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: job.id.clone(), vendor_id: a.vendor_id.clone() });
                 }
+                commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i] });
                 done.push(r.pos);
                 commit.routed += 1;
                 i += 1;
             }
             let calibration = Calibration::choose(gold_calibration, reviews.get(&d.vendor_id).copied().unwrap_or_default(), self.config.min_reviews);
-            let estimate = accuracy::estimate(records, flagged, calibration, self.z);
-            let a = verdict::assess(estimate, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
+            let estimate = accuracy::estimate(records, flagged, flagged_range, calibration, self.z);
+            let a = verdict::assess(estimate, records, evidence, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
             commit.state.deliveries.push(DeliveryRecord {
                 batch_id: d.batch_id.clone(),
                 vendor_id: d.vendor_id.clone(),
                 records,
                 flagged,
-                estimated_accuracy: a.estimate.accuracy,
+                estimated_accuracy: estimate.accuracy,
                 gold_items,
                 gold_correct,
                 gated_at_ms: now_ms,
                 decision: a.decision,
                 window_id: job.id.clone(),
                 calibration: calibration.name().into(),
+                evidence: Some(evidence),
             });
             let (_, closed_by) = d.closed.expect("windows take closed deliveries");
             commit.outputs.push(Output::Verdict(VerdictMessage {
@@ -489,9 +510,9 @@ impl Gate {
                 closed_by: closed_by.into(),
                 accepted: records - flagged,
                 rereview: flagged,
-                estimated_accuracy: a.estimate.accuracy,
-                accuracy_ci_low: a.estimate.ci.0,
-                accuracy_ci_high: a.estimate.ci.1,
+                estimated_accuracy: a.estimate.map(|e| e.accuracy),
+                accuracy_ci_low: a.estimate.map(|e| e.ci.0),
+                accuracy_ci_high: a.estimate.map(|e| e.ci.1),
                 calibration: calibration.name().into(),
                 noise_rate_from: scores.noise_rate_from.into(),
                 gold_items: a.gold_items,
@@ -499,6 +520,8 @@ impl Gate {
                 sla_accuracy: sla,
                 decision: a.decision,
                 decided_by: a.decided_by.into(),
+                review_reason: a.review_reason.map(Into::into),
+                evidence: Some(scores.evidence.clone()),
                 window_id: job.id.clone(),
                 model_version: self.model_version.clone(),
             }));
@@ -613,14 +636,26 @@ mod tests {
         format!(r#"{{"sample_id":"{id}","batch_id":"{batch}","vendor_id":"v","label":"{label}","features":[1,2]}}"#)
     }
 
+    /// Window scores that flag `flag` (ranked first) with consistent evidence at that share.
     fn scores(n: usize, flag: &[usize]) -> WindowScores {
+        let mut order: Vec<usize> = flag.to_vec();
+        order.extend((0..n).filter(|i| !flag.contains(i)));
+        let mut rank = vec![0; n];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i] = r;
+        }
+        let share = flag.len() as f64 / n as f64;
+        let mut evidence = crate::accuracy::evidence::fixed(share, n, 0, 1.96);
+        evidence.status = crate::accuracy::evidence::EvidenceStatus::Consistent;
+        (evidence.wrong_share_ci_low, evidence.wrong_share_ci_high) = (share, share);
         WindowScores {
             scores: (0..n).map(|i| i as f32).collect(),
             predicted: vec![0; n],
             flagged: (0..n).map(|i| flag.contains(&i)).collect(),
+            rank,
             percentile: vec![0.5; n],
-            noise_rate: 0.1,
-            noise_rate_from: "scores",
+            evidence,
+            noise_rate_from: "estimators",
             final_loss: 0.3,
             training_seconds: 0.1,
         }

@@ -4,7 +4,10 @@
 use candle_core::Device;
 
 use crate::{
-    accuracy::agreement,
+    accuracy::{
+        agreement,
+        evidence::{self, EvidencePolicy, EvidenceStatus, Estimator, Reading, WindowEvidence, WindowSignals},
+    },
     data::Standardizer,
     o2u::{self, suspects, InputShape, O2uConfig, Samples, TrainingObserver},
 };
@@ -21,6 +24,29 @@ pub struct WindowData {
     /// count as agreement.
     pub sample_ids: Vec<String>,
     pub vendors: Vec<String>,
+    /// Earlier windows' labels of the same sample_ids (filled in by the edge from the store).
+    pub prior_labels: Vec<PriorLabel>,
+}
+
+/// A label given to a sample in an earlier window, from the state store: agreement sees it
+/// whichever window it arrived in.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PriorLabel {
+    pub sample_id: String,
+    pub vendor_id: String,
+    pub label: u32,
+    /// Its O2U score in its own window (loss minus that epoch's mean, so windows compare).
+    pub score: f32,
+}
+
+impl WindowData {
+    /// Adds earlier windows' labels of this window's samples, except a vendor's own label of a
+    /// sample it labels here (a replayed window finds its own labels in the store).
+    pub fn attach_prior_labels(&mut self, labels: Vec<PriorLabel>) {
+        let own: std::collections::HashSet<(&str, &str)> = self.sample_ids.iter().map(String::as_str).zip(self.vendors.iter().map(String::as_str)).collect();
+        let others: Vec<PriorLabel> = labels.into_iter().filter(|l| (l.label as usize) < self.classes && !own.contains(&(l.sample_id.as_str(), l.vendor_id.as_str()))).collect();
+        self.prior_labels = others;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -29,20 +55,44 @@ pub struct WindowScores {
     pub scores: Vec<f32>,
     pub predicted: Vec<u32>,
     pub flagged: Vec<bool>,
+    /// Per pending row: its place among the pending rows by score, 0 = most suspect. A delivery's
+    /// flag count at another window share is the count of its rows ranked below that many.
+    pub rank: Vec<usize>,
     /// Share of all scored rows with a lower score.
     pub percentile: Vec<f64>,
-    pub noise_rate: f64,
-    /// `scores` (the score mixture) or `agreement` (joint model over overlapping labels).
+    /// What the window's wrong-label share rests on.
+    pub evidence: WindowEvidence,
+    /// `estimators`, `agreement` (joint model over overlapping labels) or `fixed`.
     pub noise_rate_from: &'static str,
     pub final_loss: f64,
     pub training_seconds: f64,
 }
 
+impl WindowScores {
+    /// Flags at the window share's interval ends: (at the low share, at the high share).
+    pub fn flag_bounds(&self) -> (usize, usize) {
+        let n = self.scores.len() as f64;
+        let at = |share: f64| ((share * n).round() as usize).min(self.scores.len());
+        (at(self.evidence.wrong_share_ci_low), at(self.evidence.wrong_share_ci_high))
+    }
+}
+
+/// How a window turns scores into a wrong-label share.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowPolicy {
+    pub noise_rate: suspects::NoiseRate,
+    pub min_overlap_share: f64,
+    pub evidence: EvidencePolicy,
+    /// Mini-batches each cross-fitting network trains for at least.
+    pub crossfit_min_steps: usize,
+}
+
+const CROSSFIT_FOLDS: usize = 2;
+
 pub fn score_window(
     mut data: WindowData,
     config: &O2uConfig,
-    noise_rate: suspects::NoiseRate,
-    min_overlap_share: f64,
+    policy: &WindowPolicy,
     device: &Device,
     observer: &mut dyn TrainingObserver,
 ) -> candle_core::Result<WindowScores> {
@@ -50,48 +100,85 @@ pub fn score_window(
     Standardizer::standardize_in_place(&mut data.features, shape);
     let samples = Samples { features: &data.features, labels: &data.labels, shape, classes: data.classes };
     let outcome = o2u::score(samples, None, config, device, observer)?;
-    let pending_scores = &outcome.scores[..data.pending];
-    let (item, items) = agreement::index_of(data.sample_ids.iter().map(String::as_str));
-    let (vendor, vendors) = agreement::index_of(data.vendors.iter().map(String::as_str));
-    let joint = (noise_rate == suspects::NoiseRate::Auto && agreement::overlap_share(&item, &vendor, items) >= min_overlap_share.max(f64::MIN_POSITIVE))
-        .then(|| {
-            let obs = agreement::Observations { item: &item, annotator: &vendor, label: &data.labels[..data.pending], score: pending_scores, items, annotators: vendors, classes: data.classes };
-            agreement::fit(&obs)
-        })
-        .flatten();
-    let mut flagged = vec![false; data.pending];
-    let (rate, rate_from) = match joint {
-        // Agreement settles the share of wrong labels; the scores still pick which ones.
-        Some(fit) => {
-            for i in suspects::select(pending_scores, suspects::NoiseRate::Fixed(fit.noise_share)).flagged {
-                flagged[i] = true;
-            }
-            (fit.noise_share, "agreement")
-        }
-        None => {
-            let selection = suspects::select(&outcome.scores, noise_rate);
-            for &i in selection.flagged.iter().filter(|&&i| i < data.pending) {
-                flagged[i] = true;
-            }
-            (selection.noise_rate, "scores")
+    let pending = data.pending;
+    let pool_rows = data.labels.len() - pending;
+    let pending_scores = &outcome.scores[..pending];
+    let evidence = match policy.noise_rate {
+        suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
+        suspects::NoiseRate::Auto => {
+            let (agreement, coverage) = agreement_reading(&data, pending_scores, policy);
+            // A window too small to split still gets the other readings; the missing fit makes
+            // the evidence insufficient rather than failing the window.
+            let heldout = o2u::heldout_probabilities(samples, config, CROSSFIT_FOLDS, policy.crossfit_min_steps, device).ok();
+            let signals = WindowSignals {
+                scores: &outcome.scores,
+                labels: &data.labels,
+                pending,
+                classes: data.classes,
+                heldout: heldout.as_deref(),
+                final_loss: outcome.final_loss,
+                seed: config.seed,
+            };
+            evidence::gather(&signals, agreement, coverage, &policy.evidence)
         }
     };
-    let order = suspects::rank_descending(&outcome.scores);
+    let noise_rate_from = match (evidence.status, evidence.readings.iter().any(|r| r.estimator == Estimator::Agreement)) {
+        (EvidenceStatus::Fixed, _) => "fixed",
+        (_, true) => "agreement",
+        _ => "estimators",
+    };
+    // The scores pick which records; the evidence says how many.
+    let order = suspects::rank_descending(pending_scores);
+    let mut rank = vec![0usize; pending];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r;
+    }
+    let k = ((evidence.wrong_share * pending as f64).round() as usize).min(pending);
+    let flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
+    let all_order = suspects::rank_descending(&outcome.scores);
     let total = outcome.scores.len();
-    let mut percentile = vec![0.0; data.pending];
-    for (rank, &i) in order.iter().enumerate() {
-        if i < data.pending {
-            percentile[i] = (total - rank - 1) as f64 / (total.max(2) - 1) as f64;
+    let mut percentile = vec![0.0; pending];
+    for (r, &i) in all_order.iter().enumerate() {
+        if i < pending {
+            percentile[i] = (total - r - 1) as f64 / (total.max(2) - 1) as f64;
         }
     }
     Ok(WindowScores {
-        scores: outcome.scores[..data.pending].to_vec(),
-        predicted: outcome.predicted[..data.pending].to_vec(),
+        scores: pending_scores.to_vec(),
+        predicted: outcome.predicted[..pending].to_vec(),
         flagged,
+        rank,
         percentile,
-        noise_rate: rate,
-        noise_rate_from: rate_from,
+        evidence,
+        noise_rate_from,
         final_loss: outcome.final_loss,
         training_seconds: outcome.training_seconds,
     })
+}
+
+/// The joint agreement model over this window's labels and the earlier labels of the same
+/// sample_ids, when enough of the window's labels share a sample_id with another vendor's.
+/// Returns the reading (wrong share of this window's labels) and the coverage.
+fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64) {
+    let pending = data.pending;
+    let ids = data.sample_ids.iter().map(String::as_str).chain(data.prior_labels.iter().map(|p| p.sample_id.as_str()));
+    let vendors = data.vendors.iter().map(String::as_str).chain(data.prior_labels.iter().map(|p| p.vendor_id.as_str()));
+    let (item, items) = agreement::index_of(ids);
+    let (vendor, vendor_count) = agreement::index_of(vendors);
+    let coverage = agreement::overlap_shares(&item, &vendor, items, pending);
+    if coverage < policy.min_overlap_share.max(f64::MIN_POSITIVE) {
+        return (None, coverage);
+    }
+    let labels: Vec<u32> = data.labels[..pending].iter().copied().chain(data.prior_labels.iter().map(|p| p.label)).collect();
+    let scores: Vec<f32> = pending_scores.iter().copied().chain(data.prior_labels.iter().map(|p| p.score)).collect();
+    let obs = agreement::Observations { item: &item, annotator: &vendor, label: &labels, score: &scores, items, annotators: vendor_count, classes: data.classes };
+    let Some(fit) = agreement::fit(&obs) else { return (None, coverage) };
+    let p = &fit.p_correct[..pending];
+    let n = pending.max(1) as f64;
+    let share = 1.0 - p.iter().sum::<f64>() / n;
+    let sd = p.iter().map(|q| q * (1.0 - q)).sum::<f64>().sqrt() / n;
+    // The posterior's own spread understates the model's error; never claim better than ±0.02.
+    let half = (policy.evidence.z * sd).max(0.02);
+    let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: (share - half).max(0.0), ci_high: (share + half).min(1.0) };
+    (Some(reading), coverage)
 }

@@ -13,7 +13,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::accuracy::{DeliveryRecord, ReviewStats};
+use crate::{
+    accuracy::{DeliveryRecord, ReviewStats},
+    gate::window::PriorLabel,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -46,6 +49,9 @@ pub struct WindowState {
     pub pool_capacity_per_class: usize,
     pub deliveries: Vec<DeliveryRecord>,
     pub suspects: Vec<SuspectRecord>,
+    /// Every gated label (sample, vendor, class, score), kept for the retention period so that
+    /// agreement sees a sample's labels whichever window they arrive in.
+    pub labels: Vec<PriorLabel>,
 }
 
 /// A human's final answer on a re-reviewed sample (`annotations.reviews`).
@@ -78,6 +84,8 @@ pub trait StateStore: Send + Sync {
     /// Settles the suspects of `review.sample_id` once per (sample, vendor); replays change nothing.
     fn record_review(&self, review: &Review) -> Result<ReviewOutcome, StateError>;
     fn review_stats(&self, vendor: &str) -> Result<ReviewStats, StateError>;
+    /// Labels earlier windows gated for these sample_ids, one per (sample, vendor): the latest.
+    fn sample_labels(&self, sample_ids: &[String]) -> Result<Vec<PriorLabel>, StateError>;
 }
 
 /// In-process state: the same contract, lost when the process ends.
@@ -94,6 +102,7 @@ struct Memory {
     suspects: HashMap<String, BTreeMap<String, SuspectRecord>>,
     reviewed: HashMap<(String, String), String>,
     reviews: HashMap<String, ReviewStats>,
+    labels: HashMap<String, BTreeMap<String, PriorLabel>>,
 }
 
 impl StateStore for MemoryState {
@@ -130,7 +139,15 @@ impl StateStore for MemoryState {
         for s in &w.suspects {
             m.suspects.entry(s.sample_id.clone()).or_default().insert(s.vendor_id.clone(), s.clone());
         }
+        for l in &w.labels {
+            m.labels.entry(l.sample_id.clone()).or_default().insert(l.vendor_id.clone(), l.clone());
+        }
         Ok(())
+    }
+
+    fn sample_labels(&self, sample_ids: &[String]) -> Result<Vec<PriorLabel>, StateError> {
+        let m = self.inner.lock().unwrap();
+        Ok(sample_ids.iter().filter_map(|id| m.labels.get(id)).flat_map(|by_vendor| by_vendor.values().cloned()).collect())
     }
 
     fn vendor_history(&self, vendor: &str, since_ms: u64) -> Result<Vec<DeliveryRecord>, StateError> {
@@ -191,6 +208,7 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         decision: Decision::Accept,
         window_id: "w1".into(),
         calibration: "none".into(),
+        evidence: Some(crate::accuracy::evidence::EvidenceStatus::Consistent),
     };
     let (b1, b2, v) = (id("b1"), id("b2"), id("vendor"));
     // Recent times: history older than the retention is trimmed on write.
@@ -204,12 +222,22 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         pool_capacity_per_class: 2,
         deliveries: vec![record(&b1, &v, base, 0.9), record(&b2, &v, base + 1_000, 0.7)],
         suspects: vec![SuspectRecord { sample_id: id("s1"), vendor_id: v.clone(), batch_id: b1.clone(), label: "cat".into(), window_id: "w1".into() }],
+        labels: vec![
+            PriorLabel { sample_id: id("s1"), vendor_id: v.clone(), label: 0, score: 1.5 },
+            PriorLabel { sample_id: id("s1"), vendor_id: id("other"), label: 1, score: -0.5 },
+            PriorLabel { sample_id: id("s2"), vendor_id: v.clone(), label: 1, score: 0.0 },
+        ],
     };
     // Twice: a replayed window must leave the same state.
     store.save_window(&window).unwrap();
     store.save_window(&WindowState { pool_added: vec![], ..window.clone() }).unwrap();
     let (state, rec) = store.delivery(&b1).unwrap().unwrap();
     assert_eq!((state.as_str(), rec.unwrap().estimated_accuracy), ("gated", 0.9));
+    let mut labels = store.sample_labels(&[id("s1"), id("s2"), id("unseen")]).unwrap();
+    labels.sort_by(|a, b| (&a.sample_id, &a.vendor_id).cmp(&(&b.sample_id, &b.vendor_id)));
+    let mut want = window.labels.clone();
+    want.sort_by(|a, b| (&a.sample_id, &a.vendor_id).cmp(&(&b.sample_id, &b.vendor_id)));
+    assert_eq!(labels, want, "one label per (sample, vendor), from any earlier window, replays included");
     let history = store.vendor_history(&v, 0).unwrap();
     assert_eq!(history.iter().map(|d| d.batch_id.clone()).collect::<Vec<_>>(), vec![b1.clone(), b2.clone()]);
     assert_eq!(store.vendor_history(&v, base + 500).unwrap().len(), 1);

@@ -10,6 +10,7 @@
 //! | `suspect:{sample_id}` | hash | vendor → routed suspect JSON | retention |
 //! | `reviewed:{sample_id}` | hash | vendor → final label (review idempotency) | retention |
 //! | `vendor:{vendor}:reviews` | hash | `reviewed`, `confirmed_wrong` counters | never |
+//! | `labels:{sample_id}` | hash | vendor → `{"label","score"}` of its gated label | retention |
 
 use std::{path::PathBuf, time::Duration};
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
 use super::{Review, ReviewOutcome, StateError, StateStore, SuspectRecord, WindowState};
+use crate::gate::window::PriorLabel;
 use crate::{
     accuracy::{DeliveryRecord, ReviewStats},
     config::Secret,
@@ -48,6 +50,12 @@ pub struct RedisState {
     runtime: Handle,
     prefix: String,
     retention_secs: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredLabel {
+    label: u32,
+    score: f32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,6 +200,11 @@ impl StateStore for RedisState {
             pipe.hset(&key, &s.vendor_id, serde_json::to_string(s).expect("serialisable")).ignore();
             pipe.expire(&key, self.retention_secs as i64).ignore();
         }
+        for l in &w.labels {
+            let key = self.key(&["labels", &l.sample_id]);
+            pipe.hset(&key, &l.vendor_id, serde_json::to_string(&StoredLabel { label: l.label, score: l.score }).expect("serialisable")).ignore();
+            pipe.expire(&key, self.retention_secs as i64).ignore();
+        }
         let mut c = self.manager.clone();
         self.run(async move { pipe.query_async::<()>(&mut c).await })
     }
@@ -266,6 +279,26 @@ impl StateStore for RedisState {
         let (reviewed, confirmed_wrong): (Option<u64>, Option<u64>) =
             self.run(async move { redis::cmd("HMGET").arg(key).arg("reviewed").arg("confirmed_wrong").query_async(&mut c).await })?;
         Ok(ReviewStats { reviewed: reviewed.unwrap_or(0), confirmed_wrong: confirmed_wrong.unwrap_or(0) })
+    }
+
+    fn sample_labels(&self, sample_ids: &[String]) -> Result<Vec<PriorLabel>, StateError> {
+        let mut out = Vec::new();
+        // One pipelined round trip per thousand samples.
+        for chunk in sample_ids.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.hgetall(self.key(&["labels", id]));
+            }
+            let mut c = self.manager.clone();
+            let found: Vec<Vec<(String, String)>> = self.run(async move { pipe.query_async(&mut c).await })?;
+            for (id, by_vendor) in chunk.iter().zip(found) {
+                for (vendor_id, body) in by_vendor {
+                    let stored: StoredLabel = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["labels", id]), message: e.to_string() })?;
+                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score });
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::{service::WindowTiming, wire::VerdictMessage};
+use crate::{accuracy::evidence::WindowEvidence, service::WindowTiming, wire::VerdictMessage};
 
 /// The label value for vendors beyond `max_vendor_series`.
 pub const OTHER_VENDOR: &str = "_other";
@@ -43,6 +43,8 @@ pub struct Telemetry {
     window_last_completed: Gauge,
     training_loss: Gauge,
     window_noise_share: Gauge,
+    window_evidence: IntCounterVec,
+    window_estimator_share: GaugeVec,
     consumer_lag: IntGauge,
     buffered: IntGauge,
     state_errors: IntCounterVec,
@@ -93,6 +95,18 @@ impl Telemetry {
             window_last_completed: register(&r, Gauge::new("labelgate_window_last_completed_timestamp_seconds", "When the last window committed (process start until then).").unwrap()),
             training_loss: register(&r, Gauge::new("labelgate_training_loss", "Mean training loss of the last window's final epoch.").unwrap()),
             window_noise_share: register(&r, Gauge::new("labelgate_window_noise_share_ratio", "Estimated share of wrong labels in the last window.").unwrap()),
+            window_evidence: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("labelgate_window_evidence_total", "Committed windows by what their wrong-label share rests on: consistent, outlier (one estimator off), disagree (beyond gate.max_estimator_gap), insufficient (the network did not learn the features), fixed."),
+                    &["status"],
+                )
+                .unwrap(),
+            ),
+            window_estimator_share: register(
+                &r,
+                GaugeVec::new(Opts::new("labelgate_window_estimator_noise_share_ratio", "Each estimator's wrong-label share in the last window."), &["estimator"]).unwrap(),
+            ),
             consumer_lag: register(&r, IntGauge::new("labelgate_consumer_lag_records", "Input records not yet consumed, over this replica's partitions.").unwrap()),
             buffered: register(&r, IntGauge::new("labelgate_buffered_records", "Input records held in memory awaiting a window.").unwrap()),
             state_errors: register(&r, IntCounterVec::new(Opts::new("labelgate_state_errors_total", "Failed state-store (Redis) calls, by operation."), &["operation"]).unwrap()),
@@ -154,7 +168,7 @@ impl Telemetry {
         self.delivery_suspects.with_label_values(&[vendor.as_str()]).observe(v.rereview as f64 / v.records.max(1) as f64);
         tracing::info!(
             batch_id = %v.batch_id, vendor = %v.vendor_id, records = v.records, rereview = v.rereview,
-            estimated_accuracy = v.estimated_accuracy, decision = %decision, decided_by = %v.decided_by,
+            estimated_accuracy = ?v.estimated_accuracy, decision = %decision, decided_by = %v.decided_by, review_reason = ?v.review_reason,
             "delivery gated"
         );
     }
@@ -198,7 +212,8 @@ impl Telemetry {
         tracing::warn!(partition, offset, %error, "review ignored: expected sample_id, final_label and reviewer");
     }
 
-    pub fn window_committed(&self, window_id: &str, timing: &WindowTiming, final_loss: f64, noise_share: f64) {
+    pub fn window_committed(&self, window_id: &str, timing: &WindowTiming, final_loss: f64, evidence: &WindowEvidence) {
+        let noise_share = evidence.wrong_share;
         self.windows.inc();
         let total = timing.waiting_seconds + timing.training_seconds + timing.producing_seconds;
         self.window_duration.observe(total);
@@ -209,7 +224,21 @@ impl Telemetry {
         self.window_last_completed.set(unix_seconds());
         self.training_loss.set(final_loss);
         self.window_noise_share.set(noise_share);
-        tracing::info!(window = window_id, ?timing, final_loss, noise_share, "window committed");
+        self.window_evidence.with_label_values(&[evidence.status.name()]).inc();
+        self.window_estimator_share.reset();
+        for r in &evidence.readings {
+            let name = serde_json::to_value(r.estimator).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            self.window_estimator_share.with_label_values(&[name.as_str()]).set(r.wrong_share);
+        }
+        let readings = evidence.readings.iter().map(|r| format!("{:?}={:.3}", r.estimator, r.wrong_share)).collect::<Vec<_>>().join(" ");
+        let lift = evidence.model_fit.map(|f| f.lift);
+        tracing::info!(window = window_id, ?timing, final_loss, noise_share, evidence = evidence.status.name(), %readings, ?lift, "window committed");
+        if !evidence.status.supports_a_decision() {
+            tracing::warn!(
+                window = window_id, evidence = evidence.status.name(), %readings, ?lift,
+                "the window's wrong-label share is not identifiable from this evidence; its deliveries go to review"
+            );
+        }
     }
 
     pub fn state_error(&self, operation: &str, error: &dyn std::fmt::Display, retry_in: std::time::Duration) {

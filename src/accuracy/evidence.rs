@@ -1,0 +1,480 @@
+//! How many of a window's labels are wrong, and how sure the gate can be of it.
+//!
+//! One estimator alone is not trusted: the score mixture that used to decide alone splits inside
+//! the clean mode on some windows (0.60–0.97 wrong on deliveries that were 3–18 % wrong). So up to
+//! four estimators that fail in different ways are read, each with a bootstrap interval:
+//!
+//! - `score_mixture`: the share of the window's records above the two-Gaussian split of the
+//!   log-shifted O2U scores ([`crate::o2u::noise_rate`]).
+//! - `pool_control`: the reference pool as a built-in control. Its samples were accepted earlier
+//!   and are mostly right, and they are trained and scored beside the window's records, so they
+//!   show how a right label's score is distributed in *this* window. Per class (by given label),
+//!   the share of the window's records scoring below the pool's median, divided by the pool's
+//!   share below it, estimates the share of right labels (Storey's π₀ with the pool as the null).
+//! - `confident_learning`: out-of-fold class probabilities (two folds, no network predicts a
+//!   label it saw) and per-class thresholds, counting labels the network confidently puts in
+//!   another class (Northcutt et al., 2021), calibrated to the label counts.
+//! - `agreement`: where vendors labelled the same sample_ids (in this window or earlier ones),
+//!   the joint Dawid–Skene + score model of [`super::agreement`].
+//!
+//! How they combine. Agreement, when there is enough overlap, decides (it does not depend on
+//! the features). Otherwise the network must first show that it learned something: its
+//! out-of-fold accuracy on the given labels must beat always answering the most frequent class by
+//! `min_model_lift` of the possible gain; if not, no estimator can tell how many labels are wrong
+//! and the evidence is `insufficient` (interval [0, 1]). Then the median of the readings is the
+//! estimate. If every reading lies within `max_estimator_gap` of it the evidence is `consistent`
+//! and the interval is the hull of their intervals; if all but one do, the one is an `outlier`,
+//! named, and left out of the interval; otherwise they `disagree` and the interval is the hull of
+//! all of them. Only `consistent`, `outlier` and `fixed` (the buyer set the rate) evidence may
+//! accept or reject a delivery; the others send it to review with the reason.
+
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::{gate::verdict::wilson, o2u::noise_rate};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimator {
+    ScoreMixture,
+    PoolControl,
+    ConfidentLearning,
+    Agreement,
+    /// The configured `gate.noise_rate`.
+    Fixed,
+}
+
+/// One estimator's wrong-label share for the window's records, with its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub estimator: Estimator,
+    pub wrong_share: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// How well the network learned the window's features, on labels it did not train on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelFit {
+    /// Out-of-fold accuracy against the given labels (pool rows included).
+    pub heldout_accuracy: f64,
+    /// The accuracy of always answering the most frequent given label.
+    pub chance_accuracy: f64,
+    /// (heldout − chance) / (1 − chance): 0 = learned nothing, 1 = predicts every label.
+    pub lift: f64,
+    /// Mean training loss of the scoring network's last epoch.
+    pub final_loss: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceStatus {
+    /// Every reading within the gap of the median.
+    Consistent,
+    /// All readings but one agree; that one is named and left out.
+    Outlier,
+    /// The readings spread beyond the gap: the share is not pinned down.
+    Disagree,
+    /// The network did not learn the features and no agreement covers the window.
+    Insufficient,
+    /// The buyer configured the wrong-label share.
+    Fixed,
+}
+
+impl EvidenceStatus {
+    /// Whether a verdict may accept or reject on this evidence.
+    pub fn supports_a_decision(self) -> bool {
+        matches!(self, EvidenceStatus::Consistent | EvidenceStatus::Outlier | EvidenceStatus::Fixed)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EvidenceStatus::Consistent => "consistent",
+            EvidenceStatus::Outlier => "outlier",
+            EvidenceStatus::Disagree => "disagree",
+            EvidenceStatus::Insufficient => "insufficient",
+            EvidenceStatus::Fixed => "fixed",
+        }
+    }
+
+    /// The review reason a verdict carries when this evidence cannot decide.
+    pub fn review_reason(self) -> Option<&'static str> {
+        match self {
+            EvidenceStatus::Disagree => Some("estimators_disagree"),
+            EvidenceStatus::Insufficient => Some("insufficient_evidence"),
+            _ => None,
+        }
+    }
+}
+
+/// What a window's wrong-label share rests on; carried by every verdict of the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowEvidence {
+    pub status: EvidenceStatus,
+    /// The share used to flag the window's records (the median reading, or agreement's).
+    pub wrong_share: f64,
+    pub wrong_share_ci_low: f64,
+    pub wrong_share_ci_high: f64,
+    pub readings: Vec<Reading>,
+    /// Readings left out of the interval as outliers.
+    #[serde(default)]
+    pub outliers: Vec<Estimator>,
+    pub model_fit: Option<ModelFit>,
+    /// Reference-pool rows trained beside the window's records.
+    pub pool_rows: usize,
+    /// Share of the window's labels on sample_ids that another vendor labelled too.
+    pub agreement_coverage: f64,
+}
+
+/// The bounds that decide how far the readings may be trusted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvidencePolicy {
+    pub max_estimator_gap: f64,
+    pub min_model_lift: f64,
+    pub min_pool_control_rows: usize,
+    pub z: f64,
+}
+
+const BOOTSTRAP_ROUNDS: usize = 200;
+
+/// Everything the estimators read. Rows `0..pending` are the window's records; the rest are
+/// reference-pool rows.
+pub struct WindowSignals<'a> {
+    pub scores: &'a [f32],
+    pub labels: &'a [u32],
+    pub pending: usize,
+    pub classes: usize,
+    /// Out-of-fold probabilities, `classes` per row; `None` when cross-fitting failed.
+    pub heldout: Option<&'a [f32]>,
+    pub final_loss: f64,
+    pub seed: u64,
+}
+
+/// Reads every estimator that applies. `agreement` is the joint model's reading, when the
+/// window's labels overlap enough.
+pub fn gather(s: &WindowSignals<'_>, agreement: Option<Reading>, agreement_coverage: f64, policy: &EvidencePolicy) -> WindowEvidence {
+    let mut readings = vec![score_mixture(s, policy.z)];
+    if s.scores.len() - s.pending >= policy.min_pool_control_rows {
+        readings.extend(pool_control(s, policy.z));
+    }
+    let fit = s.heldout.map(|p| model_fit(p, s));
+    if let Some(p) = s.heldout {
+        readings.extend(confident_learning(p, s, policy.z));
+    }
+    readings.extend(agreement);
+    combine(readings, fit, s.scores.len() - s.pending, agreement_coverage, policy)
+}
+
+/// The buyer fixed the share: flag that many, interval from the binomial alone.
+pub fn fixed(rate: f64, pending: usize, pool_rows: usize, z: f64) -> WindowEvidence {
+    let flagged = (rate * pending as f64).round() as usize;
+    let (lo, hi) = wilson(flagged.min(pending), pending, z);
+    WindowEvidence {
+        status: EvidenceStatus::Fixed,
+        wrong_share: rate,
+        wrong_share_ci_low: lo.min(rate),
+        wrong_share_ci_high: hi.max(rate),
+        readings: vec![Reading { estimator: Estimator::Fixed, wrong_share: rate, ci_low: lo, ci_high: hi }],
+        outliers: Vec::new(),
+        model_fit: None,
+        pool_rows,
+        agreement_coverage: 0.0,
+    }
+}
+
+/// The decision rule described in the module documentation.
+pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, pool_rows: usize, agreement_coverage: f64, policy: &EvidencePolicy) -> WindowEvidence {
+    let base = |status, share: f64, lo: f64, hi: f64, outliers| WindowEvidence {
+        status,
+        wrong_share: share,
+        wrong_share_ci_low: lo.min(share),
+        wrong_share_ci_high: hi.max(share),
+        readings: readings.clone(),
+        outliers,
+        model_fit: fit,
+        pool_rows,
+        agreement_coverage,
+    };
+    if let Some(a) = readings.iter().find(|r| r.estimator == Estimator::Agreement) {
+        return base(EvidenceStatus::Consistent, a.wrong_share, a.ci_low, a.ci_high, Vec::new());
+    }
+    let points: Vec<f64> = readings.iter().map(|r| r.wrong_share).collect();
+    let median = median(&points);
+    let learned = fit.is_some_and(|f| f.lift >= policy.min_model_lift);
+    if !learned {
+        return base(EvidenceStatus::Insufficient, median, 0.0, 1.0, Vec::new());
+    }
+    let (near, far): (Vec<&Reading>, Vec<&Reading>) = readings.iter().partition(|r| (r.wrong_share - median).abs() <= policy.max_estimator_gap);
+    let hull = |rs: &[&Reading]| rs.iter().fold((1.0f64, 0.0f64), |(lo, hi), r| (lo.min(r.ci_low), hi.max(r.ci_high)));
+    let status = if far.is_empty() && readings.len() >= 2 {
+        EvidenceStatus::Consistent
+    } else if far.len() == 1 && near.len() >= 2 {
+        EvidenceStatus::Outlier
+    } else {
+        EvidenceStatus::Disagree
+    };
+    match status {
+        EvidenceStatus::Disagree => {
+            let all: Vec<&Reading> = readings.iter().collect();
+            let (lo, hi) = hull(&all);
+            base(status, median, lo, hi, Vec::new())
+        }
+        _ => {
+            let (lo, hi) = hull(&near);
+            base(status, median, lo, hi, far.iter().map(|r| r.estimator).collect())
+        }
+    }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// The 2.5th and 97.5th (at z = 1.96) percentiles of bootstrap replicates.
+fn percentile_interval(mut replicates: Vec<f64>, z: f64) -> (f64, f64) {
+    replicates.sort_by(f64::total_cmp);
+    let tail = (1.0 - crate::gate::verdict::normal_cdf(z)).clamp(0.0, 0.5);
+    let at = |q: f64| replicates[((q * (replicates.len() - 1) as f64).round() as usize).min(replicates.len() - 1)];
+    (at(tail), at(1.0 - tail))
+}
+
+/// Share of the window's records above the mixture's split (fitted on every scored row).
+fn score_mixture(s: &WindowSignals<'_>, z: f64) -> Reading {
+    let est = noise_rate::estimate(s.scores);
+    let flagged = s.scores[..s.pending].iter().filter(|&&x| x >= est.threshold).count();
+    let share = flagged as f64 / s.pending.max(1) as f64;
+    let (lo, hi) = wilson(flagged, s.pending, z);
+    Reading { estimator: Estimator::ScoreMixture, wrong_share: share, ci_low: lo, ci_high: hi }
+}
+
+/// Rows by class: `labels[i]` for each index in `rows`.
+fn by_class(rows: impl Iterator<Item = usize>, labels: &[u32], classes: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); classes];
+    for i in rows {
+        out[labels[i] as usize].push(i);
+    }
+    out
+}
+
+/// Classes with fewer pool rows than this borrow the whole pool's scores as their control.
+const MIN_POOL_ROWS_PER_CLASS: usize = 20;
+
+fn pool_control(s: &WindowSignals<'_>, z: f64) -> Option<Reading> {
+    let pending = by_class(0..s.pending, s.labels, s.classes);
+    let pool = by_class(s.pending..s.scores.len(), s.labels, s.classes);
+    let all_pool: Vec<usize> = (s.pending..s.scores.len()).collect();
+    let point = storey_right_share(s.scores, &pending, &pool, &all_pool)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed ^ 0x9001);
+    let mut resample = |rows: &[usize]| -> Vec<usize> { (0..rows.len()).map(|_| rows[rng.random_range(0..rows.len())]).collect() };
+    let mut replicates = Vec::with_capacity(BOOTSTRAP_ROUNDS);
+    for _ in 0..BOOTSTRAP_ROUNDS {
+        let p: Vec<Vec<usize>> = pending.iter().map(|rows| if rows.is_empty() { Vec::new() } else { resample(rows) }).collect();
+        let q: Vec<Vec<usize>> = pool.iter().map(|rows| if rows.is_empty() { Vec::new() } else { resample(rows) }).collect();
+        let all = resample(&all_pool);
+        if let Some(r) = storey_right_share(s.scores, &p, &q, &all) {
+            replicates.push(1.0 - r);
+        }
+    }
+    let (lo, hi) = percentile_interval(replicates, z);
+    Some(Reading { estimator: Estimator::PoolControl, wrong_share: 1.0 - point, ci_low: lo, ci_high: hi })
+}
+
+/// Σ_c n_c · min(1, F_window,c(t_c) / F_pool,c(t_c)) / n with t_c the pool's median score of
+/// class c: wrong labels score high, so below the clean median nearly all rows are right ones.
+fn storey_right_share(scores: &[f32], pending: &[Vec<usize>], pool: &[Vec<usize>], all_pool: &[usize]) -> Option<f64> {
+    if all_pool.is_empty() {
+        return None;
+    }
+    let below = |rows: &[usize], t: f32| rows.iter().filter(|&&i| scores[i] <= t).count() as f64 / rows.len() as f64;
+    let median_of = |rows: &[usize]| {
+        let mut v: Vec<f32> = rows.iter().map(|&i| scores[i]).collect();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    let global_t = median_of(all_pool);
+    let global_f = below(all_pool, global_t);
+    let (mut right, mut n) = (0.0, 0usize);
+    for (rows, control) in pending.iter().zip(pool) {
+        if rows.is_empty() {
+            continue;
+        }
+        let (t, f0) = if control.len() >= MIN_POOL_ROWS_PER_CLASS {
+            let t = median_of(control);
+            (t, below(control, t))
+        } else {
+            (global_t, global_f)
+        };
+        right += rows.len() as f64 * (below(rows, t) / f0.max(1e-9)).min(1.0);
+        n += rows.len();
+    }
+    (n > 0).then(|| right / n as f64)
+}
+
+/// Per-class thresholds: the mean out-of-fold probability of class j over rows labelled j.
+fn class_thresholds(p: &[f32], labels: &[u32], classes: usize) -> Vec<f64> {
+    let (mut sum, mut count) = (vec![0.0f64; classes], vec![0usize; classes]);
+    for (i, &l) in labels.iter().enumerate() {
+        sum[l as usize] += p[i * classes + l as usize] as f64;
+        count[l as usize] += 1;
+    }
+    sum.iter().zip(&count).map(|(s, &c)| if c == 0 { 1.0 } else { s / c as f64 }).collect()
+}
+
+/// Per row: `None` when no class clears its threshold, else whether the most probable class
+/// that does differs from the given label.
+fn confidently_wrong(p: &[f32], labels: &[u32], classes: usize, thresholds: &[f64], rows: std::ops::Range<usize>) -> Vec<Option<bool>> {
+    rows.map(|i| {
+        let row = &p[i * classes..(i + 1) * classes];
+        let best = (0..classes).filter(|&j| row[j] as f64 >= thresholds[j]).max_by(|&a, &b| row[a].total_cmp(&row[b]));
+        best.map(|j| j != labels[i] as usize)
+    })
+    .collect()
+}
+
+/// The calibrated confident joint's off-diagonal share: per given label, the wrong share among
+/// counted rows, weighted by that label's row count.
+fn cl_share(verdicts: &[Option<bool>], rows: &[usize], labels: &[u32], classes: usize) -> f64 {
+    let (mut n, mut counted, mut wrong) = (vec![0usize; classes], vec![0usize; classes], vec![0usize; classes]);
+    for &i in rows {
+        let c = labels[i] as usize;
+        n[c] += 1;
+        if let Some(w) = verdicts[i] {
+            counted[c] += 1;
+            wrong[c] += w as usize;
+        }
+    }
+    let total: usize = n.iter().sum();
+    let wrong_rows: f64 = (0..classes).filter(|&c| counted[c] > 0).map(|c| n[c] as f64 * wrong[c] as f64 / counted[c] as f64).sum();
+    wrong_rows / total.max(1) as f64
+}
+
+fn confident_learning(p: &[f32], s: &WindowSignals<'_>, z: f64) -> Option<Reading> {
+    if s.pending == 0 {
+        return None;
+    }
+    let thresholds = class_thresholds(p, s.labels, s.classes);
+    let verdicts = confidently_wrong(p, s.labels, s.classes, &thresholds, 0..s.pending);
+    let rows: Vec<usize> = (0..s.pending).collect();
+    let point = cl_share(&verdicts, &rows, s.labels, s.classes);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed ^ 0xc1);
+    let replicates = (0..BOOTSTRAP_ROUNDS)
+        .map(|_| {
+            let sample: Vec<usize> = (0..s.pending).map(|_| rng.random_range(0..s.pending)).collect();
+            cl_share(&verdicts, &sample, s.labels, s.classes)
+        })
+        .collect();
+    let (lo, hi) = percentile_interval(replicates, z);
+    Some(Reading { estimator: Estimator::ConfidentLearning, wrong_share: point, ci_low: lo, ci_high: hi })
+}
+
+fn model_fit(p: &[f32], s: &WindowSignals<'_>) -> ModelFit {
+    let n = s.labels.len();
+    let mut counts = vec![0usize; s.classes];
+    let mut right = 0usize;
+    for (i, &l) in s.labels.iter().enumerate() {
+        counts[l as usize] += 1;
+        let row = &p[i * s.classes..(i + 1) * s.classes];
+        let argmax = (0..s.classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+        right += (argmax == l as usize) as usize;
+    }
+    let heldout_accuracy = right as f64 / n.max(1) as f64;
+    let chance_accuracy = counts.iter().copied().max().unwrap_or(0) as f64 / n.max(1) as f64;
+    let lift = if chance_accuracy < 1.0 { (heldout_accuracy - chance_accuracy) / (1.0 - chance_accuracy) } else { 0.0 };
+    ModelFit { heldout_accuracy, chance_accuracy, lift, final_loss: s.final_loss }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: EvidencePolicy = EvidencePolicy { max_estimator_gap: 0.1, min_model_lift: 0.2, min_pool_control_rows: 100, z: 1.96 };
+
+    fn reading(estimator: Estimator, share: f64) -> Reading {
+        Reading { estimator, wrong_share: share, ci_low: share - 0.02, ci_high: share + 0.02 }
+    }
+
+    fn fit(lift: f64) -> Option<ModelFit> {
+        Some(ModelFit { heldout_accuracy: 0.5, chance_accuracy: 0.1, lift, final_loss: 0.3 })
+    }
+
+    #[test]
+    fn an_outlier_is_named_and_left_out_of_the_interval() {
+        let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::PoolControl, 0.08), reading(Estimator::ConfidentLearning, 0.1)];
+        let e = combine(rs, fit(0.8), 5000, 0.0, &POLICY);
+        assert_eq!(e.status, EvidenceStatus::Outlier);
+        assert_eq!(e.outliers, vec![Estimator::ScoreMixture]);
+        assert!((e.wrong_share - 0.1).abs() < 1e-12);
+        assert!(e.wrong_share_ci_high < 0.2, "{e:?}");
+    }
+
+    #[test]
+    fn two_readings_far_apart_disagree_with_a_wide_interval() {
+        let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::ConfidentLearning, 0.1)];
+        let e = combine(rs, fit(0.8), 0, 0.0, &POLICY);
+        assert_eq!(e.status, EvidenceStatus::Disagree);
+        assert!(e.wrong_share_ci_low <= 0.08 && e.wrong_share_ci_high >= 0.92, "{e:?}");
+        assert!(!e.status.supports_a_decision());
+    }
+
+    #[test]
+    fn a_network_that_learned_nothing_gives_insufficient_evidence() {
+        let rs = vec![reading(Estimator::ScoreMixture, 0.05), reading(Estimator::ConfidentLearning, 0.06)];
+        let e = combine(rs.clone(), fit(0.05), 0, 0.0, &POLICY);
+        assert_eq!((e.status, e.wrong_share_ci_low, e.wrong_share_ci_high), (EvidenceStatus::Insufficient, 0.0, 1.0));
+        assert_eq!(combine(rs.clone(), None, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit: no proof of learning");
+        assert_eq!(combine(rs, fit(0.5), 0, 0.0, &POLICY).status, EvidenceStatus::Consistent);
+    }
+
+    #[test]
+    fn agreement_decides_even_when_the_features_are_weak() {
+        let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::Agreement, 0.3)];
+        let e = combine(rs, fit(0.0), 0, 0.6, &POLICY);
+        assert_eq!((e.status, e.wrong_share), (EvidenceStatus::Consistent, 0.3));
+    }
+
+    /// Synthetic window: right labels score low, wrong ones high, the pool holds right labels
+    /// only; the pool control must recover the window's wrong share whatever its class mix.
+    #[test]
+    fn the_pool_control_recovers_the_wrong_share() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for truth in [0.0, 0.05, 0.3] {
+            let (pending, pool) = (2000, 3000);
+            let mut scores = Vec::new();
+            let mut labels = Vec::new();
+            for i in 0..pending + pool {
+                let wrong = i < pending && rng.random::<f64>() < truth;
+                // Class 0 is harder (higher clean scores) and over-represented in the window.
+                let class = if i < pending { (rng.random::<f64>() < 0.6) as u32 } else { (i % 2) as u32 };
+                let clean = rng.random::<f32>() + if class == 1 { 0.5 } else { 0.0 };
+                scores.push(if wrong { 3.0 + rng.random::<f32>() } else { clean });
+                labels.push(class);
+            }
+            let s = WindowSignals { scores: &scores, labels: &labels, pending, classes: 2, heldout: None, final_loss: 0.1, seed: 1 };
+            let r = pool_control(&s, 1.96).unwrap();
+            assert!((r.wrong_share - truth).abs() < 0.04, "truth {truth}: {r:?}");
+            assert!(r.ci_low <= truth + 0.01 && r.ci_high >= truth - 0.01, "truth {truth}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn confident_learning_counts_labels_the_network_puts_elsewhere() {
+        // Four rows labelled 0 and four labelled 1; the network puts row 3 (labelled 0) in 1.
+        let labels = [0, 0, 0, 0, 1, 1, 1, 1];
+        let p: Vec<f32> = labels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| if i == 3 || l == 1 { [0.1, 0.9] } else { [0.9, 0.1] })
+            .collect();
+        let s = WindowSignals { scores: &[0.0; 8], labels: &labels, pending: 8, classes: 2, heldout: Some(&p), final_loss: 0.1, seed: 1 };
+        let r = confident_learning(&p, &s, 1.96).unwrap();
+        assert!((r.wrong_share - 1.0 / 8.0).abs() < 1e-9, "{r:?}");
+        let f = model_fit(&p, &s);
+        assert!((f.heldout_accuracy - 7.0 / 8.0).abs() < 1e-9 && (f.lift - 0.75).abs() < 1e-9, "{f:?}");
+    }
+}
