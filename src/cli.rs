@@ -37,6 +37,10 @@ enum Command {
     /// The whole gate with no services: an in-process Kafka mock cluster, vendor deliveries made
     /// from the shared data, verdicts and suspects checked against the truth.
     Demo(DemoArgs),
+    /// Replay vendor deliveries through the gate's state machine and engine (no Kafka) over a
+    /// grid of data, window sizes, pool starts, vendor noise and seeds; compare every verdict
+    /// with the truth.
+    EvalStream(EvalStreamArgs),
     /// Run the gate against Kafka until SIGTERM / SIGINT.
     Run(RunArgs),
     /// Benchmark: consume N input records through the gate's consumer, parser and buffer with
@@ -64,6 +68,42 @@ struct DemoArgs {
     /// Write the full report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalStreamArgs {
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "synthetic")]
+    data: Vec<eval::stream::StreamData>,
+    /// Also (or only) run each data set with its features replaced by noise: no, yes or no,yes.
+    #[arg(long, value_delimiter = ',', default_value = "no")]
+    unlearnable: Vec<YesNo>,
+    /// Records per window (gate.min_window_records = gate.max_window_records).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    window: Vec<usize>,
+    /// Whether the reference pool starts empty (cold start) or full of clean samples.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "empty,full")]
+    pool: Vec<eval::stream::PoolStart>,
+    /// Vendors' wrong-label rates, one vendor each.
+    #[arg(long, value_delimiter = ',', default_value = "0,0.03,0.1,0.2,0.4")]
+    noise: Vec<f64>,
+    /// Engine seeds; each replays the same deliveries.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    seeds: Vec<u64>,
+    /// Gate and engine settings over the embedded defaults (as for `run`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory holding mnist/ and music_genre_crowd/.
+    #[arg(long, env = "LABELGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Write every case, run, delivery and window as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum YesNo {
+    No,
+    Yes,
 }
 
 #[derive(Args)]
@@ -245,6 +285,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score(args),
         Command::Eval(args) => run_eval(args),
         Command::Demo(args) => demo(args),
+        Command::EvalStream(args) => eval_stream(args),
         Command::Run(args) => run_gate(args),
         Command::BenchIngest(args) => bench_ingest(args),
     };
@@ -391,6 +432,31 @@ fn demo(args: DemoArgs) -> Result<()> {
     let reports = runtime()?.block_on(crate::demo::run(&dir, args.per_delivery))?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&reports)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn eval_stream(args: EvalStreamArgs) -> Result<()> {
+    let config = crate::config::Config::load(args.config.as_deref())?;
+    device::set_cpu_threads(config.runtime.threads);
+    let dev = device::select(if config.runtime.device == "cuda" { DeviceChoice::Cuda } else { DeviceChoice::Cpu });
+    let dir = args.data_dir.unwrap_or_else(data::default_data_dir);
+    let mut summaries = Vec::new();
+    println!("{}", eval::stream::TABLE_HEADER);
+    for &data in &args.data {
+        for &unlearnable in &args.unlearnable {
+            for &window in &args.window {
+                for &pool in &args.pool {
+                    let case = eval::stream::StreamCase { data, unlearnable: unlearnable == YesNo::Yes, window, pool, vendor_noise: args.noise.clone() };
+                    let summary = eval::stream::evaluate_case(case, &dir, &config.gate, &config.engine, &args.seeds, &dev)?;
+                    println!("{}", eval::stream::table_row(&summary));
+                    summaries.push(summary);
+                }
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summaries)?).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

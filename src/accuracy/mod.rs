@@ -81,6 +81,9 @@ pub enum Calibration {
     Gold(GoldCalibration),
     /// Realised suspect precision from at least `min_reviews` reviews.
     Reviews(ReviewStats),
+    /// The window's own flag error rates: false flags measured on the reference pool (right
+    /// labels scored beside the window), missed wrong labels implied by the window's share.
+    PoolControl(GoldCalibration),
 }
 
 impl Calibration {
@@ -89,15 +92,17 @@ impl Calibration {
             Calibration::None => "none",
             Calibration::Gold(_) => "gold",
             Calibration::Reviews(_) => "reviews",
+            Calibration::PoolControl(_) => "pool_control",
         }
     }
 
     /// Gold first (it measures both kinds of flag error), then reviews (they measure the false
-    /// flags only), else none.
-    pub fn choose(gold: Option<GoldCalibration>, reviews: ReviewStats, min_reviews: u64) -> Self {
-        match (gold, reviews.precision()) {
-            (Some(g), _) => Calibration::Gold(g),
-            (None, Some(_)) if reviews.reviewed >= min_reviews => Calibration::Reviews(reviews),
+    /// flags only, by people), then the pool control (measured by the gate itself), else none.
+    pub fn choose(gold: Option<GoldCalibration>, reviews: ReviewStats, min_reviews: u64, pool: Option<GoldCalibration>) -> Self {
+        match (gold, reviews.precision(), pool) {
+            (Some(g), _, _) => Calibration::Gold(g),
+            (None, Some(_), _) if reviews.reviewed >= min_reviews => Calibration::Reviews(reviews),
+            (None, _, Some(p)) => Calibration::PoolControl(p),
             _ => Calibration::None,
         }
     }
@@ -105,7 +110,7 @@ impl Calibration {
     fn wrong_share(&self, flagged_share: f64) -> f64 {
         match self {
             Calibration::None => flagged_share,
-            Calibration::Gold(g) => g.wrong_share(flagged_share),
+            Calibration::Gold(g) | Calibration::PoolControl(g) => g.wrong_share(flagged_share),
             Calibration::Reviews(r) => flagged_share * r.precision().unwrap_or(1.0),
         }
     }
@@ -115,7 +120,7 @@ impl Calibration {
     fn wrong_share_bounds(&self, flagged: (f64, f64), z: f64) -> (f64, f64) {
         match self {
             Calibration::None => flagged,
-            Calibration::Gold(g) => g.wrong_share_bounds(flagged, z),
+            Calibration::Gold(g) | Calibration::PoolControl(g) => g.wrong_share_bounds(flagged, z),
             Calibration::Reviews(r) => {
                 let (p_lo, p_hi) = wilson(r.confirmed_wrong as usize, r.reviewed as usize, z);
                 (flagged.0 * p_lo, flagged.1 * p_hi)
@@ -227,8 +232,11 @@ mod tests {
         assert!(few.ci.0 < 0.9 && few.ci.1 > 0.9);
         assert!(many.ci.1 - many.ci.0 < few.ci.1 - few.ci.0, "20 reviews leave a wider interval than 20,000");
         let stats = ReviewStats { reviewed: 10, confirmed_wrong: 9 };
-        assert_eq!(Calibration::choose(None, stats, 20), Calibration::None, "too few reviews");
-        assert_eq!(Calibration::choose(None, stats, 10), Calibration::Reviews(stats));
+        assert_eq!(Calibration::choose(None, stats, 20, None), Calibration::None, "too few reviews");
+        assert_eq!(Calibration::choose(None, stats, 10, None), Calibration::Reviews(stats));
+        let pool = GoldCalibration::from_counts(90, 100, 50, 5000);
+        assert_eq!(Calibration::choose(None, stats, 20, pool), Calibration::PoolControl(pool.unwrap()));
+        assert_eq!(Calibration::choose(None, stats, 10, pool), Calibration::Reviews(stats), "people's reviews before the gate's own control");
     }
 
     #[test]

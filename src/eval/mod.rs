@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod plot;
+pub mod stream;
 pub mod vendors;
 
 use anyhow::{bail, Result};

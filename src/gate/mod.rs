@@ -474,8 +474,12 @@ impl Gate {
                         reason: "o2u_high_loss".into(),
                     }));
                 } else {
-                    self.pool.add(a.label, &a.features);
-                    commit.state.pool_added.push((a.label, a.features.clone()));
+                    // The pool is the next windows' control for right labels: a window that could
+                    // not tell how many of its labels are wrong would bias it, so it adds nothing.
+                    if evidence.supports_a_decision() {
+                        self.pool.add(a.label, &a.features);
+                        commit.state.pool_added.push((a.label, a.features.clone()));
+                    }
                     commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: job.id.clone(), vendor_id: a.vendor_id.clone() });
                 }
                 commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i] });
@@ -483,7 +487,11 @@ impl Gate {
                 commit.routed += 1;
                 i += 1;
             }
-            let calibration = Calibration::choose(gold_calibration, reviews.get(&d.vendor_id).copied().unwrap_or_default(), self.config.min_reviews);
+            if !evidence.supports_a_decision() {
+                // The share is not pinned down: any record of the delivery may be right.
+                flagged_range.0 = 0;
+            }
+            let calibration = Calibration::choose(gold_calibration, reviews.get(&d.vendor_id).copied().unwrap_or_default(), self.config.min_reviews, scores.pool_control);
             let estimate = accuracy::estimate(records, flagged, flagged_range, calibration, self.z);
             let a = verdict::assess(estimate, records, evidence, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
             commit.state.deliveries.push(DeliveryRecord {
@@ -656,6 +664,7 @@ mod tests {
             percentile: vec![0.5; n],
             evidence,
             noise_rate_from: "estimators",
+            pool_control: None,
             final_loss: 0.3,
             training_seconds: 0.1,
         }

@@ -5,7 +5,7 @@ use candle_core::Device;
 
 use crate::{
     accuracy::{
-        agreement,
+        agreement, GoldCalibration,
         evidence::{self, EvidencePolicy, EvidenceStatus, Estimator, Reading, WindowEvidence, WindowSignals},
     },
     data::Standardizer,
@@ -64,6 +64,8 @@ pub struct WindowScores {
     pub evidence: WindowEvidence,
     /// `estimators`, `agreement` (joint model over overlapping labels) or `fixed`.
     pub noise_rate_from: &'static str,
+    /// The flags' error rates measured by the reference pool, for the per-delivery correction.
+    pub pool_control: Option<GoldCalibration>,
     pub final_loss: f64,
     pub training_seconds: f64,
 }
@@ -135,6 +137,7 @@ pub fn score_window(
     }
     let k = ((evidence.wrong_share * pending as f64).round() as usize).min(pending);
     let flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
+    let pool_control = flag_error_rates(&outcome.scores, pending, k, &evidence, policy);
     let all_order = suspects::rank_descending(&outcome.scores);
     let total = outcome.scores.len();
     let mut percentile = vec![0.0; pending];
@@ -151,9 +154,31 @@ pub fn score_window(
         percentile,
         evidence,
         noise_rate_from,
+        pool_control,
         final_loss: outcome.final_loss,
         training_seconds: outcome.training_seconds,
     })
+}
+
+/// Top-k flags are not perfect: some right labels score above the k-th record and as many wrong
+/// ones below it. The pool measures the first directly: the share of its (right) rows scoring at
+/// or above the flag threshold. At the window's share π the two errors balance, so the share of
+/// wrong labels flagged is 1 − fpr·(1 − π)/π. Per delivery, flagged share f inverts to
+/// (f − fpr)/(tpr − fpr) (Rogan–Gladen). `None` without a pool control or a usable share.
+fn flag_error_rates(scores: &[f32], pending: usize, k: usize, evidence: &WindowEvidence, policy: &WindowPolicy) -> Option<GoldCalibration> {
+    let pool_rows = scores.len() - pending;
+    if pool_rows < policy.evidence.min_pool_control_rows || k == 0 || !evidence.status.supports_a_decision() || evidence.status == EvidenceStatus::Fixed {
+        return None;
+    }
+    let mut pending_sorted: Vec<f32> = scores[..pending].to_vec();
+    pending_sorted.sort_by(|a, b| b.total_cmp(a));
+    let threshold = pending_sorted[k - 1];
+    let pool_flagged = scores[pending..].iter().filter(|&&x| x >= threshold).count();
+    let share = k as f64 / pending as f64;
+    let fpr = pool_flagged as f64 / pool_rows as f64;
+    let wrong = k;
+    let wrong_flagged = ((1.0 - fpr * (1.0 - share) / share).clamp(0.0, 1.0) * wrong as f64).round() as usize;
+    GoldCalibration::from_counts(wrong_flagged, wrong, pool_flagged, pool_rows)
 }
 
 /// The joint agreement model over this window's labels and the earlier labels of the same
