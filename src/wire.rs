@@ -255,7 +255,8 @@ pub struct VerdictMessage {
     pub closed_by: String,
     pub accepted: usize,
     pub rereview: usize,
-    /// `null` when the delivery has no valid records (`review_reason: "no_valid_records"`).
+    /// `null` when the delivery has no valid records (`review_reason: "no_valid_records"`) or
+    /// the window's evidence is insufficient (`insufficient_evidence`; the interval is then [0, 1]).
     pub estimated_accuracy: Option<f64>,
     pub accuracy_ci_low: Option<f64>,
     pub accuracy_ci_high: Option<f64>,

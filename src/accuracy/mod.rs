@@ -151,6 +151,20 @@ pub fn estimate(records: usize, flagged: usize, flagged_range: (usize, usize), c
     AccuracyEstimate { accuracy, ci: ((1.0 - wrong_hi).min(accuracy), (1.0 - wrong_lo).max(accuracy)), calibration }
 }
 
+/// A delivery's accuracy from each label's probability of being wrong (the agreement model's
+/// posterior): the expected share, with the Wilson interval of the expected count widened by the
+/// posteriors' own spread (a sum of Bernoulli variables, not a fixed count).
+pub fn from_posteriors(p_wrong: &[f64], z: f64) -> AccuracyEstimate {
+    let n = p_wrong.len();
+    let expected: f64 = p_wrong.iter().sum();
+    let sd = p_wrong.iter().map(|p| p * (1.0 - p)).sum::<f64>().sqrt();
+    let (lo, hi) = wilson(expected.round() as usize, n, z);
+    let spread = z * sd / n.max(1) as f64;
+    let share = expected / n.max(1) as f64;
+    let (wrong_lo, wrong_hi) = ((lo - spread).max(0.0).min(share), (hi + spread).min(1.0).max(share));
+    AccuracyEstimate { accuracy: 1.0 - share, ci: (1.0 - wrong_hi, 1.0 - wrong_lo), calibration: Calibration::None }
+}
+
 /// One delivery in a vendor's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
@@ -279,6 +293,15 @@ mod tests {
         let unknown = DeliveryRecord { evidence: Some(evidence::EvidenceStatus::Insufficient), ..d(10_000, 0.1) };
         assert!((rolling_accuracy(&[d(900, 0.9), unknown], none, 20).unwrap() - 0.9).abs() < 1e-12);
         assert_eq!(rolling_accuracy(&[d(0, 1.0)], none, 20), None, "no valid records, no accuracy");
+    }
+
+    #[test]
+    fn posteriors_give_the_expected_share_and_uncertain_labels_widen_it() {
+        let sure = from_posteriors(&[0.0; 90].iter().chain(&[1.0; 10]).copied().collect::<Vec<_>>(), 1.96);
+        let unsure = from_posteriors(&[0.1; 100], 1.96);
+        assert!((sure.accuracy - 0.9).abs() < 1e-12 && (unsure.accuracy - 0.9).abs() < 1e-12);
+        assert!(unsure.ci.1 - unsure.ci.0 > sure.ci.1 - sure.ci.0, "{sure:?} {unsure:?}");
+        assert!(sure.ci.0 < 0.9 && sure.ci.1 > 0.9);
     }
 
     #[test]

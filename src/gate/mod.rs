@@ -16,7 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    accuracy::{self, Calibration, DeliveryRecord, GoldCalibration, ReviewStats},
+    accuracy::{self, evidence::EvidenceStatus, Calibration, DeliveryRecord, GoldCalibration, ReviewStats},
     config::GateConfig,
     state::{SuspectRecord, WindowState},
     wire::{self, Annotation, DlqReason, Inbound, RereviewMessage, Schema, VerdictMessage},
@@ -492,7 +492,12 @@ impl Gate {
                 flagged_range.0 = 0;
             }
             let calibration = Calibration::choose(gold_calibration, reviews.get(&d.vendor_id).copied().unwrap_or_default(), self.config.min_reviews, scores.pool_control);
-            let estimate = accuracy::estimate(records, flagged, flagged_range, calibration, self.z);
+            let (estimate, calibration_name) = match &scores.p_wrong {
+                // Agreement knows each label's chance of being wrong: the delivery's share is
+                // their sum, whichever labels the scores flagged.
+                Some(p_wrong) if records > 0 => (accuracy::from_posteriors(&p_wrong[i - records..i], self.z), "agreement"),
+                _ => (accuracy::estimate(records, flagged, flagged_range, calibration, self.z), calibration.name()),
+            };
             let a = verdict::assess(estimate, records, evidence, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
             commit.state.deliveries.push(DeliveryRecord {
                 batch_id: d.batch_id.clone(),
@@ -505,7 +510,7 @@ impl Gate {
                 gated_at_ms: now_ms,
                 decision: a.decision,
                 window_id: job.id.clone(),
-                calibration: calibration.name().into(),
+                calibration: calibration_name.into(),
                 evidence: Some(evidence),
             });
             let (_, closed_by) = d.closed.expect("windows take closed deliveries");
@@ -518,10 +523,11 @@ impl Gate {
                 closed_by: closed_by.into(),
                 accepted: records - flagged,
                 rereview: flagged,
-                estimated_accuracy: a.estimate.map(|e| e.accuracy),
-                accuracy_ci_low: a.estimate.map(|e| e.ci.0),
-                accuracy_ci_high: a.estimate.map(|e| e.ci.1),
-                calibration: calibration.name().into(),
+                // No figure where the network learned nothing: any would be a guess.
+                estimated_accuracy: a.estimate.filter(|_| evidence != EvidenceStatus::Insufficient).map(|e| e.accuracy),
+                accuracy_ci_low: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 0.0 } else { e.ci.0 }),
+                accuracy_ci_high: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 1.0 } else { e.ci.1 }),
+                calibration: calibration_name.into(),
                 noise_rate_from: scores.noise_rate_from.into(),
                 gold_items: a.gold_items,
                 gold_accuracy: a.gold_accuracy,
@@ -625,6 +631,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Decision;
 
     fn config() -> GateConfig {
         let mut c = crate::config::Config::from_figment(crate::config::Config::figment(None)).unwrap().gate;
@@ -652,7 +659,7 @@ mod tests {
         for (r, &i) in order.iter().enumerate() {
             rank[i] = r;
         }
-        let share = flag.len() as f64 / n as f64;
+        let share = flag.len() as f64 / n.max(1) as f64;
         let mut evidence = crate::accuracy::evidence::fixed(share, n, 0, 1.96);
         evidence.status = crate::accuracy::evidence::EvidenceStatus::Consistent;
         (evidence.wrong_share_ci_low, evidence.wrong_share_ci_high) = (share, share);
@@ -665,6 +672,7 @@ mod tests {
             evidence,
             noise_rate_from: "estimators",
             pool_control: None,
+            p_wrong: None,
             final_loss: 0.3,
             training_seconds: 0.1,
         }
@@ -732,6 +740,55 @@ mod tests {
         assert_eq!(flushed.progress[0].commit_offset, 0, "record 0 still buffered");
         assert_eq!(flushed.progress[0].done, vec![(1, 2)]);
         assert!(g.flush_dead_letters().is_none());
+    }
+
+    fn verdict_of(commit: &Commit) -> &VerdictMessage {
+        commit.outputs.iter().find_map(|o| if let Output::Verdict(v) = o { Some(v) } else { None }).expect("a verdict")
+    }
+
+    #[test]
+    fn an_empty_delivery_has_no_accuracy_and_weak_evidence_no_decision() {
+        let now = Instant::now();
+        let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+        assert_eq!(g.ingest(msg(0, r#"{"type":"batch_end","batch_id":"empty","vendor_id":"v","count":0}"#), now), Ingested::DeliveryClosed);
+        let job = g.take_window().unwrap();
+        let commit = g.finish_window(job, &scores(0, &[]), &HashMap::new(), 0);
+        let v = verdict_of(&commit);
+        assert_eq!((v.estimated_accuracy, v.decision, v.review_reason.as_deref()), (None, Decision::Review, Some("no_valid_records")));
+        assert!(!commit.state.deliveries[0].counts_towards_accuracy());
+
+        // Three records, one flagged, but the network learned nothing: no figure, no decision,
+        // and nothing joins the reference pool.
+        for (i, id) in ["s1", "s2", "s3"].iter().enumerate() {
+            g.ingest(msg(1 + i as i64, &rec(id, "b1", "a")), now);
+        }
+        g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
+        let job = g.take_window().unwrap();
+        let mut weak = scores(3, &[0]);
+        weak.evidence.status = EvidenceStatus::Insufficient;
+        let commit = g.finish_window(job, &weak, &HashMap::new(), 0);
+        let v = verdict_of(&commit);
+        assert_eq!((v.estimated_accuracy, v.accuracy_ci_low, v.accuracy_ci_high), (None, Some(0.0), Some(1.0)));
+        assert_eq!((v.decision, v.review_reason.as_deref()), (Decision::Review, Some("insufficient_evidence")));
+        assert!(commit.state.pool_added.is_empty(), "a window that cannot decide does not feed the pool");
+        assert_eq!(commit.state.labels.len(), 3, "its labels are kept for agreement across windows");
+    }
+
+    #[test]
+    fn requeue_puts_back_only_deliveries_of_partitions_still_owned() {
+        let now = Instant::now();
+        let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+        for (p, batch) in [(0, "b0"), (1, "b1")] {
+            let m = |offset: i64, body: &str| InputMessage { key: None, payload: body.as_bytes().to_vec(), pos: SourcePos { partition: p, offset } };
+            g.ingest(m(0, &rec(&format!("{batch}-s"), batch, "a")), now);
+            g.ingest(m(1, &format!(r#"{{"type":"batch_end","batch_id":"{batch}","vendor_id":"v","count":1}}"#)), now);
+        }
+        let job = g.take_window().unwrap();
+        assert_eq!((job.deliveries(), g.buffered()), (2, 0));
+        g.revoke(1);
+        g.requeue(job, &[1]);
+        assert_eq!((g.open_deliveries(), g.buffered()), (1, 1), "partition 0's delivery waits for the next window");
+        assert_eq!(g.take_window().unwrap().batch_ids(), vec!["b0".to_string()]);
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct WindowScores {
     pub noise_rate_from: &'static str,
     /// The flags' error rates measured by the reference pool, for the per-delivery correction.
     pub pool_control: Option<GoldCalibration>,
+    /// Per pending row, when agreement set the share: the joint model's probability that the
+    /// label is wrong. A delivery's estimate is then their sum, not its flag count.
+    pub p_wrong: Option<Vec<f64>>,
     pub final_loss: f64,
     pub training_seconds: f64,
 }
@@ -105,10 +108,12 @@ pub fn score_window(
     let pending = data.pending;
     let pool_rows = data.labels.len() - pending;
     let pending_scores = &outcome.scores[..pending];
+    let mut p_wrong = None;
     let evidence = match policy.noise_rate {
         suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
         suspects::NoiseRate::Auto => {
-            let (agreement, coverage) = agreement_reading(&data, pending_scores, policy);
+            let (agreement, coverage, posterior) = agreement_reading(&data, pending_scores, policy);
+            p_wrong = posterior;
             // A window too small to split still gets the other readings; the missing fit makes
             // the evidence insufficient rather than failing the window.
             let heldout = o2u::heldout_probabilities(samples, config, CROSSFIT_FOLDS, policy.crossfit_min_steps, device).ok();
@@ -155,6 +160,7 @@ pub fn score_window(
         evidence,
         noise_rate_from,
         pool_control,
+        p_wrong,
         final_loss: outcome.final_loss,
         training_seconds: outcome.training_seconds,
     })
@@ -184,7 +190,7 @@ fn flag_error_rates(scores: &[f32], pending: usize, k: usize, evidence: &WindowE
 /// The joint agreement model over this window's labels and the earlier labels of the same
 /// sample_ids, when enough of the window's labels share a sample_id with another vendor's.
 /// Returns the reading (wrong share of this window's labels) and the coverage.
-fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64) {
+fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<Vec<f64>>) {
     let pending = data.pending;
     let ids = data.sample_ids.iter().map(String::as_str).chain(data.prior_labels.iter().map(|p| p.sample_id.as_str()));
     let vendors = data.vendors.iter().map(String::as_str).chain(data.prior_labels.iter().map(|p| p.vendor_id.as_str()));
@@ -192,12 +198,12 @@ fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowP
     let (vendor, vendor_count) = agreement::index_of(vendors);
     let coverage = agreement::overlap_shares(&item, &vendor, items, pending);
     if coverage < policy.min_overlap_share.max(f64::MIN_POSITIVE) {
-        return (None, coverage);
+        return (None, coverage, None);
     }
     let labels: Vec<u32> = data.labels[..pending].iter().copied().chain(data.prior_labels.iter().map(|p| p.label)).collect();
     let scores: Vec<f32> = pending_scores.iter().copied().chain(data.prior_labels.iter().map(|p| p.score)).collect();
     let obs = agreement::Observations { item: &item, annotator: &vendor, label: &labels, score: &scores, items, annotators: vendor_count, classes: data.classes };
-    let Some(fit) = agreement::fit(&obs) else { return (None, coverage) };
+    let Some(fit) = agreement::fit(&obs) else { return (None, coverage, None) };
     let p = &fit.p_correct[..pending];
     let n = pending.max(1) as f64;
     let share = 1.0 - p.iter().sum::<f64>() / n;
@@ -205,5 +211,5 @@ fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowP
     // The posterior's own spread understates the model's error; never claim better than ±0.02.
     let half = (policy.evidence.z * sd).max(0.02);
     let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: (share - half).max(0.0), ci_high: (share + half).min(1.0) };
-    (Some(reading), coverage)
+    (Some(reading), coverage, Some(p.iter().map(|q| 1.0 - q).collect()))
 }

@@ -1,0 +1,41 @@
+//! The streaming evaluation on a small grid (docs/benchmarks.md has the full one): deliveries
+//! replayed through the real gate state machine and engine, verdicts checked against the truth.
+
+use labelgate::{
+    config::Config,
+    eval::stream::{evaluate_case, PoolStart, StreamCase, StreamData},
+};
+
+mod common;
+
+fn case(unlearnable: bool, pool: PoolStart) -> StreamCase {
+    StreamCase { data: StreamData::Synthetic, unlearnable, window: 1000, pool, vendor_noise: vec![0.0, 0.03, 0.1, 0.2, 0.4] }
+}
+
+#[test]
+fn learnable_stream_with_a_pool_meets_the_verdict_targets() {
+    common::single_thread();
+    let config = Config::load(None).unwrap();
+    let s = evaluate_case(case(false, PoolStart::Full), &common::data_dir(), &config.gate, &config.engine, &[0, 1], &candle_core::Device::Cpu).unwrap();
+    assert!(s.deliveries >= 20, "{} deliveries", s.deliveries);
+    assert!(s.good_deliveries >= 8, "the grid has deliveries well above the SLA");
+    assert_eq!(s.false_rejects, 0, "a delivery at least 0.03 above its SLA was rejected");
+    assert_eq!(s.false_accepts, 0);
+    assert!(s.coverage >= 0.9, "the 95% interval held the truth for {:.3} of deliveries", s.coverage);
+    let median = s.median_abs_error.unwrap();
+    assert!(median <= 0.04, "median |error| {median:.3}");
+    assert!(s.max_window_spread.unwrap() <= 0.05, "a window's share moved {:.3} between seeds", s.max_window_spread.unwrap());
+    let rejected = s.runs.iter().flat_map(|r| &r.deliveries).filter(|d| d.decision == labelgate::wire::Decision::Reject).count();
+    assert!(rejected > 0, "the 20 % and 40 % vendors must be rejectable: a gate that only reviews is no gate");
+}
+
+#[test]
+fn unlearnable_features_give_insufficient_evidence_and_no_rejects() {
+    common::single_thread();
+    let config = Config::load(None).unwrap();
+    let s = evaluate_case(case(true, PoolStart::Empty), &common::data_dir(), &config.gate, &config.engine, &[0], &candle_core::Device::Cpu).unwrap();
+    assert_eq!(s.false_rejects, 0);
+    assert_eq!(s.runs[0].deliveries.iter().filter(|d| d.decision != labelgate::wire::Decision::Review).count(), 0);
+    assert!(s.insufficient_share >= 0.99, "every verdict must say the evidence is insufficient: {:.2}", s.insufficient_share);
+    assert!(s.runs[0].deliveries.iter().all(|d| d.estimated_accuracy.is_none()), "no figure from a network that learned nothing");
+}
