@@ -541,10 +541,14 @@ fn vendor_metrics_scrape_and_redis_outage() {
     });
     let precision = sample(&metrics, precision_series).expect("precision gauge");
     assert!((precision - really_wrong as f64 / suspects.len() as f64).abs() < 1e-9, "precision {precision}");
-    // Reviews only remove the false flags: wrong share = flagged share × realised precision.
+    // Reviews replace the gate's own correction (the pool control) and remove the false flags:
+    // wrong share = flagged share × realised precision.
     let corrected = sample(&metrics, "labelgate_vendor_label_accuracy_ratio{vendor=\"slipping\"}").unwrap();
     eprintln!("slipping: {} suspects reviewed, realised precision {precision:.4}, accuracy corrected to {corrected:.4}", suspects.len());
-    assert!((corrected - (1.0 - (1.0 - before_reviews["slipping"]) * precision)).abs() < 1e-9, "corrected {corrected}");
+    let slipping_records: usize = out.verdicts.iter().filter(|v| v.vendor_id == "slipping").map(|v| v.records).sum();
+    let flagged_share = suspects.len() as f64 / slipping_records as f64;
+    assert!((corrected - (1.0 - flagged_share * precision)).abs() < 1e-9, "corrected {corrected}");
+    assert!((corrected - true_accuracy("slipping")).abs() <= 0.05, "after reviews: {corrected}");
     assert_eq!(sample(&metrics, "labelgate_vendor_label_accuracy_ratio{vendor=\"steady\"}"), Some(before_reviews["steady"]), "no reviews, no change");
 
     // The live exposition passes promtool's lint.

@@ -200,14 +200,16 @@ fn uncalibrated() -> String {
 }
 
 /// A vendor's accuracy over recent deliveries: weighted by records, so a 10-record delivery does
-/// not swing it like a 10,000-record one. Deliveries gated before enough reviews arrived are
-/// corrected now with the vendor's realised suspect precision. `None` with no history.
+/// not swing it like a 10,000-record one. Deliveries gated before enough reviews arrived (with no
+/// correction or the pool control's) are corrected now with the vendor's realised suspect
+/// precision. Deliveries whose evidence could not decide are left out. `None` with no history.
 pub fn rolling_accuracy(history: &[DeliveryRecord], reviews: ReviewStats, min_reviews: u64) -> Option<f64> {
     let counted: Vec<&DeliveryRecord> = history.iter().filter(|d| d.counts_towards_accuracy()).collect();
     let records: usize = counted.iter().map(|d| d.records).sum();
     let precision = reviews.precision().filter(|_| reviews.reviewed >= min_reviews);
     let accuracy = |d: &DeliveryRecord| match precision {
-        Some(p) if d.calibration == "none" && d.records > 0 => 1.0 - d.flagged as f64 / d.records as f64 * p,
+        // Reviews outrank the gate's own pool control, as in `Calibration::choose`.
+        Some(p) if matches!(d.calibration.as_str(), "none" | "pool_control") && d.records > 0 => 1.0 - d.flagged as f64 / d.records as f64 * p,
         _ => d.estimated_accuracy,
     };
     (records > 0).then(|| counted.iter().map(|d| accuracy(d) * d.records as f64).sum::<f64>() / records as f64)
