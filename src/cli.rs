@@ -256,6 +256,7 @@ impl CommonArgs {
             weight_decay: e.weight_decay,
             seed: self.seed,
             retrain_epochs: 0,
+            min_stage1_steps: 0,
         };
         config.retrain_epochs = e.retrain_epochs.unwrap_or(config.stage1_epochs + config.stage2_epochs());
         let errors = config.validate();

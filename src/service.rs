@@ -718,6 +718,8 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
                     review_stats.insert(v.clone(), stats);
                 }
                 let commit = gate.finish_window(job, &scores, &review_stats, crate::clock::unix_millis());
+                // Vendors of earlier deliveries that this window's agreement revised, too.
+                let vendors = commit.state.vendors();
                 // State first, then the transaction: a crash between them replays the window,
                 // and every state write is idempotent.
                 let ((), p) = with_state("save_window", telemetry, stop, Some(&consumer), &mut stash, || state.save_window(&commit.state))?;

@@ -255,8 +255,9 @@ pub struct VerdictMessage {
     pub closed_by: String,
     pub accepted: usize,
     pub rereview: usize,
-    /// `null` when the delivery has no valid records (`review_reason: "no_valid_records"`) or
-    /// the window's evidence is insufficient (`insufficient_evidence`; the interval is then [0, 1]).
+    /// `null` when the delivery has no valid records (`review_reason: "no_valid_records"`) or the
+    /// window's evidence cannot pin the share down (`insufficient_evidence`, with the interval
+    /// [0, 1]; `estimators_disagree`, with the interval spanning every reading).
     pub estimated_accuracy: Option<f64>,
     pub accuracy_ci_low: Option<f64>,
     pub accuracy_ci_high: Option<f64>,

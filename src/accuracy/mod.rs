@@ -186,6 +186,10 @@ pub struct DeliveryRecord {
     /// decide (and those with no valid records) stay out of the vendor's accuracy.
     #[serde(default)]
     pub evidence: Option<evidence::EvidenceStatus>,
+    /// How far later windows' agreement moved its expected count of wrong labels (kept apart
+    /// in the store, filled in when the history is read; never part of the stored record).
+    #[serde(default, skip_serializing)]
+    pub revised_wrong: f64,
 }
 
 impl DeliveryRecord {
@@ -212,7 +216,9 @@ pub fn rolling_accuracy(history: &[DeliveryRecord], reviews: ReviewStats, min_re
         Some(p) if matches!(d.calibration.as_str(), "none" | "pool_control") && d.records > 0 => 1.0 - d.flagged as f64 / d.records as f64 * p,
         _ => d.estimated_accuracy,
     };
-    (records > 0).then(|| counted.iter().map(|d| accuracy(d) * d.records as f64).sum::<f64>() / records as f64)
+    // Later agreement revises the gauge, not the verdicts already sent.
+    let revised = |d: &DeliveryRecord| (accuracy(d) - d.revised_wrong / d.records as f64).clamp(0.0, 1.0);
+    (records > 0).then(|| counted.iter().map(|d| revised(d) * d.records as f64).sum::<f64>() / records as f64)
 }
 
 /// Accuracy on gold items over recent deliveries.
@@ -282,6 +288,7 @@ mod tests {
             window_id: "w".into(),
             calibration: "none".into(),
             evidence: None,
+            revised_wrong: 0.0,
         };
         let none = ReviewStats::default();
         assert_eq!(rolling_accuracy(&[], none, 20), None);
@@ -295,6 +302,9 @@ mod tests {
         let unknown = DeliveryRecord { evidence: Some(evidence::EvidenceStatus::Insufficient), ..d(10_000, 0.1) };
         assert!((rolling_accuracy(&[d(900, 0.9), unknown], none, 20).unwrap() - 0.9).abs() < 1e-12);
         assert_eq!(rolling_accuracy(&[d(0, 1.0)], none, 20), None, "no valid records, no accuracy");
+        // A later window's agreement found 5 more of a 100-record delivery's labels wrong.
+        let revised = DeliveryRecord { revised_wrong: 5.0, ..d(100, 0.9) };
+        assert!((rolling_accuracy(&[revised], none, 20).unwrap() - 0.85).abs() < 1e-12);
     }
 
     #[test]

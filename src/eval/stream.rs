@@ -101,7 +101,7 @@ pub struct CaseSummary {
     /// Deliveries of ≥ 500 records at most SLA − 0.10 accurate, and how many were accepted.
     pub bad_large_deliveries: usize,
     pub false_accepts: usize,
-    /// Share of deliveries (with an estimate) whose interval holds the true accuracy.
+    /// Share of deliveries (with an interval) whose interval holds the true accuracy.
     pub coverage: f64,
     /// |estimate − truth| over deliveries of ≥ 1,000 records with an estimate.
     pub median_abs_error_1000: Option<f64>,
@@ -412,7 +412,9 @@ pub fn evaluate_case(case: StreamCase, data_dir: &Path, gate_config: &GateConfig
     let good: Vec<&&DeliveryOutcome> = all.iter().filter(|d| d.true_accuracy >= d.sla + 0.03).collect();
     let bad: Vec<&&DeliveryOutcome> = all.iter().filter(|d| d.records >= 500 && d.true_accuracy <= d.sla - 0.10).collect();
     let estimated: Vec<&&DeliveryOutcome> = all.iter().filter(|d| d.estimated_accuracy.is_some()).collect();
-    let covered = estimated.iter().filter(|d| d.ci_low.unwrap() - 1e-9 <= d.true_accuracy && d.true_accuracy <= d.ci_high.unwrap() + 1e-9).count();
+    // Every interval counts, also those of deliveries that got no figure.
+    let with_interval: Vec<&&DeliveryOutcome> = all.iter().filter(|d| d.ci_low.is_some()).collect();
+    let covered = with_interval.iter().filter(|d| d.ci_low.unwrap() - 1e-9 <= d.true_accuracy && d.true_accuracy <= d.ci_high.unwrap() + 1e-9).count();
     let errors = |min: usize| -> Vec<f64> { estimated.iter().filter(|d| d.records >= min).map(|d| (d.estimated_accuracy.unwrap() - d.true_accuracy).abs()).collect() };
     let windows = runs.iter().map(|r| r.windows.len()).min().unwrap_or(0);
     let max_window_spread = (runs.len() > 1 && windows > 0).then(|| {
@@ -443,7 +445,7 @@ pub fn evaluate_case(case: StreamCase, data_dir: &Path, gate_config: &GateConfig
         false_rejects: good.iter().filter(|d| d.decision == Decision::Reject).count(),
         bad_large_deliveries: bad.len(),
         false_accepts: bad.iter().filter(|d| d.decision == Decision::Accept).count(),
-        coverage: covered as f64 / estimated.len().max(1) as f64,
+        coverage: covered as f64 / with_interval.len().max(1) as f64,
         median_abs_error_1000: median(e1000.clone()),
         max_abs_error_1000: e1000.iter().cloned().reduce(f64::max),
         median_abs_error: median(errors(0)),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     accuracy::{self, evidence::EvidenceStatus, Calibration, DeliveryRecord, GoldCalibration, ReviewStats},
     config::GateConfig,
-    state::{SuspectRecord, WindowState},
+    state::{DeliveryRevision, SuspectRecord, WindowState},
     wire::{self, Annotation, DlqReason, Inbound, RereviewMessage, Schema, VerdictMessage},
 };
 use pool::ReferencePool;
@@ -482,7 +482,15 @@ impl Gate {
                     }
                     commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: job.id.clone(), vendor_id: a.vendor_id.clone() });
                 }
-                commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i] });
+                let p_wrong = scores.p_wrong.as_ref().map_or(scores.flagged[i] as u8 as f32, |p| p[i] as f32);
+                commit.state.labels.push(PriorLabel {
+                    sample_id: a.sample_id.clone(),
+                    vendor_id: a.vendor_id.clone(),
+                    label: a.label,
+                    score: scores.scores[i],
+                    batch_id: a.batch_id.clone(),
+                    p_wrong,
+                });
                 done.push(r.pos);
                 commit.routed += 1;
                 i += 1;
@@ -493,9 +501,14 @@ impl Gate {
             }
             let calibration = Calibration::choose(gold_calibration, reviews.get(&d.vendor_id).copied().unwrap_or_default(), self.config.min_reviews, scores.pool_control);
             let (estimate, calibration_name) = match &scores.p_wrong {
-                // Agreement knows each label's chance of being wrong: the delivery's share is
-                // their sum, whichever labels the scores flagged.
-                Some(p_wrong) if records > 0 => (accuracy::from_posteriors(&p_wrong[i - records..i], self.z), "agreement"),
+                // Agreement set the share and the scores picked the labels (that ranks vendors
+                // best); each label's own chance of being wrong under agreement gives a second
+                // interval, and the verdict's spans both.
+                Some(p_wrong) if records > 0 => {
+                    let flags = accuracy::estimate(records, flagged, flagged_range, Calibration::None, self.z);
+                    let posterior = accuracy::from_posteriors(&p_wrong[i - records..i], self.z);
+                    (accuracy::AccuracyEstimate { ci: (flags.ci.0.min(posterior.ci.0), flags.ci.1.max(posterior.ci.1)), ..flags }, "agreement")
+                }
                 _ => (accuracy::estimate(records, flagged, flagged_range, calibration, self.z), calibration.name()),
             };
             let a = verdict::assess(estimate, records, evidence, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
@@ -512,6 +525,7 @@ impl Gate {
                 window_id: job.id.clone(),
                 calibration: calibration_name.into(),
                 evidence: Some(evidence),
+                revised_wrong: 0.0,
             });
             let (_, closed_by) = d.closed.expect("windows take closed deliveries");
             commit.outputs.push(Output::Verdict(VerdictMessage {
@@ -523,8 +537,9 @@ impl Gate {
                 closed_by: closed_by.into(),
                 accepted: records - flagged,
                 rereview: flagged,
-                // No figure where the network learned nothing: any would be a guess.
-                estimated_accuracy: a.estimate.filter(|_| evidence != EvidenceStatus::Insufficient).map(|e| e.accuracy),
+                // No figure where the evidence cannot pin the share down: any would be a guess
+                // (the interval still says how far apart the readings are).
+                estimated_accuracy: a.estimate.filter(|_| evidence.supports_a_decision()).map(|e| e.accuracy),
                 accuracy_ci_low: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 0.0 } else { e.ci.0 }),
                 accuracy_ci_high: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 1.0 } else { e.ci.1 }),
                 calibration: calibration_name.into(),
@@ -544,6 +559,15 @@ impl Gate {
             }
             self.remember_gated(d.batch_id);
         }
+        // Earlier deliveries whose labels this window judged again: their wrong count moves by the
+        // difference, and the label keeps its new value, in the same atomic write, so a replayed
+        // window adds nothing twice (the revisions telescope to latest − original).
+        let mut revisions: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for (label, new) in &scores.revised {
+            *revisions.entry((label.batch_id.clone(), label.vendor_id.clone())).or_default() += (*new - label.p_wrong) as f64;
+            commit.state.labels.push(PriorLabel { p_wrong: *new, ..label.clone() });
+        }
+        commit.state.revisions = revisions.into_iter().map(|((batch_id, vendor_id), wrong_delta)| DeliveryRevision { batch_id, vendor_id, wrong_delta }).collect();
         // Only what the bounded pool keeps goes to the store: the newest `capacity` per class.
         let cap = commit.state.pool_capacity_per_class;
         let mut kept = vec![0usize; self.config.classes.len()];
@@ -673,6 +697,7 @@ mod tests {
             noise_rate_from: "estimators",
             pool_control: None,
             p_wrong: None,
+            revised: Vec::new(),
             final_loss: 0.3,
             training_seconds: 0.1,
         }

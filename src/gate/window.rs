@@ -37,6 +37,14 @@ pub struct PriorLabel {
     pub label: u32,
     /// Its O2U score in its own window (loss minus that epoch's mean, so windows compare).
     pub score: f32,
+    /// The delivery it came in.
+    #[serde(default)]
+    pub batch_id: String,
+    /// How much it counts as wrong in its delivery's estimate: the agreement model's posterior,
+    /// else 1 when it was flagged and 0 when not. A later window that judges it again revises
+    /// its delivery by the difference.
+    #[serde(default)]
+    pub p_wrong: f32,
 }
 
 impl WindowData {
@@ -69,6 +77,9 @@ pub struct WindowScores {
     /// Per pending row, when agreement set the share: the joint model's probability that the
     /// label is wrong. A delivery's estimate is then their sum, not its flag count.
     pub p_wrong: Option<Vec<f64>>,
+    /// Earlier windows' labels that this window's agreement model judged again, with their new
+    /// `p_wrong` (their old one is what they came with).
+    pub revised: Vec<(PriorLabel, f32)>,
     pub final_loss: f64,
     pub training_seconds: f64,
 }
@@ -109,11 +120,15 @@ pub fn score_window(
     let pool_rows = data.labels.len() - pending;
     let pending_scores = &outcome.scores[..pending];
     let mut p_wrong = None;
+    let mut revised = Vec::new();
     let evidence = match policy.noise_rate {
         suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
         suspects::NoiseRate::Auto => {
             let (agreement, coverage, posterior) = agreement_reading(&data, pending_scores, policy);
-            p_wrong = posterior;
+            if let Some(all) = posterior {
+                revised = data.prior_labels.iter().cloned().zip(all[pending..].iter().map(|&p| p as f32)).collect();
+                p_wrong = Some(all[..pending].to_vec());
+            }
             // A window too small to split still gets the other readings; the missing fit makes
             // the evidence insufficient rather than failing the window.
             let heldout = o2u::heldout_probabilities(samples, config, CROSSFIT_FOLDS, policy.crossfit_min_steps, device).ok();
@@ -161,6 +176,7 @@ pub fn score_window(
         noise_rate_from,
         pool_control,
         p_wrong,
+        revised,
         final_loss: outcome.final_loss,
         training_seconds: outcome.training_seconds,
     })
@@ -189,7 +205,8 @@ fn flag_error_rates(scores: &[f32], pending: usize, k: usize, evidence: &WindowE
 
 /// The joint agreement model over this window's labels and the earlier labels of the same
 /// sample_ids, when enough of the window's labels share a sample_id with another vendor's.
-/// Returns the reading (wrong share of this window's labels) and the coverage.
+/// Returns the reading (wrong share of this window's labels), the coverage, and every label's
+/// probability of being wrong (this window's first, then the earlier ones).
 fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<Vec<f64>>) {
     let pending = data.pending;
     let ids = data.sample_ids.iter().map(String::as_str).chain(data.prior_labels.iter().map(|p| p.sample_id.as_str()));
@@ -211,5 +228,5 @@ fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowP
     // The posterior's own spread understates the model's error; never claim better than ±0.02.
     let half = (policy.evidence.z * sd).max(0.02);
     let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: (share - half).max(0.0), ci_high: (share + half).min(1.0) };
-    (Some(reading), coverage, Some(p.iter().map(|q| 1.0 - q).collect()))
+    (Some(reading), coverage, Some(fit.p_correct.iter().map(|q| 1.0 - q).collect()))
 }

@@ -37,6 +37,11 @@ pub struct O2uConfig {
     pub seed: u64,
     /// Stage 3: epochs of retraining on the kept samples (0 = skip).
     pub retrain_epochs: usize,
+    /// Stage 1 runs at least this many mini-batches (more epochs on small data): a window of a
+    /// few hundred records is otherwise scored by a network that has barely trained, whose
+    /// losses reflect how hard a sample is rather than whether its label is wrong. 0 = exactly
+    /// `stage1_epochs`.
+    pub min_stage1_steps: usize,
 }
 
 impl Default for O2uConfig {
@@ -52,6 +57,7 @@ impl Default for O2uConfig {
             weight_decay: 5e-4,
             seed: 0,
             retrain_epochs: 0,
+            min_stage1_steps: 0,
         }
     }
 }
@@ -59,6 +65,12 @@ impl Default for O2uConfig {
 impl O2uConfig {
     pub fn stage2_epochs(&self) -> usize {
         self.cycles * self.schedule.cycle_len
+    }
+
+    /// Stage-1 epochs for `samples`: `stage1_epochs`, or more to reach `min_stage1_steps`.
+    pub fn stage1_epochs_for(&self, samples: usize) -> usize {
+        let steps_per_epoch = samples.div_ceil(self.batch_size.max(1)).max(1);
+        self.stage1_epochs.max(self.min_stage1_steps.div_ceil(steps_per_epoch))
     }
 
     /// Problems with the values, each naming the key and a fix.
@@ -170,12 +182,13 @@ pub fn score(
     let mut trainer = Trainer::new(config, train.shape, train.classes, config.seed, device)?;
     let started = Instant::now();
     let mut final_loss = 0.0;
-    for epoch in 0..config.stage1_epochs {
+    let stage1_epochs = config.stage1_epochs_for(train.len());
+    for epoch in 0..stage1_epochs {
         let t = Instant::now();
         let (mean_loss, _) = trainer.epoch(&data, config.stage1_lr, false, observer)?;
         final_loss = mean_loss;
         observer.on_epoch(&EpochReport {
-            stage: Stage::Warmup, epoch, epochs_in_stage: config.stage1_epochs,
+            stage: Stage::Warmup, epoch, epochs_in_stage: stage1_epochs,
             lr: config.stage1_lr, mean_loss, seconds: t.elapsed().as_secs_f64(),
         });
     }
@@ -193,7 +206,7 @@ pub fn score(
         });
     }
     let training_seconds = started.elapsed().as_secs_f64();
-    let epochs = config.stage1_epochs + stage2;
+    let epochs = stage1_epochs + stage2;
     let predicted = trainer.predict(&data.x)?;
     let test_accuracy = match test {
         Some(t) => Some(trainer.accuracy(&t, device)?),

@@ -52,6 +52,27 @@ pub struct WindowState {
     /// Every gated label (sample, vendor, class, score), kept for the retention period so that
     /// agreement sees a sample's labels whichever window they arrive in.
     pub labels: Vec<PriorLabel>,
+    /// Earlier deliveries re-judged by this window's agreement model.
+    pub revisions: Vec<DeliveryRevision>,
+}
+
+/// A later window's agreement changed how many labels of an earlier delivery look wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRevision {
+    pub batch_id: String,
+    pub vendor_id: String,
+    /// Added to the delivery's expected count of wrong labels.
+    pub wrong_delta: f64,
+}
+
+impl WindowState {
+    /// Vendors whose figures this window changed: its own and those of revised deliveries.
+    pub fn vendors(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.deliveries.iter().map(|d| d.vendor_id.clone()).chain(self.revisions.iter().map(|r| r.vendor_id.clone())).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 /// A human's final answer on a re-reviewed sample (`annotations.reviews`).
@@ -103,6 +124,7 @@ struct Memory {
     reviewed: HashMap<(String, String), String>,
     reviews: HashMap<String, ReviewStats>,
     labels: HashMap<String, BTreeMap<String, PriorLabel>>,
+    revised: HashMap<String, f64>,
 }
 
 impl StateStore for MemoryState {
@@ -142,6 +164,9 @@ impl StateStore for MemoryState {
         for l in &w.labels {
             m.labels.entry(l.sample_id.clone()).or_default().insert(l.vendor_id.clone(), l.clone());
         }
+        for r in &w.revisions {
+            *m.revised.entry(r.batch_id.clone()).or_default() += r.wrong_delta;
+        }
         Ok(())
     }
 
@@ -157,6 +182,7 @@ impl StateStore for MemoryState {
             .iter()
             .filter(|(_, &t)| t >= since_ms)
             .filter_map(|(b, _)| m.deliveries.get(b).and_then(|(_, d)| d.clone()))
+            .map(|d| DeliveryRecord { revised_wrong: m.revised.get(&d.batch_id).copied().unwrap_or(0.0), ..d })
             .collect();
         out.sort_by_key(|d| d.gated_at_ms);
         Ok(out)
@@ -209,6 +235,7 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         window_id: "w1".into(),
         calibration: "none".into(),
         evidence: Some(crate::accuracy::evidence::EvidenceStatus::Consistent),
+        revised_wrong: 0.0,
     };
     let (b1, b2, v) = (id("b1"), id("b2"), id("vendor"));
     // Recent times: history older than the retention is trimmed on write.
@@ -223,10 +250,11 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         deliveries: vec![record(&b1, &v, base, 0.9), record(&b2, &v, base + 1_000, 0.7)],
         suspects: vec![SuspectRecord { sample_id: id("s1"), vendor_id: v.clone(), batch_id: b1.clone(), label: "cat".into(), window_id: "w1".into() }],
         labels: vec![
-            PriorLabel { sample_id: id("s1"), vendor_id: v.clone(), label: 0, score: 1.5 },
-            PriorLabel { sample_id: id("s1"), vendor_id: id("other"), label: 1, score: -0.5 },
-            PriorLabel { sample_id: id("s2"), vendor_id: v.clone(), label: 1, score: 0.0 },
+            PriorLabel { sample_id: id("s1"), vendor_id: v.clone(), label: 0, score: 1.5, batch_id: b1.clone(), p_wrong: 1.0 },
+            PriorLabel { sample_id: id("s1"), vendor_id: id("other"), label: 1, score: -0.5, batch_id: id("b9"), p_wrong: 0.25 },
+            PriorLabel { sample_id: id("s2"), vendor_id: v.clone(), label: 1, score: 0.0, batch_id: b1.clone(), p_wrong: 0.0 },
         ],
+        revisions: vec![],
     };
     // Twice: a replayed window must leave the same state.
     store.save_window(&window).unwrap();
@@ -241,6 +269,13 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
     let history = store.vendor_history(&v, 0).unwrap();
     assert_eq!(history.iter().map(|d| d.batch_id.clone()).collect::<Vec<_>>(), vec![b1.clone(), b2.clone()]);
     assert_eq!(store.vendor_history(&v, base + 500).unwrap().len(), 1);
+    assert!(history.iter().all(|d| d.revised_wrong == 0.0));
+    // A later window re-judges b1's labels: its expected wrong count moves, each write adding.
+    let later = WindowState { window_id: "w2".into(), revisions: vec![DeliveryRevision { batch_id: b1.clone(), vendor_id: v.clone(), wrong_delta: -2.5 }], ..Default::default() };
+    store.save_window(&later).unwrap();
+    store.save_window(&WindowState { revisions: vec![DeliveryRevision { wrong_delta: 0.5, ..later.revisions[0].clone() }], ..later.clone() }).unwrap();
+    let history = store.vendor_history(&v, 0).unwrap();
+    assert_eq!(history.iter().map(|d| d.revised_wrong).collect::<Vec<_>>(), vec![-2.0, 0.0]);
     let pool = store.load_pool(2).unwrap();
     let zeros: Vec<&Vec<f32>> = pool.iter().filter(|(c, _)| *c == 0).map(|(_, f)| f).collect();
     assert_eq!(zeros, vec![&vec![3.0, 4.0], &vec![5.0, 6.0]], "capped per class, newest kept, oldest first");

@@ -10,7 +10,8 @@
 //! | `suspect:{sample_id}` | hash | vendor → routed suspect JSON | retention |
 //! | `reviewed:{sample_id}` | hash | vendor → final label (review idempotency) | retention |
 //! | `vendor:{vendor}:reviews` | hash | `reviewed`, `confirmed_wrong` counters | never |
-//! | `labels:{sample_id}` | hash | vendor → `{"label","score"}` of its gated label | retention |
+//! | `labels:{sample_id}` | hash | vendor → `{"label","score","batch_id","p_wrong"}` of its gated label | retention |
+//! | `revised:{batch_id}` | string (float) | later agreement's change to the delivery's expected wrong count | retention |
 
 use std::{path::PathBuf, time::Duration};
 
@@ -56,6 +57,10 @@ pub struct RedisState {
 struct StoredLabel {
     label: u32,
     score: f32,
+    #[serde(default)]
+    batch_id: String,
+    #[serde(default)]
+    p_wrong: f32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,7 +207,13 @@ impl StateStore for RedisState {
         }
         for l in &w.labels {
             let key = self.key(&["labels", &l.sample_id]);
-            pipe.hset(&key, &l.vendor_id, serde_json::to_string(&StoredLabel { label: l.label, score: l.score }).expect("serialisable")).ignore();
+            let stored = StoredLabel { label: l.label, score: l.score, batch_id: l.batch_id.clone(), p_wrong: l.p_wrong };
+            pipe.hset(&key, &l.vendor_id, serde_json::to_string(&stored).expect("serialisable")).ignore();
+            pipe.expire(&key, self.retention_secs as i64).ignore();
+        }
+        for r in &w.revisions {
+            let key = self.key(&["revised", &r.batch_id]);
+            pipe.cmd("INCRBYFLOAT").arg(&key).arg(r.wrong_delta).ignore();
             pipe.expire(&key, self.retention_secs as i64).ignore();
         }
         let mut c = self.manager.clone();
@@ -217,14 +228,17 @@ impl StateStore for RedisState {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = batches.iter().map(|b| self.key(&["delivery", b])).collect();
+        let revised_keys: Vec<String> = batches.iter().map(|b| self.key(&["revised", b])).collect();
         let mut c = self.manager.clone();
-        let bodies: Vec<Option<String>> = self.run(async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await })?;
+        let (bodies, revised): (Vec<Option<String>>, Vec<Option<f64>>) = self.run(async move {
+            redis::pipe().cmd("MGET").arg(&keys).cmd("MGET").arg(&revised_keys).query_async(&mut c).await
+        })?;
         let mut out = Vec::new();
-        for (b, body) in batches.iter().zip(bodies) {
+        for ((b, body), revised) in batches.iter().zip(bodies).zip(revised) {
             // A delivery whose record expired before its index entry: skip it.
             let Some(body) = body else { continue };
             let stored: StoredDelivery = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["delivery", b]), message: e.to_string() })?;
-            out.extend(stored.record);
+            out.extend(stored.record.map(|d| DeliveryRecord { revised_wrong: revised.unwrap_or(0.0), ..d }));
         }
         Ok(out)
     }
@@ -294,7 +308,7 @@ impl StateStore for RedisState {
             for (id, by_vendor) in chunk.iter().zip(found) {
                 for (vendor_id, body) in by_vendor {
                     let stored: StoredLabel = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["labels", id]), message: e.to_string() })?;
-                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score });
+                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score, batch_id: stored.batch_id, p_wrong: stored.p_wrong });
                 }
             }
         }
