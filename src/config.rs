@@ -144,6 +144,8 @@ pub struct GateConfig {
     pub min_model_lift: f64,
     /// Reference-pool rows needed before the pool serves as the window's control.
     pub min_pool_control_rows: usize,
+    /// A window trained on fewer rows (records + pool) than this has insufficient evidence.
+    pub min_evidence_rows: usize,
     /// Mini-batches each cross-fitting network trains for at least.
     pub crossfit_min_steps: usize,
 }
@@ -160,6 +162,7 @@ impl GateConfig {
             min_overlap_share: self.min_overlap_share,
             evidence: crate::accuracy::evidence::EvidencePolicy {
                 max_estimator_gap: self.max_estimator_gap,
+                min_evidence_rows: self.min_evidence_rows,
                 min_model_lift: self.min_model_lift,
                 min_pool_control_rows: self.min_pool_control_rows,
                 z: crate::gate::verdict::z_for(self.confidence),

@@ -691,7 +691,7 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
                     f(&job.id, job.records(), job.deliveries());
                 }
                 // Earlier windows' labels of the same samples, so agreement spans windows.
-                let (prior, p) = with_state("sample_labels", telemetry, stop, Some(&consumer), &mut stash, || state.sample_labels(&job.data.sample_ids))?;
+                let (prior, p) = with_state("sample_labels", telemetry, stop, Some(&consumer), &mut stash, || state.sample_labels(&job.data.distinct_sample_ids()))?;
                 state_paused |= p;
                 job.data.attach_prior_labels(prior);
                 in_flight = Some(Instant::now());

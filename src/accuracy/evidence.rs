@@ -127,12 +127,26 @@ pub struct WindowEvidence {
     pub pool_rows: usize,
     /// Share of the window's labels on sample_ids that another vendor labelled too.
     pub agreement_coverage: f64,
+    /// The readings agreed (and the network learned) although the window had too few rows to
+    /// decide: its accepted records may still seed the reference pool, so a stream of small
+    /// windows is not stuck in review for lack of a pool.
+    #[serde(default)]
+    pub readings_agree: bool,
+}
+
+impl WindowEvidence {
+    /// Whether the window's accepted records may join the reference pool.
+    pub fn may_feed_pool(&self) -> bool {
+        self.status.supports_a_decision() || self.readings_agree
+    }
 }
 
 /// The bounds that decide how far the readings may be trusted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvidencePolicy {
     pub max_estimator_gap: f64,
+    /// Fewer training rows (records + pool) than this make the evidence insufficient.
+    pub min_evidence_rows: usize,
     pub min_model_lift: f64,
     pub min_pool_control_rows: usize,
     pub z: f64,
@@ -165,7 +179,7 @@ pub fn gather(s: &WindowSignals<'_>, agreement: Option<Reading>, agreement_cover
         readings.extend(confident_learning(p, s, policy.z, policy.min_pool_control_rows));
     }
     readings.extend(agreement);
-    combine(readings, fit, s.scores.len() - s.pending, agreement_coverage, policy)
+    combine(readings, fit, s.scores.len(), s.scores.len() - s.pending, agreement_coverage, policy)
 }
 
 /// The buyer fixed the share: flag that many, interval from the binomial alone.
@@ -182,11 +196,13 @@ pub fn fixed(rate: f64, pending: usize, pool_rows: usize, z: f64) -> WindowEvide
         model_fit: None,
         pool_rows,
         agreement_coverage: 0.0,
+        readings_agree: true,
     }
 }
 
 /// The decision rule described in the module documentation.
-pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, pool_rows: usize, agreement_coverage: f64, policy: &EvidencePolicy) -> WindowEvidence {
+/// `rows` is every row the network trained on (the window's records and the pool).
+pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, rows: usize, pool_rows: usize, agreement_coverage: f64, policy: &EvidencePolicy) -> WindowEvidence {
     let base = |status, share: f64, lo: f64, hi: f64, outliers| WindowEvidence {
         status,
         wrong_share: share,
@@ -197,6 +213,7 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, pool_rows: usize, 
         model_fit: fit,
         pool_rows,
         agreement_coverage,
+        readings_agree: false,
     };
     if let Some(a) = readings.iter().find(|r| r.estimator == Estimator::Agreement) {
         return base(EvidenceStatus::Consistent, a.wrong_share, a.ci_low, a.ci_high, Vec::new());
@@ -207,7 +224,13 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, pool_rows: usize, 
     if !learned {
         return base(EvidenceStatus::Insufficient, median, 0.0, 1.0, Vec::new());
     }
-    let (near, far): (Vec<&Reading>, Vec<&Reading>) = readings.iter().partition(|r| (r.wrong_share - median).abs() <= policy.max_estimator_gap);
+    let (near, far): (Vec<&Reading>, Vec<&Reading>) = if readings.len() == 2 {
+        // Two readings are both within half their distance of their midpoint: compare them
+        // with each other instead.
+        if (readings[0].wrong_share - readings[1].wrong_share).abs() <= policy.max_estimator_gap { (readings.iter().collect(), Vec::new()) } else { (Vec::new(), readings.iter().collect()) }
+    } else {
+        readings.iter().partition(|r| (r.wrong_share - median).abs() <= policy.max_estimator_gap)
+    };
     let hull = |rs: &[&Reading]| rs.iter().fold((1.0f64, 0.0f64), |(lo, hi), r| (lo.min(r.ci_low), hi.max(r.ci_high)));
     let status = if far.is_empty() && readings.len() >= 2 {
         EvidenceStatus::Consistent
@@ -216,6 +239,12 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, pool_rows: usize, 
     } else {
         EvidenceStatus::Disagree
     };
+    // A network trained on a few hundred rows reads too little to be trusted, whatever it says.
+    if rows < policy.min_evidence_rows {
+        let mut e = base(EvidenceStatus::Insufficient, median, 0.0, 1.0, Vec::new());
+        e.readings_agree = status != EvidenceStatus::Disagree;
+        return e;
+    }
     match status {
         EvidenceStatus::Disagree => {
             let all: Vec<&Reading> = readings.iter().collect();
@@ -223,8 +252,8 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, pool_rows: usize, 
             base(status, median, lo, hi, Vec::new())
         }
         _ => {
-            // The readings that agree, without the outlier's pull on the median.
-            let centre = near.iter().map(|r| r.wrong_share).sum::<f64>() / near.len() as f64;
+            // Without the outlier's pull: the mean of the readings that agree.
+            let centre = if status == EvidenceStatus::Outlier { near.iter().map(|r| r.wrong_share).sum::<f64>() / near.len() as f64 } else { median };
             let (lo, hi) = hull(&near);
             base(status, centre, lo, hi, far.iter().map(|r| r.estimator).collect())
         }
@@ -390,11 +419,12 @@ fn confident_learning(p: &[f32], s: &WindowSignals<'_>, z: f64, min_pool_rows: u
     Some(Reading { estimator: Estimator::ConfidentLearning, wrong_share: point, ci_low: lo, ci_high: hi })
 }
 
+/// On the window's own records: pool rows were selected for low loss and would flatter it.
 fn model_fit(p: &[f32], s: &WindowSignals<'_>) -> ModelFit {
-    let n = s.labels.len();
+    let n = s.pending;
     let mut counts = vec![0usize; s.classes];
     let mut right = 0usize;
-    for (i, &l) in s.labels.iter().enumerate() {
+    for (i, &l) in s.labels[..s.pending].iter().enumerate() {
         counts[l as usize] += 1;
         let row = &p[i * s.classes..(i + 1) * s.classes];
         let argmax = (0..s.classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
@@ -410,7 +440,7 @@ fn model_fit(p: &[f32], s: &WindowSignals<'_>) -> ModelFit {
 mod tests {
     use super::*;
 
-    const POLICY: EvidencePolicy = EvidencePolicy { max_estimator_gap: 0.1, min_model_lift: 0.2, min_pool_control_rows: 100, z: 1.96 };
+    const POLICY: EvidencePolicy = EvidencePolicy { max_estimator_gap: 0.1, min_evidence_rows: 1000, min_model_lift: 0.2, min_pool_control_rows: 100, z: 1.96 };
 
     fn reading(estimator: Estimator, share: f64) -> Reading {
         Reading { estimator, wrong_share: share, ci_low: share - 0.02, ci_high: share + 0.02 }
@@ -423,7 +453,7 @@ mod tests {
     #[test]
     fn an_outlier_is_named_and_left_out_of_the_interval() {
         let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::PoolControl, 0.08), reading(Estimator::ConfidentLearning, 0.1)];
-        let e = combine(rs, fit(0.8), 5000, 0.0, &POLICY);
+        let e = combine(rs, fit(0.8), 6000, 5000, 0.0, &POLICY);
         assert_eq!(e.status, EvidenceStatus::Outlier);
         assert_eq!(e.outliers, vec![Estimator::ScoreMixture]);
         assert!((e.wrong_share - 0.09).abs() < 1e-12, "the mean of the two that agree");
@@ -433,7 +463,7 @@ mod tests {
     #[test]
     fn two_readings_far_apart_disagree_with_a_wide_interval() {
         let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::ConfidentLearning, 0.1)];
-        let e = combine(rs, fit(0.8), 0, 0.0, &POLICY);
+        let e = combine(rs, fit(0.8), 3000, 0, 0.0, &POLICY);
         assert_eq!(e.status, EvidenceStatus::Disagree);
         assert!(e.wrong_share_ci_low <= 0.08 && e.wrong_share_ci_high >= 0.92, "{e:?}");
         assert!(!e.status.supports_a_decision());
@@ -442,16 +472,20 @@ mod tests {
     #[test]
     fn a_network_that_learned_nothing_gives_insufficient_evidence() {
         let rs = vec![reading(Estimator::ScoreMixture, 0.05), reading(Estimator::ConfidentLearning, 0.06)];
-        let e = combine(rs.clone(), fit(0.05), 0, 0.0, &POLICY);
+        let e = combine(rs.clone(), fit(0.05), 3000, 0, 0.0, &POLICY);
         assert_eq!((e.status, e.wrong_share_ci_low, e.wrong_share_ci_high), (EvidenceStatus::Insufficient, 0.0, 1.0));
-        assert_eq!(combine(rs.clone(), None, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit: no proof of learning");
-        assert_eq!(combine(rs, fit(0.5), 0, 0.0, &POLICY).status, EvidenceStatus::Consistent);
+        assert_eq!(combine(rs.clone(), None, 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit: no proof of learning");
+        assert_eq!(combine(rs.clone(), fit(0.5), 400, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "a 400-row network");
+        assert_eq!(combine(rs, fit(0.5), 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Consistent);
+        // Two readings 0.18 apart are each within 0.1 of their midpoint, but not of each other.
+        let apart = vec![reading(Estimator::ScoreMixture, 0.44), reading(Estimator::ConfidentLearning, 0.26)];
+        assert_eq!(combine(apart, fit(0.6), 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Disagree);
     }
 
     #[test]
     fn agreement_decides_even_when_the_features_are_weak() {
         let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::Agreement, 0.3)];
-        let e = combine(rs, fit(0.0), 0, 0.6, &POLICY);
+        let e = combine(rs, fit(0.0), 3000, 0, 0.6, &POLICY);
         assert_eq!((e.status, e.wrong_share), (EvidenceStatus::Consistent, 0.3));
     }
 

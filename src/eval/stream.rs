@@ -328,7 +328,7 @@ pub fn run_case(case: &StreamCase, data_dir: &Path, gate_config: &GateConfig, en
         }
         while gate.window_due(now) {
             let Some(mut job) = gate.take_window() else { break };
-            let prior = state.sample_labels(&job.data.sample_ids)?;
+            let prior = state.sample_labels(&job.data.distinct_sample_ids())?;
             job.data.attach_prior_labels(prior);
             let batch_rows: Vec<usize> = job.batch_ids().iter().flat_map(|b| index[b.as_str()].iter().copied()).collect();
             let data = job.take_data();

@@ -476,7 +476,7 @@ impl Gate {
                 } else {
                     // The pool is the next windows' control for right labels: a window that could
                     // not tell how many of its labels are wrong would bias it, so it adds nothing.
-                    if evidence.supports_a_decision() {
+                    if scores.evidence.may_feed_pool() {
                         self.pool.add(a.label, &a.features);
                         commit.state.pool_added.push((a.label, a.features.clone()));
                     }
@@ -512,6 +512,15 @@ impl Gate {
                 _ => (accuracy::estimate(records, flagged, flagged_range, calibration, self.z), calibration.name()),
             };
             let a = verdict::assess(estimate, records, evidence, gold_items, gold_correct, sla, self.config.min_gold_items, self.z);
+            // Each label's `p_wrong` is scaled so that the delivery's labels sum to its estimated
+            // wrong count: a later revision of a label then moves the gauge from the same figure
+            // the delivery was gated with (the gauge is 1 − the mean of its labels' current values).
+            let own = commit.state.labels.len() - records..commit.state.labels.len();
+            let weights: f64 = commit.state.labels[own.clone()].iter().map(|l| l.p_wrong as f64).sum();
+            let wrong = (1.0 - estimate.accuracy) * records as f64;
+            for l in &mut commit.state.labels[own] {
+                l.p_wrong = if weights > 0.0 { (l.p_wrong as f64 * wrong / weights) as f32 } else { (wrong / records as f64) as f32 };
+            }
             commit.state.deliveries.push(DeliveryRecord {
                 batch_id: d.batch_id.clone(),
                 vendor_id: d.vendor_id.clone(),

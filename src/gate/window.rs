@@ -52,8 +52,22 @@ impl WindowData {
     /// sample it labels here (a replayed window finds its own labels in the store).
     pub fn attach_prior_labels(&mut self, labels: Vec<PriorLabel>) {
         let own: std::collections::HashSet<(&str, &str)> = self.sample_ids.iter().map(String::as_str).zip(self.vendors.iter().map(String::as_str)).collect();
-        let others: Vec<PriorLabel> = labels.into_iter().filter(|l| (l.label as usize) < self.classes && !own.contains(&(l.sample_id.as_str(), l.vendor_id.as_str()))).collect();
+        let mut seen = std::collections::HashSet::new();
+        let others: Vec<PriorLabel> = labels
+            .into_iter()
+            .filter(|l| (l.label as usize) < self.classes && !own.contains(&(l.sample_id.as_str(), l.vendor_id.as_str())))
+            // One label per (sample, vendor), however often the lookup returned it.
+            .filter(|l| seen.insert((l.sample_id.clone(), l.vendor_id.clone())))
+            .collect();
         self.prior_labels = others;
+    }
+
+    /// The window's sample_ids, each once: what to look up in the store.
+    pub fn distinct_sample_ids(&self) -> Vec<String> {
+        let mut ids = self.sample_ids.clone();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 }
 
@@ -225,8 +239,9 @@ fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowP
     let n = pending.max(1) as f64;
     let share = 1.0 - p.iter().sum::<f64>() / n;
     let sd = p.iter().map(|q| q * (1.0 - q)).sum::<f64>().sqrt() / n;
-    // The posterior's own spread understates the model's error; never claim better than ±0.02.
-    let half = (policy.evidence.z * sd).max(0.02);
+    // The posterior's own spread understates the model's error; never claim better than ±0.02,
+    // and where few labels are shared, most posteriors rest on the scores alone: wider still.
+    let half = (policy.evidence.z * sd).max(0.02) / coverage.sqrt();
     let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: (share - half).max(0.0), ci_high: (share + half).min(1.0) };
     (Some(reading), coverage, Some(fit.p_correct.iter().map(|q| 1.0 - q).collect()))
 }

@@ -270,6 +270,9 @@ pub fn retrain(
 pub fn heldout_probabilities(train: Samples, config: &O2uConfig, folds: usize, min_steps: usize, device: &Device) -> Result<Vec<f32>> {
     check(&train)?;
     let n = train.len();
+    if n < 4 {
+        candle_core::bail!("cross-fitting needs at least 4 samples (2 per fold), got {n}");
+    }
     let folds = folds.clamp(2, n / 2);
     let mut rng = WeightRng::new(config.seed.wrapping_add(0x5eed));
     let mut order: Vec<usize> = (0..n).collect();

@@ -155,6 +155,8 @@ impl StateStore for MemoryState {
             }
         }
         for d in &w.deliveries {
+            // Gated (again): its labels carry fresh values, so earlier revisions no longer apply.
+            m.revised.remove(&d.batch_id);
             m.deliveries.insert(d.batch_id.clone(), ("gated".into(), Some(d.clone())));
             m.by_vendor.entry(d.vendor_id.clone()).or_default().insert(d.batch_id.clone(), d.gated_at_ms);
         }

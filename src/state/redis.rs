@@ -195,6 +195,8 @@ impl StateStore for RedisState {
         for d in &w.deliveries {
             let body = serde_json::to_string(&StoredDelivery { state: "gated".into(), record: Some(d.clone()) }).expect("serialisable");
             pipe.set_ex(self.key(&["delivery", &d.batch_id]), body, self.retention_secs).ignore();
+            // Gated (again): its labels carry fresh values, so earlier revisions no longer apply.
+            pipe.del(self.key(&["revised", &d.batch_id])).ignore();
             let list = self.key(&["vendor", &d.vendor_id, "deliveries"]);
             pipe.zadd(&list, &d.batch_id, d.gated_at_ms).ignore();
             pipe.zrembyscore(&list, 0, cutoff).ignore();
