@@ -800,6 +800,7 @@ mod tests {
         let job = g.take_window().unwrap();
         let mut weak = scores(3, &[0]);
         weak.evidence.status = EvidenceStatus::Insufficient;
+        weak.evidence.readings_agree = false;
         let commit = g.finish_window(job, &weak, &HashMap::new(), 0);
         let v = verdict_of(&commit);
         assert_eq!((v.estimated_accuracy, v.accuracy_ci_low, v.accuracy_ci_high), (None, Some(0.0), Some(1.0)));
