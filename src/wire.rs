@@ -261,8 +261,9 @@ pub struct VerdictMessage {
     pub estimated_accuracy: Option<f64>,
     pub accuracy_ci_low: Option<f64>,
     pub accuracy_ci_high: Option<f64>,
-    /// What corrected the flagged share: `none`, `gold` (the window's gold items) or `reviews`
-    /// (the vendor's realised suspect precision).
+    /// What corrected the flagged share: `none`, `gold` (the window's gold items), `reviews` (the
+    /// vendor's realised suspect precision), `pool_control` (the reference pool's false flags) or
+    /// `agreement` (flags at agreement's share; the interval also spans the labels' posteriors).
     #[serde(default = "calibration_none")]
     pub calibration: String,
     /// Where the window's wrong-label share came from: `estimators` (the readings in

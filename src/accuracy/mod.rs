@@ -179,7 +179,8 @@ pub struct DeliveryRecord {
     pub gated_at_ms: u64,
     pub decision: crate::wire::Decision,
     pub window_id: String,
-    /// What corrected `estimated_accuracy` when it was gated (`none`, `gold`, `reviews`).
+    /// What corrected `estimated_accuracy` when it was gated (`none`, `gold`, `reviews`,
+    /// `pool_control`, `agreement`).
     #[serde(default = "uncalibrated")]
     pub calibration: String,
     /// What the window's wrong-label share rested on; deliveries whose evidence could not
