@@ -20,16 +20,19 @@
 //!   the joint Dawid–Skene + score model of [`super::agreement`].
 //!
 //! How they combine. Agreement, when there is enough overlap, decides (it does not depend on
-//! the features). Otherwise the network must first show that it learned something: its
-//! out-of-fold accuracy on the given labels must beat always answering the most frequent class by
-//! `min_model_lift` of the possible gain; if not, no estimator can tell how many labels are wrong
-//! and the evidence is `insufficient` (interval [0, 1]). Then the readings are compared with
-//! their median. If every reading lies within `max_estimator_gap` of it the evidence is
-//! `consistent`: the estimate is the median and the interval the hull of their intervals. If all
-//! but one do, the one is an `outlier`, named and left out: the estimate is the mean of the
-//! others and the interval their hull. Otherwise they `disagree`: the median, with the hull of
-//! all of them. Only `consistent`, `outlier` and `fixed` (the buyer set the rate) evidence may
-//! accept or reject a delivery; the others send it to review with the reason.
+//! the features); its interval widens as 1/√coverage. Otherwise the network must first show that
+//! it learned something: its out-of-fold accuracy on the window's records must beat always
+//! answering the most frequent label by `min_model_lift` of the possible gain; if not, no
+//! estimator can tell how many labels are wrong and the evidence is `insufficient` (interval
+//! [0, 1]). Then the readings are compared with their median (two readings with each other). If
+//! every reading lies within `max_estimator_gap` the evidence is `consistent`: the estimate is the
+//! median and the interval the hull of their intervals. If all but one do, the one is an
+//! `outlier`, named and left out: the estimate is the mean of the others and the interval their
+//! hull. Otherwise they `disagree`: the median, with the hull of all of them. A network trained on
+//! fewer than `min_evidence_rows` rows is `insufficient` whatever its readings (marked
+//! `readings_agree` when they agreed, so that such windows may still seed the pool). Only
+//! `consistent`, `outlier` and `fixed` (the buyer set the rate) evidence may accept or reject a
+//! delivery; the others send it to review with the reason.
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
