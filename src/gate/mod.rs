@@ -500,6 +500,13 @@ impl Gate {
                 flagged_range.0 = 0;
             }
             let calibration = Calibration::choose(gold_calibration, reviews.get(&d.vendor_id).copied().unwrap_or_default(), self.config.min_reviews, scores.pool_control);
+            if calibration == Calibration::None && scores.p_wrong.is_none() && flagged as f64 <= scores.evidence.wrong_share * records as f64 {
+                // Nothing measured how many flags are false (no gold, reviews, pool or
+                // agreement), and this delivery is flagged no more than the window as a whole:
+                // its flags may all be the window's false ones, so its interval reaches up to no
+                // wrong label at all. A delivery flagged above the window keeps its lower bound.
+                flagged_range.0 = 0;
+            }
             let (estimate, calibration_name) = match &scores.p_wrong {
                 // Agreement set the share and the scores picked the labels (that ranks vendors
                 // best); each label's own chance of being wrong under agreement gives a second
