@@ -218,12 +218,14 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
     let expected = s.deliveries.len();
     let verdicts = Arc::new(Mutex::new(Vec::<VerdictMessage>::new()));
     let done = Arc::new(tokio::sync::Notify::new());
-    let total_epochs = (config.engine.stage1_epochs + config.engine.stage2_epochs()) as u64;
+    let engine = config.engine.clone();
     let hooks = Hooks {
         on_window_start: Some(Arc::new({
             let bar = bar.clone();
             move |id: &str, records: usize, deliveries: usize| {
-                bar.set_length(total_epochs);
+                // Small windows train stage 1 longer (`engine.min_stage1_steps`; the pool's rows
+                // are not known here, so this is the most it can be).
+                bar.set_length((engine.stage1_epochs_for(records) + engine.stage2_epochs()) as u64);
                 bar.set_position(0);
                 bar.set_message(format!("window {id}: {records} records, {deliveries} deliveries"));
             }
@@ -323,7 +325,7 @@ fn print_report(r: &ScenarioReport) {
         );
     }
     let mut windows: Vec<&crate::accuracy::evidence::WindowEvidence> = Vec::new();
-    for e in r.deliveries.iter().filter_map(|d| d.verdict.evidence.as_ref()) {
+    for e in r.deliveries.iter().filter_map(|d| d.verdict.evidence.as_deref()) {
         if !windows.contains(&e) {
             windows.push(e);
         }

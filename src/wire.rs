@@ -282,7 +282,7 @@ pub struct VerdictMessage {
     pub review_reason: Option<String>,
     /// What the window's wrong-label share rests on (estimators, model fit, pool, agreement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<crate::accuracy::evidence::WindowEvidence>,
+    pub evidence: Option<Box<crate::accuracy::evidence::WindowEvidence>>,
     pub window_id: String,
     pub model_version: String,
 }

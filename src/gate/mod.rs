@@ -566,7 +566,7 @@ impl Gate {
                 decision: a.decision,
                 decided_by: a.decided_by.into(),
                 review_reason: a.review_reason.map(Into::into),
-                evidence: Some(scores.evidence.clone()),
+                evidence: Some(Box::new(scores.evidence.clone())),
                 window_id: job.id.clone(),
                 model_version: self.model_version.clone(),
             }));

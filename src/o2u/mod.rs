@@ -286,8 +286,8 @@ pub fn heldout_probabilities(train: Samples, config: &O2uConfig, folds: usize, m
     let mut probabilities = vec![0f32; n * k];
     for fold in 0..folds {
         let (mut features, mut labels, mut held) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..n {
-            if fold_of[i] == fold {
+        for (i, &f) in fold_of.iter().enumerate() {
+            if f == fold {
                 held.push(i);
             } else {
                 features.extend_from_slice(&train.features[i * d..(i + 1) * d]);
