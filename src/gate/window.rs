@@ -171,7 +171,7 @@ pub fn score_window(
     }
     let k = ((evidence.wrong_share * pending as f64).round() as usize).min(pending);
     let flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
-    let pool_control = flag_error_rates(&outcome.scores, pending, k, &evidence, policy);
+    let pool_control = flag_error_rates(&outcome.scores, pending, &order[..k], &evidence, policy);
     let all_order = suspects::rank_descending(&outcome.scores);
     let total = outcome.scores.len();
     let mut percentile = vec![0.0; pending];
@@ -200,15 +200,15 @@ pub fn score_window(
 /// ones below it. The pool measures the first directly: the share of its (right) rows scoring at
 /// or above the flag threshold. At the window's share π the two errors balance, so the share of
 /// wrong labels flagged is 1 − fpr·(1 − π)/π. Per delivery, flagged share f inverts to
-/// (f − fpr)/(tpr − fpr) (Rogan–Gladen). `None` without a pool control or a usable share.
-fn flag_error_rates(scores: &[f32], pending: usize, k: usize, evidence: &WindowEvidence, policy: &WindowPolicy) -> Option<GoldCalibration> {
+/// (f − fpr)/(tpr − fpr) (Rogan–Gladen). `flagged` are the flagged pending rows, most suspect
+/// first. `None` without a pool control or a usable share.
+fn flag_error_rates(scores: &[f32], pending: usize, flagged: &[usize], evidence: &WindowEvidence, policy: &WindowPolicy) -> Option<GoldCalibration> {
     let pool_rows = scores.len() - pending;
+    let k = flagged.len();
     if pool_rows < policy.evidence.min_pool_control_rows || k == 0 || !evidence.status.supports_a_decision() || evidence.status == EvidenceStatus::Fixed {
         return None;
     }
-    let mut pending_sorted: Vec<f32> = scores[..pending].to_vec();
-    pending_sorted.sort_by(|a, b| b.total_cmp(a));
-    let threshold = pending_sorted[k - 1];
+    let threshold = scores[flagged[k - 1]];
     let pool_flagged = scores[pending..].iter().filter(|&&x| x >= threshold).count();
     let share = k as f64 / pending as f64;
     let fpr = pool_flagged as f64 / pool_rows as f64;
