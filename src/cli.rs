@@ -440,7 +440,7 @@ fn demo(args: DemoArgs) -> Result<()> {
 fn eval_stream(args: EvalStreamArgs) -> Result<()> {
     let config = crate::config::Config::load(args.config.as_deref())?;
     device::set_cpu_threads(config.runtime.threads);
-    let dev = device::select(if config.runtime.device == "cuda" { DeviceChoice::Cuda } else { DeviceChoice::Cpu });
+    let dev = device::select(config.runtime.device);
     let dir = args.data_dir.unwrap_or_else(data::default_data_dir);
     let mut summaries = Vec::new();
     println!("{}", eval::stream::TABLE_HEADER);
@@ -477,7 +477,7 @@ fn run_gate(args: RunArgs) -> Result<()> {
 
 fn bench_ingest(args: BenchIngestArgs) -> Result<()> {
     let config = crate::config::Config::load(args.config.as_deref())?;
-    let seconds = crate::service::measure_ingest(&config, args.records)?;
+    let seconds = crate::bench::measure_ingest(&config, args.records)?;
     println!("{{\"records\": {}, \"seconds\": {seconds:.3}, \"records_per_second\": {:.0}}}", args.records, args.records as f64 / seconds.max(1e-9));
     Ok(())
 }

@@ -125,7 +125,7 @@ fn scenario_config(s: &Scenario, bootstrap: &str, prefix: &str) -> Result<Config
     k.progress_topic = format!("{prefix}.labelgate.progress");
     k.reviews_topic = format!("{prefix}.annotations.reviews");
     // Zero setup: state in this process, no HTTP server.
-    config.state.backend = "memory".into();
+    config.state.backend = crate::config::StateBackend::Memory;
     config.metrics.listen = String::new();
     config.gate.classes = s.set.classes.clone();
     config.gate.feature_dim = s.set.shape.len();
@@ -319,7 +319,7 @@ fn print_report(r: &ScenarioReport) {
             d.true_accuracy,
             v.gold_accuracy.map_or("-".into(), |g| format!("{g:.2}")),
             v.decision,
-            v.decided_by,
+            v.decided_by.as_str(),
             v.sla_accuracy,
             v.review_reason.as_ref().map_or(String::new(), |r| format!("; {r}"))
         );

@@ -243,6 +243,50 @@ pub enum Decision {
     Review,
 }
 
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Accept => "accept",
+            Decision::Reject => "reject",
+            Decision::Review => "review",
+        }
+    }
+}
+
+/// What the decision rests on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// The delivery's gold items (at least `gate.min_gold_items`).
+    Gold,
+    /// The estimated accuracy's interval.
+    Estimate,
+}
+
+impl DecidedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::Gold => "gold",
+            DecidedBy::Estimate => "estimate",
+        }
+    }
+}
+
+/// Where a window's wrong-label share came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseRateFrom {
+    /// The readings in the verdict's `evidence`.
+    Estimators,
+    /// Vendors' labels of shared sample_ids, with the scores.
+    Agreement,
+    /// `gate.noise_rate`.
+    Fixed,
+    /// Verdicts written before the evidence existed.
+    #[default]
+    Scores,
+}
+
 /// One per delivery (`annotations.verdicts`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VerdictMessage {
@@ -269,13 +313,13 @@ pub struct VerdictMessage {
     /// Where the window's wrong-label share came from: `estimators` (the readings in
     /// `evidence`), `agreement` (vendors' labels of shared sample_ids with the scores) or `fixed`
     /// (`gate.noise_rate`). Verdicts written before the evidence existed say `scores`.
-    #[serde(default = "noise_rate_from_scores")]
-    pub noise_rate_from: String,
+    #[serde(default)]
+    pub noise_rate_from: NoiseRateFrom,
     pub gold_items: usize,
     pub gold_accuracy: Option<f64>,
     pub sla_accuracy: f64,
     pub decision: Decision,
-    pub decided_by: String,
+    pub decided_by: DecidedBy,
     /// Why the decision is `review`: `interval_spans_sla`, `insufficient_evidence`,
     /// `estimators_disagree` or `no_valid_records`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,10 +333,6 @@ pub struct VerdictMessage {
 
 fn calibration_none() -> String {
     "none".into()
-}
-
-fn noise_rate_from_scores() -> String {
-    "scores".into()
 }
 
 #[cfg(test)]

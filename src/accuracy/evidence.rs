@@ -37,7 +37,7 @@
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{gate::verdict::wilson, o2u::noise_rate};
+use crate::{o2u::noise_rate, stats::wilson};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,6 +48,19 @@ pub enum Estimator {
     Agreement,
     /// The configured `gate.noise_rate`.
     Fixed,
+}
+
+impl Estimator {
+    /// The name in verdicts and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimator::ScoreMixture => "score_mixture",
+            Estimator::PoolControl => "pool_control",
+            Estimator::ConfidentLearning => "confident_learning",
+            Estimator::Agreement => "agreement",
+            Estimator::Fixed => "fixed",
+        }
+    }
 }
 
 /// One estimator's wrong-label share for the window's records, with its interval.
@@ -276,7 +289,7 @@ fn median(xs: &[f64]) -> f64 {
 /// The 2.5th and 97.5th (at z = 1.96) percentiles of bootstrap replicates.
 fn percentile_interval(mut replicates: Vec<f64>, z: f64) -> (f64, f64) {
     replicates.sort_by(f64::total_cmp);
-    let tail = (1.0 - crate::gate::verdict::normal_cdf(z)).clamp(0.0, 0.5);
+    let tail = (1.0 - crate::stats::normal_cdf(z)).clamp(0.0, 0.5);
     let at = |q: f64| replicates[((q * (replicates.len() - 1) as f64).round() as usize).min(replicates.len() - 1)];
     (at(tail), at(1.0 - tail))
 }

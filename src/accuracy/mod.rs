@@ -8,7 +8,7 @@ pub mod evidence;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::verdict::wilson;
+use crate::stats::wilson;
 
 /// Gold items (or labels below) needed on each side before gold calibrates the estimate.
 pub const MIN_GOLD_PER_SIDE: usize = 5;

@@ -309,7 +309,7 @@ pub fn run_case(case: &StreamCase, data_dir: &Path, gate_config: &GateConfig, en
     config.max_window_records = case.window;
     config.max_buffered_records = config.max_buffered_records.max(4 * case.window);
     let engine = O2uConfig { seed, ..engine.clone() };
-    let policy = config.window_policy();
+    let policy = crate::gate::window::WindowPolicy::from_config(&config);
     let mut gate = Gate::new(config.clone(), usize::MAX / 2, "eval".into(), "eval".into());
     gate.restore_pool(stream.pool.iter().cloned());
     let state = MemoryState::default();

@@ -7,6 +7,7 @@
 pub mod pool;
 pub mod verdict;
 pub mod window;
+pub mod window_state;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
@@ -18,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     accuracy::{self, evidence::EvidenceStatus, Calibration, DeliveryRecord, GoldCalibration, ReviewStats},
     config::GateConfig,
-    state::{DeliveryRevision, SuspectRecord, WindowState},
     wire::{self, Annotation, DlqReason, Inbound, RereviewMessage, Schema, VerdictMessage},
 };
 use pool::ReferencePool;
 use window::{PriorLabel, WindowData, WindowScores};
+use window_state::{DeliveryRevision, SuspectRecord, WindowState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourcePos {
@@ -174,7 +175,7 @@ const GATED_MEMORY: usize = 100_000;
 impl Gate {
     pub fn new(config: GateConfig, max_message_bytes: usize, model_version: String, instance: String) -> Self {
         let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes);
-        let z = verdict::z_for(config.confidence);
+        let z = crate::stats::z_for(config.confidence);
         let pool = ReferencePool::new(config.classes.len(), config.reference_pool_size);
         Self {
             config,
@@ -559,12 +560,12 @@ impl Gate {
                 accuracy_ci_low: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 0.0 } else { e.ci.0 }),
                 accuracy_ci_high: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 1.0 } else { e.ci.1 }),
                 calibration: calibration_name.into(),
-                noise_rate_from: scores.noise_rate_from.into(),
+                noise_rate_from: scores.noise_rate_from,
                 gold_items: a.gold_items,
                 gold_accuracy: a.gold_accuracy,
                 sla_accuracy: sla,
                 decision: a.decision,
-                decided_by: a.decided_by.into(),
+                decided_by: a.decided_by,
                 review_reason: a.review_reason.map(Into::into),
                 evidence: Some(Box::new(scores.evidence.clone())),
                 window_id: job.id.clone(),
@@ -710,7 +711,7 @@ mod tests {
             rank,
             percentile: vec![0.5; n],
             evidence,
-            noise_rate_from: "estimators",
+            noise_rate_from: wire::NoiseRateFrom::Estimators,
             pool_control: None,
             p_wrong: None,
             revised: Vec::new(),
