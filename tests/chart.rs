@@ -124,7 +124,7 @@ fn the_rendered_config_is_accepted_by_the_service() {
         let (_, docs) = render(&extra);
         let cm = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["data"].get("labelgate.toml").is_some()).expect("config map");
         let toml = cm["data"]["labelgate.toml"].as_str().unwrap();
-        let config = labelgate::config::Config::from_figment(labelgate::config::Config::figment(None).merge(Toml::string(toml)))
+        let config = labelgate::config::Config::from_figment(labelgate::config::Config::defaults_figment().merge(Toml::string(toml)))
             .unwrap_or_else(|e| panic!("rendered config rejected:\n{e}\n{toml}"));
         assert_eq!(config.metrics.listen, "0.0.0.0:9464");
         if !extra.is_empty() {
