@@ -215,7 +215,7 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
     }));
     let deadline = tokio::time::sleep(Duration::from_secs(240));
     let summary = service::run(config.clone(), hooks, async move {
-        tokio::select! { _ = all_verdicts => {}, _ = deadline => tracing::warn!("demo: not every delivery got a verdict in 240 s") }
+        tokio::select! { _ = all_verdicts.wait() => {}, _ = deadline => tracing::warn!("demo: not every delivery got a verdict in 240 s") }
         // Let the dead letters of the last poll flush.
         tokio::time::sleep(Duration::from_millis(800)).await;
     })

@@ -79,22 +79,33 @@ pub struct Hooks {
     pub on_verdict: Option<VerdictHook>,
 }
 
+/// Resolves once the hooks it came with saw a number of committed verdicts (clone it for every
+/// gate that shares the hooks).
+#[derive(Clone)]
+pub struct VerdictsReached {
+    target: u64,
+    seen: tokio::sync::watch::Receiver<u64>,
+}
+
+impl VerdictsReached {
+    pub async fn wait(mut self) {
+        let target = self.target;
+        let _ = self.seen.wait_for(|&n| n >= target).await;
+    }
+}
+
 impl Hooks {
-    /// Hooks whose verdict hook counts verdicts, and a future that resolves once `expected` of
-    /// them were committed: the one "wait for N verdicts" of the demo and the tests.
-    pub fn until_verdicts(expected: u64) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let notify = Arc::new(tokio::sync::Notify::new());
-        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let hook_notify = notify.clone();
+    /// Hooks whose verdict hook counts verdicts, and what resolves once `expected` of them were
+    /// committed: the one "wait for N verdicts" of the demo and the tests.
+    pub fn until_verdicts(expected: u64) -> (Self, VerdictsReached) {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
         let hooks = Hooks {
             on_verdict: Some(Arc::new(move |_| {
-                if seen.fetch_add(1, Ordering::SeqCst) + 1 >= expected {
-                    hook_notify.notify_one();
-                }
+                tx.send_modify(|n| *n += 1);
             })),
             ..Default::default()
         };
-        (hooks, async move { notify.notified().await })
+        (hooks, VerdictsReached { target: expected, seen: rx })
     }
 
     /// These hooks with `other`'s verdict hook called too.

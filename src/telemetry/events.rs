@@ -144,7 +144,8 @@ pub struct WindowStarted<'a> {
 }
 
 impl Event for WindowStarted<'_> {
-    fn emit(self, _: &Telemetry) {
+    fn emit(self, t: &Telemetry) {
+        t.windows_started.inc();
         tracing::info!(window = self.window_id, records = self.records, deliveries = self.deliveries, "window started");
     }
 }

@@ -40,6 +40,7 @@ pub struct Telemetry {
     vendor_suspect_precision: GaugeVec,
     reviews: IntCounterVec,
     windows: IntCounter,
+    windows_started: IntCounter,
     window_duration: Histogram,
     window_phase: HistogramVec,
     window_records: Histogram,
@@ -87,6 +88,7 @@ impl Telemetry {
             ),
             reviews: register(&r, IntCounterVec::new(Opts::new("labelgate_reviews_total", "Reviews of suspects by result (confirmed_wrong, label_correct)."), &["vendor", "result"]).unwrap()),
             windows: register(&r, IntCounter::new("labelgate_windows_total", "Committed O2U windows.").unwrap()),
+            windows_started: register(&r, IntCounter::new("labelgate_windows_started_total", "O2U windows handed to the window thread (started − committed = in flight or abandoned by a rebalance).").unwrap()),
             window_duration: register(&r, Histogram::with_opts(HistogramOpts::new("labelgate_window_duration_seconds", "From a window's first closed delivery to its committed verdicts.").buckets(buckets_seconds.clone())).unwrap()),
             window_phase: register(
                 &r,
