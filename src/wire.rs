@@ -235,23 +235,8 @@ pub struct RereviewMessage {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Accept,
-    Reject,
-    Review,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Accept => "accept",
-            Decision::Reject => "reject",
-            Decision::Review => "review",
-        }
-    }
-}
+/// accept / reject / review (defined with the accuracy estimate it judges).
+pub use crate::accuracy::Decision;
 
 /// What the decision rests on.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
