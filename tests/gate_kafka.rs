@@ -331,6 +331,8 @@ fn vendor_metrics_scrape_and_redis_outage() {
             .flat_map(|v| ["accept", "reject", "review"].map(|d| sample(&metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0)))
             .sum::<f64>()
             == 4.0
+            // The gauges follow the window's commit.
+            && ["steady", "slipping"].iter().all(|v| sample(&metrics, &format!("labelgate_vendor_label_accuracy_ratio{{vendor=\"{v}\"}}")).is_some())
     });
     assert_eq!(http_get(http_port, "/readyz").unwrap().0, 200, "ready again");
     let state_errors: f64 = metrics.lines().filter(|l| l.starts_with("labelgate_state_errors_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
