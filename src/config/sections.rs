@@ -116,6 +116,10 @@ pub struct GateConfig {
     pub min_evidence_rows: usize,
     /// Mini-batches each cross-fitting network trains for at least.
     pub crossfit_min_steps: usize,
+    /// Longest `sample_id`, `batch_id`, `vendor_id` or `annotator_id` (bytes); longer: DLQ `field_too_long`.
+    pub max_id_length: usize,
+    /// Longest label or gold label (bytes); longer: DLQ `field_too_long`.
+    pub max_label_length: usize,
 }
 
 impl GateConfig {

@@ -33,11 +33,33 @@ pub struct SourcePos {
     pub offset: i64,
 }
 
+/// What a dead letter says about the payload it does not carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedPayload {
+    pub bytes: usize,
+    /// SHA-256 of the payload, hex.
+    pub sha256: String,
+}
+
+impl DroppedPayload {
+    pub fn of(payload: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(payload);
+        Self { bytes: payload.len(), sha256: digest.iter().map(|b| format!("{b:02x}")).collect() }
+    }
+}
+
+/// Keys longer than this are cut in dead letters (the key is the vendor's batch id; a huge one
+/// is as unwritable as a huge payload).
+const MAX_DEAD_LETTER_KEY: usize = 1024;
+
 /// One consumed input record.
 #[derive(Debug, Clone)]
 pub struct InputMessage {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The record's headers, kept for its dead letter.
+    pub headers: Vec<(String, Vec<u8>)>,
     pub pos: SourcePos,
 }
 
@@ -49,7 +71,9 @@ pub enum Output {
     Rereview(RereviewMessage),
     Verdict(VerdictMessage),
     /// The original bytes, unchanged, with the reason in headers.
-    DeadLetter { key: Option<Vec<u8>>, payload: Vec<u8>, reason: DlqReason, message: String, pos: SourcePos },
+    /// An oversized record's payload is dropped (`dropped` says its size and hash): a copy
+    /// could not be produced, and a record that cannot be written must not stop the gate.
+    DeadLetter { key: Option<Vec<u8>>, payload: Vec<u8>, headers: Vec<(String, Vec<u8>)>, dropped: Option<DroppedPayload>, reason: DlqReason, message: String, pos: SourcePos },
 }
 
 /// Everything one transaction must carry.
@@ -158,7 +182,7 @@ const GATED_MEMORY: usize = 100_000;
 
 impl Gate {
     pub fn new(config: GateConfig, max_message_bytes: usize, model_version: String, instance: String) -> Self {
-        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes);
+        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length);
         let z = crate::stats::z_for(config.confidence);
         let pool = ReferencePool::new(config.classes.len(), config.reference_pool_size);
         Self {
@@ -236,6 +260,9 @@ impl Gate {
         track.in_flight.insert(msg.pos.offset);
         let outcome = match parsed {
             Err(rejection) => Err((rejection.reason, rejection.message)),
+            Ok(inbound) if msg.key.as_deref().is_some_and(|k| k != inbound.batch_id().as_bytes()) => {
+                Err((DlqReason::KeyMismatch, format!("message key differs from batch_id `{}`; key records by their batch_id", inbound.batch_id())))
+            }
             Ok(Inbound::Annotation(a)) => self.add_annotation(a, &msg, now),
             Ok(Inbound::BatchEnd(end)) => self.add_batch_end(end, msg.pos, now),
         };
@@ -244,7 +271,15 @@ impl Gate {
                 if closed { Ingested::DeliveryClosed } else { Ingested::Buffered }
             }
             Err((reason, message)) => {
-                self.dead_letters.push(Output::DeadLetter { key: msg.key, payload: msg.payload, reason, message, pos: msg.pos });
+                let (mut key, mut payload, mut dropped) = (msg.key, msg.payload, None);
+                if reason == DlqReason::Oversized {
+                    dropped = Some(DroppedPayload::of(&payload));
+                    payload = Vec::new();
+                }
+                if let Some(k) = key.as_mut().filter(|k| k.len() > MAX_DEAD_LETTER_KEY) {
+                    k.truncate(MAX_DEAD_LETTER_KEY);
+                }
+                self.dead_letters.push(Output::DeadLetter { key, payload, headers: msg.headers, dropped, reason, message, pos: msg.pos });
                 Ingested::Rejected(reason)
             }
         }

@@ -16,7 +16,7 @@ fn config() -> GateConfig {
 }
 
 fn msg(offset: i64, body: &str) -> InputMessage {
-    InputMessage { key: Some(b"k".to_vec()), payload: body.as_bytes().to_vec(), pos: SourcePos { partition: 0, offset } }
+    InputMessage { key: None, payload: body.as_bytes().to_vec(), headers: Vec::new(), pos: SourcePos { partition: 0, offset } }
 }
 
 fn rec(id: &str, batch: &str, label: &str) -> String {
@@ -153,7 +153,7 @@ fn requeue_puts_back_only_deliveries_of_partitions_still_owned() {
     let now = Instant::now();
     let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
     for (p, batch) in [(0, "b0"), (1, "b1")] {
-        let m = |offset: i64, body: &str| InputMessage { key: None, payload: body.as_bytes().to_vec(), pos: SourcePos { partition: p, offset } };
+        let m = |offset: i64, body: &str| InputMessage { key: None, payload: body.as_bytes().to_vec(), headers: Vec::new(), pos: SourcePos { partition: p, offset } };
         g.ingest(m(0, &rec(&format!("{batch}-s"), batch, "a")), now);
         g.ingest(m(1, &format!(r#"{{"type":"batch_end","batch_id":"{batch}","vendor_id":"v","count":1}}"#)), now);
     }
@@ -173,4 +173,28 @@ fn revoking_a_partition_drops_its_buffered_records() {
     assert_eq!(g.buffered(), 1);
     g.revoke(0);
     assert_eq!((g.buffered(), g.open_deliveries()), (0, 0));
+}
+
+#[test]
+fn oversized_records_are_dead_lettered_without_their_payload_and_keys_must_match_batch_ids() {
+    let mut g = Gate::new(config(), 200, "m".into(), "i".into());
+    let now = Instant::now();
+    let huge = format!(r#"{{"sample_id":"s1","batch_id":"b1","vendor_id":"v","label":"a","features":[1,2],"pad":"{}"}}"#, "x".repeat(500));
+    let mut m = msg(0, &huge);
+    m.headers = vec![("trace".into(), b"t-1".to_vec())];
+    m.key = Some(vec![b'k'; 5000]);
+    assert_eq!(g.ingest(m, now), Ingested::Rejected(DlqReason::Oversized));
+    let keyed = |offset, key: &str, body: &str| InputMessage { key: Some(key.as_bytes().to_vec()), ..msg(offset, body) };
+    assert_eq!(g.ingest(keyed(1, "b2", &rec("s2", "b1", "a")), now), Ingested::Rejected(DlqReason::KeyMismatch));
+    assert_eq!(g.ingest(keyed(2, "b1", &rec("s3", "b1", "a")), now), Ingested::Buffered);
+    let commit = g.flush_dead_letters().unwrap();
+    let Output::DeadLetter { key, payload, headers, dropped, reason, .. } = &commit.outputs[0] else { panic!() };
+    assert_eq!(*reason, DlqReason::Oversized);
+    assert!(payload.is_empty(), "the payload that could not be produced is dropped");
+    assert_eq!(dropped.as_ref().unwrap().bytes, huge.len());
+    assert_eq!(dropped.as_ref().unwrap().sha256, DroppedPayload::of(huge.as_bytes()).sha256);
+    assert_eq!(dropped.as_ref().unwrap().sha256.len(), 64);
+    assert_eq!(key.as_ref().unwrap().len(), MAX_DEAD_LETTER_KEY);
+    assert_eq!(headers, &vec![("trace".to_string(), b"t-1".to_vec())]);
+    assert!(matches!(&commit.outputs[1], Output::DeadLetter { reason: DlqReason::KeyMismatch, .. }));
 }

@@ -7,6 +7,7 @@ use anyhow::Result;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
+    message::Headers,
     Message,
 };
 
@@ -28,6 +29,7 @@ pub fn poll_batch(consumer: &BaseConsumer<GateContext>, wait: Duration, on_error
             Some(Ok(m)) => Some(InputMessage {
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: m.headers().map_or_else(Vec::new, |h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()),
                 pos: SourcePos { partition: m.partition(), offset: m.offset() },
             }),
             Some(Err(e)) => {

@@ -47,17 +47,23 @@ pub fn records_for_commit(config: &Config, commit: &Commit) -> Result<Vec<Outgoi
             ),
             Output::Rereview(r) => record(&k.rereview_topic, Some(r.batch_id.clone().into_bytes()), serde_json::to_vec(r)?, OwnedHeaders::new()),
             Output::Verdict(v) => record(&k.verdicts_topic, Some(v.batch_id.clone().into_bytes()), serde_json::to_vec(v)?, OwnedHeaders::new()),
-            Output::DeadLetter { key, payload, reason, message, pos } => record(
-                &k.dlq_topic,
-                key.clone(),
-                payload.clone(),
-                OwnedHeaders::new()
+            Output::DeadLetter { key, payload, headers: original, dropped, reason, message, pos } => {
+                // The record's own headers first, then the gate's.
+                let mut h = OwnedHeaders::new_with_capacity(original.len() + 7);
+                for (name, value) in original {
+                    h = h.insert(Header { key: name, value: Some(value.as_slice()) });
+                }
+                h = h
                     .insert(Header { key: headers::ERROR_CLASS, value: Some(reason.as_str()) })
                     .insert(Header { key: headers::ERROR_MESSAGE, value: Some(message.as_str()) })
                     .insert(Header { key: headers::SOURCE_TOPIC, value: Some(k.input_topic.as_str()) })
                     .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&pos.partition.to_string()) })
-                    .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&pos.offset.to_string()) }),
-            ),
+                    .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&pos.offset.to_string()) });
+                if let Some(d) = dropped {
+                    h = h.insert(Header { key: headers::PAYLOAD_BYTES, value: Some(&d.bytes.to_string()) }).insert(Header { key: headers::PAYLOAD_SHA256, value: Some(d.sha256.as_str()) });
+                }
+                record(&k.dlq_topic, key.clone(), payload.clone(), h)
+            }
         });
     }
     Ok(records)

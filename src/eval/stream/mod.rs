@@ -141,7 +141,7 @@ pub fn run_case(case: &StreamCase, data_dir: &Path, gate_config: &GateConfig, en
     let mut offset = 0i64;
     let mut message = |payload: Vec<u8>| {
         offset += 1;
-        InputMessage { key: None, payload, pos: SourcePos { partition: 0, offset } }
+        InputMessage { key: None, payload, headers: Vec::new(), pos: SourcePos { partition: 0, offset } }
     };
     let index: BTreeMap<&str, &Vec<usize>> = stream.deliveries.iter().map(|(b, _, idx)| (b.as_str(), idx)).collect();
     let mut run = StreamRun { seed, deliveries: Vec::new(), windows: Vec::new(), vendors: BTreeMap::new(), seconds: 0.0 };
