@@ -110,12 +110,21 @@ struct RunArgs {
     create_topics: i32,
 }
 
+/// Logs to stderr: `LABELGATE_LOG` filters (default `info`), `LABELGATE_LOG_FORMAT=json` writes
+/// one JSON object per line (for log pipelines), and colour is used only on a terminal.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_env("LABELGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("LABELGATE_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().with_current_span(false).init(),
+        _ => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LABELGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let result = match cli.command {
         Command::Score(args) => offline::score(args),
         Command::Eval(args) => offline::run_eval(args),

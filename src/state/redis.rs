@@ -248,7 +248,7 @@ impl StateStore for RedisState {
                 Ok(s) => s,
                 Err(e) => {
                     // One unreadable entry must not block every later review.
-                    tracing::warn!(key = %self.key(&["suspect", &review.sample_id]), vendor = %vendor, error = %e, "suspect entry unreadable; review not counted for this vendor");
+                    tracing::warn!(key = ?self.key(&["suspect", &review.sample_id]), vendor = ?vendor, error = %e, "suspect entry unreadable; review not counted for this vendor");
                     continue;
                 }
             };

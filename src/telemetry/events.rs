@@ -1,6 +1,7 @@
 //! The gate's events, one struct each with named fields; `emit` writes the event's metrics and
-//! its log line. Untrusted strings (vendor and batch ids, error texts) go to the log as
-//! structured fields, never spliced into the message.
+//! its log line. Untrusted strings (vendor and batch ids) are logged with `?`, so that a newline,
+//! a NUL or an escape sequence in them is written escaped (`"a\nb"`) and cannot forge a line;
+//! they are never spliced into the message.
 
 use std::{fmt, time::Duration};
 
@@ -50,7 +51,7 @@ impl Event for DeliveryGated<'_> {
         t.deliveries.with_label_values(&[vendor.as_str(), decision]).inc();
         t.delivery_suspects.with_label_values(&[vendor.as_str()]).observe(v.rereview as f64 / v.records.max(1) as f64);
         tracing::info!(
-            batch_id = %v.batch_id, vendor = %v.vendor_id, records = v.records, rereview = v.rereview,
+            batch_id = ?v.batch_id, vendor = ?v.vendor_id, records = v.records, rereview = v.rereview,
             estimated_accuracy = ?v.estimated_accuracy, decision, decided_by = v.decided_by.as_str(), review_reason = ?v.review_reason,
             "delivery gated"
         );
@@ -105,7 +106,7 @@ pub struct VendorNotRefreshed<'a> {
 
 impl Event for VendorNotRefreshed<'_> {
     fn emit(self, _: &Telemetry) {
-        tracing::warn!(vendor = self.vendor, error = %self.error, "vendor gauges not refreshed");
+        tracing::warn!(vendor = ?self.vendor, error = %self.error, "vendor gauges not refreshed");
     }
 }
 
@@ -282,5 +283,63 @@ pub struct GateStopped<'a> {
 impl Event for GateStopped<'_> {
     fn emit(self, _: &Telemetry) {
         tracing::info!(summary = ?self.summary, "gate stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::wire::{DecidedBy, Decision, NoiseRateFrom};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A vendor id with a newline, a NUL and an escape sequence stays on its one log line.
+    #[test]
+    fn untrusted_ids_cannot_forge_log_lines() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let verdict = VerdictMessage {
+            schema_version: 1,
+            batch_id: "b\n2026-01-01 INFO forged".into(),
+            vendor_id: "v\u{0}\u{1b}[31m".into(),
+            records: 1,
+            announced_count: None,
+            closed_by: "batch_end".into(),
+            accepted: 1,
+            rereview: 0,
+            estimated_accuracy: Some(1.0),
+            accuracy_ci_low: Some(0.5),
+            accuracy_ci_high: Some(1.0),
+            calibration: "none".into(),
+            noise_rate_from: NoiseRateFrom::Estimators,
+            gold_items: 0,
+            gold_accuracy: None,
+            sla_accuracy: 0.9,
+            decision: Decision::Review,
+            decided_by: DecidedBy::Estimate,
+            review_reason: Some("interval_spans_sla".into()),
+            evidence: None,
+            window_id: "w".into(),
+            model_version: "m".into(),
+        };
+        tracing::subscriber::with_default(subscriber, || Telemetry::new(10, "m", "cpu").emit(DeliveryGated { verdict: &verdict }));
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(!text.contains('\u{0}') && !text.contains('\u{1b}'), "{text:?}");
+        assert!(text.contains(r"b\n2026-01-01 INFO forged"), "{text:?}");
     }
 }
