@@ -23,6 +23,8 @@ pub(super) struct PartitionTrack {
     pub(super) in_flight: BTreeSet<i64>,
     /// Ranges already done before a restart, from the progress topic.
     pub(super) skip: Vec<(i64, i64)>,
+    /// Since when the edge has seen this partition read to its end (None: not, or unknown).
+    pub(super) at_end_since: Option<std::time::Instant>,
 }
 
 impl Gate {

@@ -105,8 +105,18 @@ fn quiet_deliveries_close_after_the_timeout_and_dead_letters_flush_alone() {
     let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
     g.ingest(msg(0, &rec("s1", "b1", "a")), now);
     g.ingest(msg(1, "{}"), now);
-    assert_eq!(g.close_idle(now + Duration::from_secs(1)), 0);
-    assert_eq!(g.close_idle(now + Duration::from_secs(6)), 1);
+    // Quiet, but the partition was never seen read to its end (a stall, a pause, a lagging
+    // consumer): nothing closes, however long.
+    assert_eq!(g.quiet_partitions(now + Duration::from_secs(3)), BTreeSet::from([0]));
+    assert_eq!(g.close_idle(now + Duration::from_secs(600)), 0);
+    // Read to the end at 3 s: the timeout counts from there.
+    g.partition_at_end(0, true, now + Duration::from_secs(3));
+    assert_eq!(g.close_idle(now + Duration::from_secs(7)), 0);
+    g.partition_at_end(0, false, now + Duration::from_secs(7));
+    assert_eq!(g.close_idle(now + Duration::from_secs(9)), 0, "behind again: the clock starts over");
+    g.partition_at_end(0, true, now + Duration::from_secs(9));
+    assert_eq!(g.close_idle(now + Duration::from_secs(13)), 0);
+    assert_eq!(g.close_idle(now + Duration::from_secs(14)), 1);
     assert!(g.window_due(now + Duration::from_secs(60)), "waited past max_window_wait_secs");
     let flushed = g.flush_dead_letters().unwrap();
     assert_eq!(flushed.routed, 1);
@@ -197,4 +207,19 @@ fn oversized_records_are_dead_lettered_without_their_payload_and_keys_must_match
     assert_eq!(key.as_ref().unwrap().len(), MAX_DEAD_LETTER_KEY);
     assert_eq!(headers, &vec![("trace".to_string(), b"t-1".to_vec())]);
     assert!(matches!(&commit.outputs[1], Output::DeadLetter { reason: DlqReason::KeyMismatch, .. }));
+}
+
+#[test]
+fn a_buffer_full_of_open_deliveries_reads_on() {
+    let mut c = config();
+    c.max_buffered_records = 3;
+    c.max_window_records = 3;
+    let mut g = Gate::new(c, 10_000, "m".into(), "t".into());
+    let now = Instant::now();
+    for (i, b) in ["b1", "b2", "b3"].iter().enumerate() {
+        g.ingest(msg(i as i64, &rec(&format!("s{i}"), b, "a")), now);
+    }
+    assert!(g.is_full() && g.full_of_open_deliveries(), "pausing would wait forever");
+    g.ingest(msg(3, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":1}"#), now);
+    assert!(g.is_full() && !g.full_of_open_deliveries(), "b1 closed: a window can free the buffer");
 }

@@ -35,6 +35,10 @@ use crate::{
 
 /// How often every known vendor's gauges are refreshed from the store.
 const VENDOR_REFRESH: Duration = Duration::from_secs(60);
+/// How often quiet partitions are checked against the broker's high watermark.
+const END_CHECK: Duration = Duration::from_secs(1);
+/// How long one high-watermark query may take (a stalled broker answers none: not at end).
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often dead letters of records outside any window are flushed.
 const DEAD_LETTER_FLUSH: Duration = Duration::from_millis(500);
 
@@ -85,7 +89,10 @@ pub struct GateLoop<'a> {
     input: InputFlow,
     /// A store call this step held the input: backpressure must pause it.
     held_by_store: bool,
+    /// The buffer is full of open deliveries and the input reads on past its bound.
+    reading_over_bound: bool,
     last_flush: Instant,
+    last_end_check: Instant,
     last_vendor_refresh: Instant,
     /// Vendors this replica has seen, refreshed now and then (their gauges age out and other
     /// replicas gate the same vendors).
@@ -167,7 +174,9 @@ impl<'a> GateLoop<'a> {
             window: WindowInFlight::Idle,
             input: InputFlow::Flowing,
             held_by_store: false,
+            reading_over_bound: false,
             last_flush: Instant::now(),
+            last_end_check: Instant::now(),
             last_vendor_refresh: Instant::now(),
             known_vendors: BTreeSet::new(),
         })
@@ -188,6 +197,7 @@ impl<'a> GateLoop<'a> {
         self.ingest(before);
         self.apply_rebalances()?;
         self.ingest(after);
+        self.check_partition_ends()?;
         self.gate.close_idle(Instant::now());
         if phase == Phase::Consuming {
             self.process_reviews()?;
@@ -240,6 +250,35 @@ impl<'a> GateLoop<'a> {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Tells the gate which partitions with quiet deliveries are read to their end: the
+    /// consumer's position is at the broker's high watermark (or one short of it, where the last
+    /// offset is a transaction marker, which is never delivered). A paused input, a stalled
+    /// broker (no answer) or a position behind counts as not at the end, so no delivery closes.
+    fn check_partition_ends(&mut self) -> Result<()> {
+        let now = Instant::now();
+        if now.duration_since(self.last_end_check) < END_CHECK {
+            return Ok(());
+        }
+        self.last_end_check = now;
+        let quiet = self.gate.quiet_partitions(now);
+        if quiet.is_empty() {
+            return Ok(());
+        }
+        let positions = self.consumer.position()?;
+        let topic = &self.config.kafka.input_topic;
+        for p in quiet {
+            let flowing = self.input == InputFlow::Flowing && !self.held_by_store;
+            let position = positions.find_partition(topic, p).and_then(|e| e.offset().to_raw());
+            let at_end = flowing
+                && match (position, self.consumer.fetch_watermarks(topic, p, WATERMARK_TIMEOUT)) {
+                    (Some(pos), Ok((_, high))) => pos >= high - 1,
+                    _ => false,
+                };
+            self.gate.partition_at_end(p, at_end, now);
         }
         Ok(())
     }
@@ -338,7 +377,12 @@ impl<'a> GateLoop<'a> {
         if self.held_by_store {
             self.input = InputFlow::Paused;
         }
-        let wanted = if self.gate.is_full() { InputFlow::Paused } else { InputFlow::Flowing };
+        let over_bound = self.gate.full_of_open_deliveries();
+        if over_bound != self.reading_over_bound {
+            self.reading_over_bound = over_bound;
+            self.telemetry.emit(events::BufferOverBound { over: over_bound, buffered: self.gate.buffered() });
+        }
+        let wanted = if self.gate.is_full() && !over_bound { InputFlow::Paused } else { InputFlow::Flowing };
         if wanted != self.input {
             let assignment = self.consumer.assignment()?;
             match wanted {

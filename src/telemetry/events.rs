@@ -264,6 +264,22 @@ impl Event for Backpressure {
     }
 }
 
+/// The buffer reached `gate.max_buffered_records` with every delivery in it still open: the
+/// input reads on past the bound (pausing would wait forever) until one closes.
+pub struct BufferOverBound {
+    pub over: bool,
+    pub buffered: usize,
+}
+
+impl Event for BufferOverBound {
+    fn emit(self, t: &Telemetry) {
+        t.buffer_over_bound.set(self.over as i64);
+        if self.over {
+            tracing::warn!(buffered = self.buffered, "buffer full of open deliveries: reading on past gate.max_buffered_records until one closes");
+        }
+    }
+}
+
 /// The reference pool loaded at start-up.
 pub struct PoolRestored {
     pub samples: usize,

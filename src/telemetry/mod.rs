@@ -51,6 +51,7 @@ pub struct Telemetry {
     window_estimator_share: GaugeVec,
     consumer_lag: IntGauge,
     buffered: IntGauge,
+    buffer_over_bound: IntGauge,
     state_errors: IntCounterVec,
     consumer_errors: IntCounter,
 }
@@ -115,6 +116,7 @@ impl Telemetry {
             ),
             consumer_lag: register(&r, IntGauge::new("labelgate_consumer_lag_records", "Input records not yet consumed, over this replica's partitions.").unwrap()),
             buffered: register(&r, IntGauge::new("labelgate_buffered_records", "Input records held in memory awaiting a window.").unwrap()),
+            buffer_over_bound: register(&r, IntGauge::new("labelgate_buffer_over_bound", "1 while the buffer holds more than gate.max_buffered_records because every delivery in it is still open.").unwrap()),
             state_errors: register(&r, IntCounterVec::new(Opts::new("labelgate_state_errors_total", "Failed state-store (Redis) calls, by operation."), &["operation"]).unwrap()),
             consumer_errors: register(&r, IntCounter::new("labelgate_consumer_errors_total", "Errors the Kafka consumers reported (librdkafka retries them; a steady rate means the broker is unreachable or refusing).").unwrap()),
             registry: r,

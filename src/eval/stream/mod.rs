@@ -148,6 +148,8 @@ pub fn run_case(case: &StreamCase, data_dir: &Path, gate_config: &GateConfig, en
     let drain = |gate: &mut Gate, run: &mut StreamRun, force: bool| -> Result<()> {
         let now = if force { clock + std::time::Duration::from_secs(3600 * 24) } else { clock };
         if force {
+            // The replay is the whole stream: its one partition is read to its end.
+            gate.partition_at_end(0, true, clock);
             gate.close_idle(now);
         }
         while gate.window_due(now) {
