@@ -185,6 +185,92 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// A window whose data could not be trained on: every record goes to
+    /// re-review with reason `window_failed`, and each delivery gets a `review` verdict with no
+    /// accuracy (`review_reason: "window_failed"`), so that nothing is lost and the gate goes on.
+    /// The deliveries stay out of the vendor accuracy gauge, and no pooled sample or suspect is
+    /// recorded (a review of these records says nothing about the gate's flags).
+    pub fn fail_window(&mut self, job: WindowJob, now_ms: u64) -> Commit {
+        let mut commit = Commit::default();
+        commit.state.window_id = job.id.clone();
+        commit.state.pool_capacity_per_class = self.pool.capacity_per_class();
+        let mut done = Vec::new();
+        let sla_of = |g: &Gate, v: &str| g.config.sla(v);
+        for d in job.deliveries {
+            let records = d.records.len();
+            let sla = sla_of(self, &d.vendor_id);
+            for r in &d.records {
+                let a = &r.annotation;
+                let label = self.config.classes[a.label as usize].clone();
+                commit.outputs.push(Output::Rereview(RereviewMessage {
+                    schema_version: wire::SCHEMA_VERSION,
+                    sample_id: a.sample_id.clone(),
+                    batch_id: a.batch_id.clone(),
+                    vendor_id: a.vendor_id.clone(),
+                    annotator_id: a.annotator_id.clone(),
+                    predicted_label: label.clone(),
+                    label,
+                    score: 0.0,
+                    rank_percentile: 0.0,
+                    window_id: job.id.clone(),
+                    model_version: self.model_version.clone(),
+                    reason: "window_failed".into(),
+                }));
+                done.push(r.pos);
+                commit.routed += 1;
+            }
+            commit.state.deliveries.push(DeliveryRecord {
+                batch_id: d.batch_id.clone(),
+                vendor_id: d.vendor_id.clone(),
+                records,
+                flagged: records,
+                estimated_accuracy: 0.0,
+                gold_items: 0,
+                gold_correct: 0,
+                gated_at_ms: now_ms,
+                decision: wire::Decision::Review,
+                window_id: job.id.clone(),
+                calibration: "none".into(),
+                evidence: Some(EvidenceStatus::Insufficient),
+                revised_wrong: 0.0,
+            });
+            let (_, closed_by) = d.closed.expect("windows take closed deliveries");
+            commit.outputs.push(Output::Verdict(VerdictMessage {
+                schema_version: wire::SCHEMA_VERSION,
+                batch_id: d.batch_id.clone(),
+                vendor_id: d.vendor_id.clone(),
+                records,
+                announced_count: d.end.map(|(c, _)| c),
+                closed_by: closed_by.into(),
+                accepted: 0,
+                rereview: records,
+                estimated_accuracy: None,
+                accuracy_ci_low: Some(0.0),
+                accuracy_ci_high: Some(1.0),
+                calibration: "none".into(),
+                noise_rate_from: wire::NoiseRateFrom::Estimators,
+                gold_items: 0,
+                gold_accuracy: None,
+                sla_accuracy: sla,
+                decision: wire::Decision::Review,
+                decided_by: wire::DecidedBy::Estimate,
+                review_reason: Some("window_failed".into()),
+                evidence: None,
+                window_id: job.id.clone(),
+                model_version: self.model_version.clone(),
+            }));
+            if let Some((_, pos)) = d.end {
+                done.push(pos);
+            }
+            self.remember_gated(d.batch_id);
+        }
+        self.drain_dead_letters(&mut commit, &mut done);
+        commit.progress = self.mark_done(&done);
+        commit
+    }
+}
+
 /// How the flags behave on the window's gold items calibrates every delivery's estimate.
 fn gold_calibration(job: &WindowJob, scores: &WindowScores) -> Option<GoldCalibration> {
     let (mut wrong, mut wrong_flagged, mut right, mut right_flagged) = (0, 0, 0, 0);

@@ -223,3 +223,24 @@ fn a_buffer_full_of_open_deliveries_reads_on() {
     g.ingest(msg(3, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":1}"#), now);
     assert!(g.is_full() && !g.full_of_open_deliveries(), "b1 closed: a window can free the buffer");
 }
+
+#[test]
+fn a_failed_window_sends_every_record_to_review_with_the_reason() {
+    let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+    let now = Instant::now();
+    for i in 0..3 {
+        g.ingest(msg(i, &rec(&format!("s{i}"), "b1", "a")), now);
+    }
+    g.ingest(msg(3, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
+    let job = g.take_window().unwrap();
+    let commit = g.fail_window(job, 0);
+    let rereview: Vec<_> = commit.outputs.iter().filter_map(|o| if let Output::Rereview(r) = o { Some(r) } else { None }).collect();
+    assert_eq!(rereview.len(), 3);
+    assert!(rereview.iter().all(|r| r.reason == "window_failed"));
+    let v = verdict_of(&commit);
+    assert_eq!((v.decision, v.estimated_accuracy, v.rereview), (Decision::Review, None, 3));
+    assert_eq!(v.review_reason.as_deref(), Some("window_failed"));
+    assert_eq!(commit.progress[0].commit_offset, 4, "every record and the batch_end are done");
+    assert!(!commit.state.deliveries[0].counts_towards_accuracy());
+    assert_eq!(g.ingest(msg(4, &rec("s9", "b1", "a")), now), Ingested::Rejected(DlqReason::LateRecord));
+}

@@ -16,6 +16,7 @@ use crate::{
 
 /// The training set of one window: the first `pending` rows are the records being gated, the
 /// rest come from the reference pool.
+#[derive(Clone)]
 pub struct WindowData {
     pub features: Vec<f32>,
     pub labels: Vec<u32>,

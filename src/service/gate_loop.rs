@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     producer::BaseProducer,
@@ -318,12 +318,17 @@ impl<'a> GateLoop<'a> {
             anyhow::bail!("a window finished while none was in flight");
         };
         let trained = Instant::now();
-        let scores = result.map_err(|e: WindowError| anyhow::Error::new(e)).with_context(|| format!("window {} failed", job.id))?;
         if !revoked.is_empty() {
             // Its records may now belong to another replica: put back what is still ours.
             self.gate.requeue(job, &revoked);
             return Ok(());
         }
+        let scores = match result {
+            Ok(scores) => scores,
+            // The same data would fail again after a restart: route it to people instead.
+            Err(WindowError::Data(why)) => return self.fail_window(job, &why),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("window {} failed", job.id))),
+        };
         let (window_id, first_closed, records, deliveries) = (job.id.clone(), job.first_closed, job.records(), job.deliveries());
         let mut review_stats: HashMap<String, ReviewStats> = HashMap::new();
         for v in job.vendors() {
@@ -348,6 +353,17 @@ impl<'a> GateLoop<'a> {
         self.telemetry.emit(events::WindowCommitted { window_id: &window_id, timing: &timing, final_loss: scores.final_loss, evidence: &scores.evidence });
         self.refresh_vendor_gauges(&vendors);
         self.summary.window_timings.push(timing);
+        Ok(())
+    }
+
+    /// Every record of a window that could not be trained on goes to re-review, each delivery
+    /// gets a `review` verdict (`window_failed`), and the gate goes on.
+    fn fail_window(&mut self, job: crate::gate::WindowJob, why: &str) -> Result<()> {
+        let (window_id, records) = (job.id.clone(), job.records());
+        let commit = self.gate.fail_window(job, crate::clock::unix_millis());
+        self.with_state("save_window", |s| s.save_window(&commit.state))?;
+        self.commit(&commit)?;
+        self.telemetry.emit(events::WindowFailed { window_id: &window_id, records, kind: "data", why });
         Ok(())
     }
 

@@ -48,10 +48,19 @@ impl WindowThread {
             .spawn(move || {
                 // Kernel threads are set once at start-up (`device::set_cpu_threads` writes the
                 // environment, which must not happen while other threads run).
-                let dev = device::select(choice);
+                let mut dev = device::select(choice);
                 while let Ok(mut job) = job_rx.recv() {
                     let data = job.take_data();
-                    let result = window::score_window(data, &engine, &policy, &dev, &mut EpochForwarder(on_epoch.clone()));
+                    // A copy to retry on the CPU if the GPU fails (none is kept on the CPU).
+                    let spare = (!dev.is_cpu()).then(|| data.clone());
+                    let mut result = window::score_window(data, &engine, &policy, &dev, &mut EpochForwarder(on_epoch.clone()));
+                    if let (Err(WindowError::Device(e)), Some(data)) = (&result, spare) {
+                        // Documented fallback: a lost or failing GPU moves training to the CPU for
+                        // the rest of the process (slower, same results); the window is retried.
+                        tracing::error!(window = %job.id, error = %e, "the GPU failed; training on the CPU from now on");
+                        dev = candle_core::Device::Cpu;
+                        result = window::score_window(data, &engine, &policy, &dev, &mut EpochForwarder(on_epoch.clone()));
+                    }
                     if res_tx.send((job, result)).is_err() {
                         break;
                     }

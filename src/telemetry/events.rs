@@ -202,6 +202,22 @@ impl Event for WindowCommitted<'_> {
     }
 }
 
+/// A window could not be trained; its records went to re-review (`window_failed`).
+pub struct WindowFailed<'a> {
+    pub window_id: &'a str,
+    pub records: usize,
+    /// `data` (the window's data cannot be trained on).
+    pub kind: &'static str,
+    pub why: &'a str,
+}
+
+impl Event for WindowFailed<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.windows_failed.with_label_values(&[self.kind]).inc();
+        tracing::error!(window = self.window_id, records = self.records, kind = self.kind, why = ?self.why, "window failed; its records went to re-review (window_failed)");
+    }
+}
+
 /// A state-store call failed and will be retried.
 pub struct StateCallFailed<'a> {
     pub operation: &'a str,

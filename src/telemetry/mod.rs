@@ -41,6 +41,7 @@ pub struct Telemetry {
     reviews: IntCounterVec,
     windows: IntCounter,
     windows_started: IntCounter,
+    windows_failed: IntCounterVec,
     window_duration: Histogram,
     window_phase: HistogramVec,
     window_records: Histogram,
@@ -89,6 +90,7 @@ impl Telemetry {
             ),
             reviews: register(&r, IntCounterVec::new(Opts::new("labelgate_reviews_total", "Reviews of suspects by result (confirmed_wrong, label_correct)."), &["vendor", "result"]).unwrap()),
             windows: register(&r, IntCounter::new("labelgate_windows_total", "Committed O2U windows.").unwrap()),
+            windows_failed: register(&r, IntCounterVec::new(Opts::new("labelgate_windows_failed_total", "Windows that could not be trained (kind=data: their records went to re-review as window_failed)."), &["kind"]).unwrap()),
             windows_started: register(&r, IntCounter::new("labelgate_windows_started_total", "O2U windows handed to the window thread (started − committed = in flight or abandoned by a rebalance).").unwrap()),
             window_duration: register(&r, Histogram::with_opts(HistogramOpts::new("labelgate_window_duration_seconds", "From a window's first closed delivery to its committed verdicts.").buckets(buckets_seconds.clone())).unwrap()),
             window_phase: register(
