@@ -134,6 +134,8 @@ impl GateConfig {
 pub struct RuntimeConfig {
     pub device: DeviceChoice,
     pub threads: usize,
+    /// How long start-up waits for Kafka and for Redis (each, with back-off) before it gives up.
+    pub startup_timeout_secs: u64,
 }
 
 mod noise_rate_text {

@@ -16,6 +16,7 @@ use rdkafka::{
     ClientContext,
 };
 
+use super::startup::QuietLogs;
 use crate::config::Config;
 
 /// How long the producer waits for the transaction coordinator on each call.
@@ -56,6 +57,8 @@ pub enum RebalanceEvent {
 /// The input consumer's context: rebalance events for the loop, and consumer lag for the metrics.
 pub struct GateContext {
     topic: String,
+    /// librdkafka's logs and errors, said once a minute; whether every broker is down.
+    pub quiet: QuietLogs,
     events: Mutex<Vec<RebalanceEvent>>,
     /// Records behind the high watermark over the assigned input partitions (librdkafka stats).
     lag: AtomicI64,
@@ -73,10 +76,26 @@ impl GateContext {
     pub fn lag(&self) -> i64 {
         self.lag.load(Ordering::Relaxed)
     }
+
+    /// Whether the brokers answer (as of the last error or statistics).
+    pub fn kafka_up(&self) -> bool {
+        !self.quiet.all_brokers_down.load(Ordering::Relaxed)
+    }
 }
 
 impl ClientContext for GateContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.quiet.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason)
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP") {
+            self.quiet.all_brokers_down.store(false, Ordering::Relaxed);
+        }
         let lag: i64 = statistics
             .topics
             .get(&self.topic)
@@ -105,7 +124,7 @@ impl ConsumerContext for GateContext {
 /// The input consumer, subscribed: read-committed, offsets committed only in transactions.
 pub fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
     let k = &config.kafka;
-    let context = GateContext { topic: k.input_topic.clone(), events: Mutex::new(Vec::new()), lag: Default::default() };
+    let context = GateContext { topic: k.input_topic.clone(), quiet: QuietLogs::default(), events: Mutex::new(Vec::new()), lag: Default::default() };
     let mut consumer_config = client_config(config);
     consumer_config
         .set("group.id", &k.group_id)
@@ -119,7 +138,12 @@ pub fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
         .set("fetch.queue.backoff.ms", "5")
         .set("queued.max.messages.kbytes", "262144")
         // Consumer lag for the metrics comes from librdkafka's statistics.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Static membership: a replica that restarts under its name gets its partitions back at
+        // once instead of waiting out its dead self's session (40–60 s before); a replica that
+        // does not come back gives them up after the session timeout.
+        .set("group.instance.id", instance_id(config))
+        .set("session.timeout.ms", "20000");
     // The operator's kafka.client settings win over these defaults.
     for (key, value) in &k.client {
         consumer_config.set(key, value);

@@ -17,7 +17,7 @@ use rdkafka::{
 
 use super::{
     clients::{self, GateContext, RebalanceEvent},
-    input, store_retry,
+    input, startup, store_retry,
     store_retry::WhileRetrying,
     topics::{self, progress_key},
     transaction,
@@ -91,6 +91,8 @@ pub struct GateLoop<'a> {
     held_by_store: bool,
     /// The buffer is full of open deliveries and the input reads on past its bound.
     reading_over_bound: bool,
+    /// The group has given this replica its partitions at least once (ready only from then on).
+    assigned_once: bool,
     last_flush: Instant,
     last_end_check: Instant,
     last_vendor_refresh: Instant,
@@ -147,16 +149,18 @@ impl<'a> GateLoop<'a> {
         let instance = clients::instance_id(config);
         let model_version = format!("labelgate-{}/o2u-{}", env!("CARGO_PKG_VERSION"), super::model_name(config));
         let mut gate = Gate::new(config.gate.clone(), k.max_message_bytes, model_version, instance.clone());
+        startup::wait_for_kafka(config, stop)?;
         // Deliveries gated before: late records and repeated batch_ends go to the DLQ.
-        topics::read_topic(config, &k.verdicts_topic, |key, _| gate.remember_gated(String::from_utf8_lossy(key).into_owned()))?;
+        startup::retry_while_settling("reading the verdicts topic", config, || {
+            topics::read_topic(config, &k.verdicts_topic, |key, _| gate.remember_gated(String::from_utf8_lossy(key).into_owned()))
+        })?;
         let (pool, _) = store_retry::call("load_pool", telemetry, stop, &mut store_retry::Sleep, || state.load_pool(config.gate.classes.len()))?;
         telemetry.emit(events::PoolRestored { samples: gate.restore_pool(pool) });
-        let producer = clients::transactional_producer(config, &instance)?;
+        let producer = startup::retry_while_settling("initialising transactions", config, || clients::transactional_producer(config, &instance))?;
         let consumer = clients::input_consumer(config)?;
         let reviews = clients::reviews_consumer(config)?;
         let window_thread = WindowThread::start(config, &hooks);
         let parsers = input::parser_pool()?;
-        telemetry.set_ready(true, "consuming");
         Ok(Self {
             config,
             stop,
@@ -175,6 +179,7 @@ impl<'a> GateLoop<'a> {
             input: InputFlow::Flowing,
             held_by_store: false,
             reading_over_bound: false,
+            assigned_once: false,
             last_flush: Instant::now(),
             last_end_check: Instant::now(),
             last_vendor_refresh: Instant::now(),
@@ -243,6 +248,7 @@ impl<'a> GateLoop<'a> {
                     }
                 }
                 RebalanceEvent::Assigned(parts) => {
+                    self.assigned_once = true;
                     let mut progress = topics::read_progress(self.config)?;
                     self.telemetry.emit(events::PartitionsAssigned { partitions: &parts });
                     for p in parts {
@@ -413,8 +419,21 @@ impl<'a> GateLoop<'a> {
         Ok(())
     }
 
-    /// Gauges that follow the loop: the buffer, the lag, and now and then every vendor's figures.
+    /// Gauges that follow the loop: readiness, the buffer, the lag, and now and then every
+    /// vendor's figures. Ready means: the group assigned this replica its partitions, a broker
+    /// answers, and the gate consumes (a store outage takes readiness inside the call).
     fn report(&mut self) {
+        let kafka_up = self.consumer.context().kafka_up();
+        let ready = self.assigned_once && kafka_up && self.phase() == Phase::Consuming;
+        if ready != self.telemetry.is_ready() {
+            let why = match (self.assigned_once, kafka_up) {
+                (false, _) => "waiting for the group to assign partitions",
+                (_, false) => "Kafka unreachable: every broker is down",
+                _ if ready => "consuming",
+                _ => "draining",
+            };
+            self.telemetry.set_ready(ready, why);
+        }
         self.telemetry.set_buffered(self.gate.buffered());
         self.telemetry.set_consumer_lag(self.consumer.context().lag());
         if self.last_vendor_refresh.elapsed() >= VENDOR_REFRESH {

@@ -10,6 +10,7 @@
 //! - [`window_thread`]: the thread that trains and scores windows;
 //! - [`transaction`]: one commit's outputs, progress and offsets in one Kafka transaction;
 //! - [`store_retry`]: state-store calls retried with back-off while the input is held;
+//! - [`startup`]: waiting for Kafka at start-up, errors that name the setting, quiet client logs;
 //! - [`reviews`]: reviews from the reviews topic into the store, and the vendor gauges;
 //! - [`gate_loop`]: the loop that ties them together, one named step at a time.
 
@@ -17,6 +18,7 @@ mod clients;
 mod gate_loop;
 mod input;
 mod reviews;
+mod startup;
 mod store_retry;
 mod topics;
 mod transaction;

@@ -69,13 +69,36 @@ impl WhileRetrying for Sleep {
     }
 }
 
+/// Start-up with a limit: sleep between tries, give up with the setting's name once the limit
+/// would pass (as Kafka does, `runtime.startup_timeout_secs`).
+pub struct SleepUntil {
+    pub deadline: Instant,
+    pub what: String,
+}
+
+impl WhileRetrying for SleepUntil {
+    fn outage_started(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn wait(&mut self, wait: Duration) -> Result<()> {
+        if Instant::now() + wait > self.deadline {
+            bail!("{}: no answer within runtime.startup_timeout_secs; check the address and that the server is up", self.what);
+        }
+        thread::sleep(wait);
+        Ok(())
+    }
+}
+
 /// The configured state store; Redis is retried with back-off until it answers, `stop` is set,
-/// or an error that no retry can fix (a bad URL, an unreadable CA file) stops the start.
+/// `runtime.startup_timeout_secs` passes, or an error that no retry can fix (a bad URL, an
+/// unreadable CA file) stops the start.
 pub fn open_state(config: &Config, runtime: tokio::runtime::Handle, telemetry: &Telemetry, stop: &AtomicBool) -> Result<Arc<dyn StateStore>> {
     if config.state.backend == StateBackend::Memory {
         return Ok(Arc::new(MemoryState::default()));
     }
-    let (state, _) = call("connect", telemetry, stop, &mut Sleep, || RedisState::connect(&config.state.redis, runtime.clone()))?;
+    let mut until = SleepUntil { deadline: Instant::now() + Duration::from_secs(config.runtime.startup_timeout_secs), what: format!("state.redis.url = {:?}", config.state.redis.url) };
+    let (state, _) = call("connect", telemetry, stop, &mut until, || RedisState::connect(&config.state.redis, runtime.clone()))?;
     Ok(Arc::new(state))
 }
 
