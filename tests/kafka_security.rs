@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     io::Read,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -14,7 +15,7 @@ use std::{
 use common::{
     env,
     kafka::{gate_command, test_config},
-    process::KillOnDrop,
+    process::{http_get, reserve_port, scrape, KillOnDrop},
 };
 use labelgate::{
     config::Config,
@@ -59,7 +60,7 @@ fn grant(base: &Config, role: &str, principal: &str) {
     acls(base, &[role, principal]);
 }
 
-fn acls(base: &Config, args: &[&str]) {
+fn acls(base: &Config, args: &[&str]) -> String {
     let k = &base.kafka;
     let out = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-acls.sh"))
@@ -78,6 +79,7 @@ fn acls(base: &Config, args: &[&str]) {
         .output()
         .unwrap();
     assert!(out.status.success(), "kafka-acls.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Produces as `config`'s principal and returns each record's delivery result.
@@ -173,31 +175,82 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// Every ACL the broker holds whose resource name contains `id`, as (resource type, name,
+/// pattern type, operation), from `scripts/kafka-acls.sh list PRINCIPAL`.
+fn acls_held(base: &Config, principal: &str, id: &str) -> BTreeSet<(String, String, String, String)> {
+    let out = acls(base, &["list", principal]);
+    let mut held = BTreeSet::new();
+    let mut resource = None;
+    for line in out.lines() {
+        // Current ACLs for resource `ResourcePattern(resourceType=TOPIC, name=x, patternType=LITERAL)`:
+        if let Some(r) = line.split("ResourcePattern(").nth(1) {
+            let field = |k: &str| r.split(&format!("{k}=")).nth(1).unwrap().split([',', ')']).next().unwrap().to_string();
+            resource = Some((field("resourceType"), field("name"), field("patternType")));
+        } else if let (Some(op), Some((t, n, p))) = (line.split("operation=").nth(1), &resource) {
+            if n.contains(id) {
+                held.insert((t.clone(), n.clone(), p.clone(), op.split(',').next().unwrap().to_string()));
+            }
+        }
+    }
+    held
+}
+
 #[test]
 fn the_gate_gates_over_sasl_ssl_with_only_its_acls() {
-    let base = test_config("sasl-gate", 784);
+    let mut base = test_config("sasl-gate", 784);
+    // Every name of this test holds its instance id, so its ACLs are told from other runs'.
+    let id = base.kafka.instance_id.clone();
+    base.kafka.transactional_id_prefix = format!("lg-{id}");
+    let admin = admin(&base);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(service::ensure_topics(&admin(&base), 2)).unwrap();
+    rt.block_on(service::ensure_topics(&admin, 2)).unwrap();
     grant(&base, "gate", "User:labelgate");
     grant(&base, "vendor", "User:vendor-acme");
-    let gate_user = as_user(&base, "labelgate", &env("LABELGATE_KAFKA_GATE_PASSWORD"));
 
-    // Least privilege: the gate's principal cannot create topics (its --create-topics is for
-    // brokers without ACLs).
-    let created = rt.block_on(service::ensure_topics(&gate_user, 2));
-    let err = created.expect_err("the gate's principal has no CREATE").to_string();
+    // The broker holds exactly the README's list for the gate, and nothing more.
+    let k = &base.kafka;
+    let mut want = BTreeSet::new();
+    let mut add = |t: &str, names: &[&str], pattern: &str, ops: &[&str]| {
+        for n in names {
+            for op in ops {
+                want.insert((t.to_string(), n.to_string(), pattern.to_string(), op.to_string()));
+            }
+        }
+    };
+    add("TOPIC", &[&k.input_topic, &k.reviews_topic], "LITERAL", &["READ", "DESCRIBE"]);
+    add("TOPIC", &[&k.accepted_topic, &k.rereview_topic, &k.dlq_topic], "LITERAL", &["WRITE", "DESCRIBE"]);
+    add("TOPIC", &[&k.verdicts_topic, &k.progress_topic], "LITERAL", &["READ", "WRITE", "DESCRIBE"]);
+    let groups = [k.group_id.clone(), format!("{}-reviews", k.group_id), format!("{}-reader", k.group_id)];
+    add("GROUP", &groups.iter().map(String::as_str).collect::<Vec<_>>(), "LITERAL", &["READ", "DESCRIBE"]);
+    add("TRANSACTIONAL_ID", &[&format!("{}-", k.transactional_id_prefix)], "PREFIXED", &["WRITE", "DESCRIBE"]);
+    assert_eq!(acls_held(&base, "User:labelgate", &id), want);
+    let vendor_acls: Vec<_> = acls_held(&base, "User:vendor-acme", &id).into_iter().map(|(t, n, _, op)| format!("{t} {n} {op}")).collect();
+    assert_eq!(vendor_acls, [format!("TOPIC {} DESCRIBE", k.input_topic), format!("TOPIC {} WRITE", k.input_topic)]);
+
+    // With them the gate's principal cannot create topics (its --create-topics is for brokers
+    // without ACLs).
+    let gate_user = as_user(&base, "labelgate", &env("LABELGATE_KAFKA_GATE_PASSWORD"));
+    let err = rt.block_on(service::ensure_topics(&gate_user, 2)).expect_err("the gate's principal has no Create").to_string();
     assert!(err.contains("authorization failed"), "{err}");
 
-    // The vendor delivers; the gate runs as its own principal.
+    // The vendor delivers; a reviewer's (malformed) review waits on the reviews topic; the gate
+    // runs as its own principal.
     let messages = deliveries();
-    let sent = produce_as(&vendor(&base), &base.kafka.input_topic, &messages);
+    let sent = produce_as(&vendor(&base), &k.input_topic, &messages);
     assert_eq!(sent.len(), messages.len());
     assert!(sent.iter().all(Result::is_ok), "vendor-acme writes the input: {:?}", sent.iter().find(|r| r.is_err()));
-    let mut gate = KillOnDrop(secured_gate(&base, "labelgate", &env("LABELGATE_KAFKA_GATE_PASSWORD")).spawn().unwrap());
+    assert!(produce_as(&admin, &k.reviews_topic, &[("x".into(), "not a review".into())]).iter().all(Result::is_ok));
+    let http_port = reserve_port();
+    let mut gate = KillOnDrop(
+        secured_gate(&base, "labelgate", &env("LABELGATE_KAFKA_GATE_PASSWORD"))
+            .env("LABELGATE__KAFKA__TRANSACTIONAL_ID_PREFIX", &k.transactional_id_prefix)
+            .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}"))
+            .spawn()
+            .unwrap(),
+    );
     let log = collect_stderr(&mut gate.0);
 
     // One verdict per delivery, read back as the admin.
-    let admin = admin(&base);
     let started = Instant::now();
     let mut verdicts: Vec<VerdictMessage> = Vec::new();
     while verdicts.len() < 2 && started.elapsed() < Duration::from_secs(240) {
@@ -206,9 +259,20 @@ fn the_gate_gates_over_sasl_ssl_with_only_its_acls() {
         }
         std::thread::sleep(Duration::from_secs(2));
         verdicts.clear();
-        service::read_topic(&admin, &base.kafka.verdicts_topic, |_, v| verdicts.push(serde_json::from_slice(v).unwrap())).unwrap();
+        service::read_topic(&admin, &k.verdicts_topic, |_, v| verdicts.push(serde_json::from_slice(v).unwrap())).unwrap();
     }
     eprintln!("2 deliveries gated over SASL_SSL in {:.0} s", started.elapsed().as_secs_f64());
+    // The review was consumed in the reviews group, and no consumer reported an error (a refused
+    // topic or group would be one).
+    let invalid_review = "labelgate_reviews_total{result=\"invalid\",vendor=\"unknown\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut counted = scrape(http_port, invalid_review) == Some(1.0);
+    while !counted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        counted = scrape(http_port, invalid_review) == Some(1.0);
+    }
+    let consumer_errors = scrape(http_port, "labelgate_consumer_errors_total");
+    let ready = http_get(http_port, "/readyz").map(|r| r.0);
     // SIGTERM: the gate drains and exits 0, its last transaction committed.
     Command::new("kill").args(["-TERM", &gate.0.id().to_string()]).status().unwrap();
     let exit = wait_exit(&mut gate.0, Duration::from_secs(60));
@@ -216,9 +280,12 @@ fn the_gate_gates_over_sasl_ssl_with_only_its_acls() {
     let mut batches: Vec<&str> = verdicts.iter().map(|v| v.batch_id.as_str()).collect();
     batches.sort();
     assert_eq!(batches, ["acme-0", "acme-1"], "one verdict per delivery; gate log:\n{}", tail(&log));
+    assert!(counted, "the gate consumed the reviews topic; gate log:\n{}", tail(&log));
+    assert_eq!(consumer_errors, Some(0.0), "consumer errors; gate log:\n{}", tail(&log));
+    assert_eq!(ready, Some(200));
     assert!(exit.is_some_and(|s| s.success()), "SIGTERM exits 0, got {exit:?}:\n{}", tail(&log));
     let mut routed = 0;
-    for topic in [&base.kafka.accepted_topic, &base.kafka.rereview_topic] {
+    for topic in [&k.accepted_topic, &k.rereview_topic] {
         service::read_topic(&admin, topic, |_, _| routed += 1).unwrap();
     }
     assert_eq!(routed, 2000, "every record accepted or sent to re-review");
@@ -319,7 +386,7 @@ fn a_vendor_writes_the_input_and_reads_nothing() {
 #[ignore = "needs the start-up error classification"]
 fn a_wrong_password_is_a_clear_error_naming_the_key() {
     let base = test_config("sasl-badpass", 784);
-    rt_ensure(&base);
+    tokio::runtime::Runtime::new().unwrap().block_on(service::ensure_topics(&admin(&base), 1)).unwrap();
     let mut gate = KillOnDrop(secured_gate(&base, "labelgate", "not-the-password").spawn().unwrap());
     let log = collect_stderr(&mut gate.0);
     let exit = wait_exit(&mut gate.0, Duration::from_secs(90));
@@ -331,8 +398,4 @@ fn a_wrong_password_is_a_clear_error_naming_the_key() {
     assert!(exit.is_some_and(|s| !s.success()), "the gate should exit non-zero within 90 s, got {exit:?}");
     assert!(log.contains("kafka.sasl_password"), "the error names kafka.sasl_password:\n{}", tail(&log));
     assert!(!log.contains("not-the-password"), "the password never prints");
-}
-
-fn rt_ensure(base: &Config) {
-    tokio::runtime::Runtime::new().unwrap().block_on(service::ensure_topics(&admin(base), 1)).unwrap();
 }
