@@ -118,7 +118,8 @@ fn deliveries() -> Vec<(String, String)> {
     for d in 0..2 {
         let batch = format!("acme-{d}");
         for i in d * 1000..(d + 1) * 1000 {
-            let record = json!({"sample_id": set.sample_ids[i], "batch_id": batch, "vendor_id": "vendor-acme", "label": set.classes[set.labels[i] as usize], "features": &set.features[i * dim..(i + 1) * dim]});
+            let record =
+                json!({"sample_id": set.sample_ids[i], "batch_id": batch, "vendor_id": "vendor-acme", "label": set.classes[set.labels[i] as usize], "features": &set.features[i * dim..(i + 1) * dim]});
             out.push((batch.clone(), record.to_string()));
         }
         out.push((batch.clone(), json!({"type": "batch_end", "batch_id": batch, "vendor_id": "vendor-acme", "count": 1000}).to_string()));
@@ -294,7 +295,11 @@ fn the_gate_gates_over_sasl_ssl_with_only_its_acls() {
 /// Reads partition 0 of each of `topics` from the start as `config`'s principal, in group
 /// `{group}-probe`, until `want` records arrived or `wait` passed: the records and the errors.
 fn read_partitions(config: &Config, topics: &[&String], want: usize, wait: Duration) -> (usize, Vec<KafkaError>) {
-    let consumer: BaseConsumer = client_config(config).set("group.id", format!("{}-probe", config.kafka.group_id)).set("enable.auto.commit", "false").create().unwrap();
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", format!("{}-probe", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
@@ -347,7 +352,11 @@ fn a_vendor_writes_the_input_and_reads_nothing() {
     for topic in outputs {
         assert!(produce_as(&admin, topic, &[("x".into(), "{}".into())]).iter().all(Result::is_ok));
     }
-    assert_eq!(read_partitions(&admin, &outputs, outputs.len(), Duration::from_secs(30)).0, outputs.len(), "the admin reads every output");
+    assert_eq!(
+        read_partitions(&admin, &outputs, outputs.len(), Duration::from_secs(30)).0,
+        outputs.len(),
+        "the admin reads every output"
+    );
     // The vendor may not even see an output, nor write one, and reads nothing from them.
     for topic in outputs {
         assert_eq!(describe_error(&vendor, topic), Some(RDKafkaErrorCode::TopicAuthorizationFailed), "{topic}");
