@@ -89,9 +89,10 @@ PROPS
 }
 
 # Clients reach only the SASL_SSL listener. The controller listener (loopback, this node's own
-# broker -> controller traffic) is SASL_PLAINTEXT with PLAIN as admin: SCRAM cannot serve it (its
-# credentials live in the metadata the controller serves), and a PLAINTEXT one would need
-# User:ANONYMOUS as a super user, which anyone reaching the port would then be.
+# broker -> controller traffic) is SASL_PLAINTEXT with PLAIN as admin: KRaft controllers do not
+# take SCRAM (its credentials are metadata the controller itself serves), and on a PLAINTEXT one
+# the broker would be User:ANONYMOUS, which would then need cluster rights that anyone reaching
+# the port would have too.
 secure_properties() {
   cat <<PROPS
 listeners=SASL_SSL://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
