@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: installs what the tests need (kcat, redis-server,
 # promtool and openssl from Debian, the Apache Kafka broker from Maven Central, helm, kubeconform
-# and hadolint via scripts/chart-tools.sh), starts the broker and Redis (plain and TLS), builds once
-# (release profile, shared with `cargo run --release`), runs every test, and stops both.
+# and hadolint via scripts/chart-tools.sh), starts the brokers (plain, and secured: SASL_SSL with
+# ACLs) and Redis (plain and TLS), builds once (release profile, shared with `cargo run
+# --release`), runs every test, and stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
@@ -28,10 +29,27 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export KAFKA_PORT=${KAFKA_PORT:-19092}
+# Set before anything starts so that a failed start still stops what already runs (the secured
+# broker's start is waited for first, so that its broker is not left running).
+cleanup() {
+  if [ -n "${secure_pid:-}" ]; then wait "$secure_pid" 2>/dev/null || true; fi
+  rm -f "${secure_out:-}"
+  scripts/redis.sh stop; scripts/kafka.sh stop-secure; scripts/kafka.sh stop
+}
+trap cleanup EXIT
+# The secured broker (SASL_SSL, ACLs; tests/kafka_security.rs) on KAFKA_PORT + 2 starts alongside
+# the plain one; start-secure prints the path of a file that exports its address, CA, admin
+# client properties and the users' passwords.
+scripts/kafka.sh fetch
+secure_out=$(mktemp)
+scripts/kafka.sh start-secure >"$secure_out" &
+secure_pid=$!
 scripts/kafka.sh start
-# Set before Redis starts so that a failed Redis start still stops the broker.
-trap 'scripts/redis.sh stop; scripts/kafka.sh stop' EXIT
 export LABELGATE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+wait "$secure_pid" || { secure_pid=; echo "test.sh: the secured broker did not start" >&2; exit 1; }
+secure_pid=
+# shellcheck disable=SC1090 # written by start-secure
+. "$(cat "$secure_out")"
 
 export REDIS_PORT=${REDIS_PORT:-16379} REDIS_TLS_PORT=${REDIS_TLS_PORT:-16380}
 export REDIS_PASSWORD=${REDIS_PASSWORD:-labelgate-test}
