@@ -385,15 +385,9 @@ fn a_vendor_writes_the_input_and_reads_nothing() {
 }
 
 /// A wrong password stops the gate with an error that names the setting to fix.
-// Today the gate exits 2 after about 10 s with `error: Meta data fetch error:
-// BrokerTransportFailure (Local: Broker transport failure)`: its first Kafka call, the
-// fetch_metadata of the verdicts topic read back in src/service/topics.rs, times out; the cause
-// reaches only the client context's error callback (KafkaError::Global(Authentication), logged by
-// rdkafka as `SASL authentication error: Authentication failed during authentication due to
-// invalid credentials with SASL mechanism SCRAM-SHA-512`). The start-up error classification in
-// src/service/clients.rs is to turn that into a message naming kafka.sasl_password.
+// The cause reaches only the client's error callback (KafkaError::Global(Authentication));
+// src/service/startup.rs turns it into an error naming kafka.sasl_password and stops at once.
 #[test]
-#[ignore = "needs the start-up error classification"]
 fn a_wrong_password_is_a_clear_error_naming_the_key() {
     let base = test_config("sasl-badpass", 784);
     tokio::runtime::Runtime::new().unwrap().block_on(service::ensure_topics(&admin(&base), 1)).unwrap();
