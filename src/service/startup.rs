@@ -117,6 +117,8 @@ pub fn wait_for_kafka(config: &Config, stop: &AtomicBool) -> Result<()> {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
+        // Error events reach the context only when the client is polled.
+        let _ = probe.poll(Duration::from_millis(100));
         if let Some(fatal) = probe.context().0.fatal() {
             bail!(fatal);
         }
