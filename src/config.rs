@@ -67,6 +67,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub state: StateConfig,
     pub metrics: MetricsConfig,
+    /// `labelgate review-bridge`: suspects to Label Studio tasks, answers back as reviews.
+    pub review_bridge: crate::review_bridge::BridgeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,6 +7,7 @@
 //! - [`wire`]: the Kafka message contract; [`gate`]: the streaming gate's state machine (no I/O).
 //! - [`service`]: the Kafka edge (transactions, rebalances, backpressure); [`demo`]: the embedded mode.
 //! - [`config`]: layered configuration; [`cli`]: the `labelgate` command line.
+//! - [`review_bridge`]: suspects to Label Studio tasks, reviewers' answers back to the gate.
 
 pub mod accuracy;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod gate;
 pub mod noise;
 pub mod o2u;
 pub mod progress;
+pub mod review_bridge;
 pub mod service;
 pub mod state;
 pub mod telemetry;
