@@ -355,7 +355,7 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
         match s.sample_id.as_str() {
             "s00000" => assert!(html.contains("caption &lt;b&gt;0&lt;/b&gt; &amp; more"), "{html}"),
             "s00001" => assert!(html.contains(r#"src="https://images.example.invalid/1.png""#) && html.contains("cam-1"), "{html}"),
-            _ => assert!(html.contains(r#"src="data:image/png;base64,"#), "{html}"),
+            _ => assert!(html.contains("background-image:url('data:image/png;base64,"), "{html}"),
         }
         let p = &t["predictions"][0];
         assert_eq!(p["result"][0]["value"]["choices"][0], s.predicted_label.as_str());
@@ -453,4 +453,223 @@ fn answers_reach_the_reviews_topic_once_by_webhook_and_by_poll_with_the_webhook_
     );
     assert!(worst(&webhook_latency) <= 2.0, "webhook path over 2 s: {webhook_latency:?}");
     assert!(worst(&poll_latency) <= poll_secs as f64 + 2.0, "poll path over one interval (+2 s for the export): {poll_latency:?}");
+}
+
+/// A config of `n`'s topics (for reading the gate's outputs with the service's own reader).
+fn gate_config(n: &Names) -> labelgate::config::Config {
+    let mut c = labelgate::config::Config::load(None).unwrap();
+    c.kafka.bootstrap_servers = var("LABELGATE_KAFKA_BOOTSTRAP");
+    c.kafka.group_id = format!("{}-gate", n.unique);
+    c.kafka.instance_id = n.unique.clone();
+    c.kafka.input_topic = format!("{}.in", n.unique);
+    c.kafka.accepted_topic = format!("{}.accepted", n.unique);
+    c.kafka.rereview_topic = n.rereview.clone();
+    c.kafka.verdicts_topic = format!("{}.verdicts", n.unique);
+    c.kafka.dlq_topic = format!("{}.dlq", n.unique);
+    c.kafka.progress_topic = format!("{}.progress", n.unique);
+    c.kafka.reviews_topic = n.reviews.clone();
+    c
+}
+
+/// `labelgate run` on `config`'s topics, one window of 3,000 records, metrics on `port`.
+fn gate(config: &labelgate::config::Config, n: &Names, port: u16) -> KillOnDrop {
+    let k = &config.kafka;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelgate"));
+    cmd.args(["run", "--create-topics", "2"])
+        .env("LABELGATE_LOG", "info,librdkafka=warn")
+        .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
+        .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
+        .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
+        .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
+        .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
+        .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
+        .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
+        .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
+        .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
+        .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
+        .env("LABELGATE__STATE__REDIS__URL", var("LABELGATE_REDIS_URL"))
+        .env("LABELGATE__STATE__REDIS__USERNAME", var("LABELGATE_REDIS_USER"))
+        .env("LABELGATE__STATE__REDIS__PASSWORD", var("LABELGATE_REDIS_PASSWORD"))
+        .env("LABELGATE__STATE__REDIS__KEY_PREFIX", format!("labelgate:test:{}:", n.unique))
+        .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
+        .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
+        .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
+        .env("LABELGATE__RUNTIME__THREADS", "1")
+        .stderr(Stdio::inherit());
+    KillOnDrop(cmd.spawn().unwrap())
+}
+
+/// Headless Chromium through Debian's chromedriver, on a port of its own.
+struct Browser {
+    client: fantoccini::Client,
+    _driver: KillOnDrop,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let port = free_port();
+        let driver = KillOnDrop(
+            Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver (Debian package chromium-driver; scripts/test.sh installs it)"),
+        );
+        let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+            "goog:chromeOptions": {"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"]}
+        }))
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new()).capabilities(caps.clone()).connect(&format!("http://127.0.0.1:{port}")).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("chromedriver on {port}: {e}"),
+            }
+        };
+        Self { client, _driver: driver }
+    }
+
+    async fn wait_css(&self, css: &str) -> fantoccini::elements::Element {
+        self.client.wait().at_most(Duration::from_secs(60)).for_element(fantoccini::Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+    }
+}
+
+#[test]
+fn a_reviewer_in_a_browser_sees_the_item_and_the_gates_guess_and_the_answers_reach_the_gate() {
+    use labelgate::{
+        data::{mnist, LabelledSet},
+        noise::NoiseModel,
+    };
+    let _one = lock();
+    let (n, studio) = (names("browser"), Studio::new());
+    let config = gate_config(&n);
+
+    // Two vendors' MNIST deliveries as raw pixels, each with an item of display fields.
+    let mut set: LabelledSet = mnist::load(&common::data_dir(), "train").unwrap();
+    set.truncate(3000);
+    let truth = set.truth.clone().unwrap();
+    let mut messages = Vec::new();
+    for (v, (vendor, rate)) in [("steady", 0.02), ("slipping", 0.25)].into_iter().enumerate() {
+        let idx: Vec<usize> = (v * 1500..(v + 1) * 1500).collect();
+        let slice: Vec<u32> = idx.iter().map(|&i| truth[i]).collect();
+        for (&i, l) in idx.iter().zip(NoiseModel::Symmetric(rate).apply(&slice, 10, v as u64 + 11)) {
+            set.labels[i] = l;
+        }
+        let batch = format!("{vendor}-0");
+        for &i in &idx {
+            let pixels: Vec<u8> = set.features[i * 784..(i + 1) * 784].iter().map(|f| (f * 255.0).round() as u8).collect();
+            let record = json!({"sample_id": set.sample_ids[i], "batch_id": batch, "vendor_id": vendor, "label": set.classes[set.labels[i] as usize],
+                "image": {"shape": [28, 28, 1], "data_b64": pixels_b64(&pixels)}, "item": {"source": "mnist-train", "index": i}});
+            messages.push((batch.clone(), record.to_string()));
+        }
+        messages.push((batch.clone(), json!({"type": "batch_end", "batch_id": batch, "vendor_id": vendor, "count": 1500}).to_string()));
+    }
+    let gate_port = free_port();
+    let _gate = gate(&config, &n, gate_port);
+    wait_for("the gate ready", Duration::from_secs(120), || http_get(gate_port, "/readyz").is_some_and(|r| r.0 == 200));
+    produce(&config.kafka.input_topic, &messages);
+    let bridge_port = free_port();
+    let hook = format!("http://127.0.0.1:{bridge_port}/webhooks/label-studio");
+    let _bridge = bridge(&n, bridge_port, Some(&hook), 10);
+    let deliveries = |m: &str| ["steady", "slipping"].iter().flat_map(|v| ["accept", "reject", "review"].map(|d| sample(m, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0))).sum::<f64>();
+    wait_for("both deliveries gated", Duration::from_secs(600), || deliveries(&metrics(gate_port)) == 2.0);
+    let mut suspects: Vec<RereviewMessage> = Vec::new();
+    labelgate::service::read_topic(&config, &config.kafka.rereview_topic, |_, v| suspects.push(serde_json::from_slice(v).unwrap())).unwrap();
+    assert!(suspects.iter().all(|s| s.image.as_ref().is_some_and(|i| i.shape == [28, 28, 1]) && s.item.is_some()), "suspects carry their pixels and item");
+    let mut project = None;
+    wait_for("a task per suspect", Duration::from_secs(120), || {
+        project = project.or_else(|| studio.project(&n.project));
+        project.is_some_and(|p| studio.task_count(p) >= suspects.len())
+    });
+    let project = project.unwrap();
+    let tasks: HashMap<String, i64> = studio.tasks(project).iter().map(|t| (key_of(t), t["id"].as_i64().unwrap())).collect();
+    assert_eq!(tasks.len(), suspects.len());
+    let index: HashMap<&str, usize> = set.sample_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let slipping: Vec<&RereviewMessage> = suspects.iter().filter(|s| s.vendor_id == "slipping").collect();
+    assert!(slipping.len() >= 20, "{} suspects of the slipping vendor", slipping.len());
+    let task_of = |s: &RereviewMessage| tasks[&labelgate::review_bridge::task::suspect_key(&s.vendor_id, &s.sample_id)];
+
+    // In the browser: the first slipping suspect shows its pixels and the gate's label selected;
+    // the reviewer picks another label and submits.
+    let reader = ReviewsReader::start(&n.reviews);
+    let first = slipping[0];
+    let true_label = set.classes[truth[index[first.sample_id.as_str()]] as usize].clone();
+    let chosen = [true_label.clone(), first.label.clone()].into_iter().chain((0..10).map(|c| c.to_string())).find(|c| *c != first.predicted_label).unwrap();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("label-studio");
+    std::fs::create_dir_all(&shots).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let submitted = rt.block_on(async {
+        let b = Browser::start().await;
+        let base = var("LABEL_STUDIO_URL");
+        b.client.goto(&format!("{base}/user/login/")).await.unwrap();
+        b.wait_css("input[name=email]").await.send_keys(&var("LABEL_STUDIO_ADMIN")).await.unwrap();
+        b.wait_css("input[name=password]").await.send_keys(&read(&var("LABEL_STUDIO_PASSWORD_FILE"))).await.unwrap();
+        b.wait_css("form button[type=submit], form input[type=submit]").await.click().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while b.client.current_url().await.unwrap().path().starts_with("/user/login") {
+            assert!(Instant::now() < deadline, "the login did not go through");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        b.client.goto(&format!("{base}/projects/{project}/data?task={}", task_of(first))).await.unwrap();
+        // The item: the suspect's pixels, drawn from the PNG data URI the bridge rendered.
+        let image = b.wait_css(".lsf-main-content .labelgate-image, .labelgate-image").await;
+        let (w, h): (u64, u64) = serde_json::from_value(
+            b.client
+                .execute_async(
+                    "const el = arguments[0], done = arguments[1]; const url = getComputedStyle(el).backgroundImage.slice(5, -2); const img = new Image(); img.onload = () => done([img.naturalWidth, img.naturalHeight]); img.onerror = () => done([0, 0]); img.src = url;",
+                    vec![serde_json::to_value(&image).unwrap()],
+                )
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((w, h), (28, 28), "the item's image decodes to the suspect's 28×28 pixels");
+        // The gate's guess: its choice is pre-selected from the prediction.
+        let radio = |label: &str| format!("input.ant-radio-input[name=\"{label}\"]");
+        let guess = b.wait_css(&radio(&first.predicted_label)).await;
+        assert!(guess.is_selected().await.unwrap(), "the gate's label {} is pre-selected", first.predicted_label);
+        let page = b.client.source().await.unwrap();
+        assert!(page.contains(&format!("The gate suggests: {}", first.predicted_label)), "the header names the gate's guess");
+        std::fs::write(shots.join("review-task.png"), b.client.screenshot().await.unwrap()).unwrap();
+        // The reviewer's choice, then Submit.
+        let choice = b.wait_css(&radio(&chosen)).await;
+        b.client.execute("arguments[0].closest('label').click()", vec![serde_json::to_value(&choice).unwrap()]).await.unwrap();
+        assert!(b.wait_css(&radio(&chosen)).await.is_selected().await.unwrap(), "the reviewer's choice is selected");
+        let submit = b.wait_css("button[data-testid=\"bottombar-submit-button\"]").await;
+        let t0 = Instant::now();
+        submit.click().await.unwrap();
+        let arrived = reader.wait(&first.sample_id, &chosen, Duration::from_secs(20));
+        std::fs::write(shots.join("review-submitted.png"), b.client.screenshot().await.unwrap()).unwrap();
+        b.client.clone().close().await.unwrap();
+        arrived.duration_since(t0)
+    });
+    eprintln!("UI submit → annotations.reviews in {:.3} s (screenshots in {})", submitted.as_secs_f64(), shots.display());
+    assert!(submitted <= Duration::from_secs(2), "webhook path took {submitted:?}");
+    let admin = var("LABEL_STUDIO_ADMIN");
+    assert!(reader.all().iter().any(|r| r["sample_id"] == first.sample_id.as_str() && r["final_label"] == chosen.as_str() && r["reviewer"] == admin.as_str()));
+
+    // Reviewers answer the rest of the slipping vendor's suspects through the API; the gate counts
+    // each once and its realised suspect precision is the share whose label was really wrong.
+    let mut finals = vec![(first, chosen.clone())];
+    for s in &slipping[1..] {
+        let label = set.classes[truth[index[s.sample_id.as_str()]] as usize].clone();
+        studio.annotate(task_of(s), &label, false);
+        finals.push((s, label));
+    }
+    let wrong = finals.iter().filter(|(s, f)| *f != s.label).count();
+    let counted = format!("labelgate_reviews_total{{result=\"confirmed_wrong\",vendor=\"slipping\"}} {wrong}");
+    let mut m = String::new();
+    wait_for("every review counted by the gate", Duration::from_secs(120), || {
+        m = metrics(gate_port);
+        m.lines().any(|l| l == counted) && sample(&m, "labelgate_reviews_total{result=\"label_correct\",vendor=\"slipping\"}").unwrap_or(0.0) == (finals.len() - wrong) as f64
+    });
+    let precision = sample(&m, "labelgate_vendor_suspect_precision_ratio{vendor=\"slipping\"}").expect("precision gauge");
+    eprintln!("slipping: {} suspects reviewed in Label Studio, {wrong} really wrong: realised precision {precision:.4}", finals.len());
+    assert!((precision - wrong as f64 / finals.len() as f64).abs() < 1e-9, "precision {precision}");
 }
