@@ -186,6 +186,9 @@ async fn bridge(config: &Config, health: Arc<Health>, metrics: Arc<BridgeMetrics
 
 async fn poll_loop(forwarder: Arc<Forwarder>, health: Arc<Health>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut backoff = Backoff::new();
+    // Polls start every `every` (not `every` after the last one ended), so an answer the webhook
+    // missed arrives within one interval plus one export.
+    let mut next = Instant::now();
     loop {
         let wait = match forwarder.poll_once().await {
             Ok(n) => {
@@ -194,14 +197,20 @@ async fn poll_loop(forwarder: Arc<Forwarder>, health: Arc<Health>, every: Durati
                 }
                 backoff = Backoff::new();
                 health.ok(&health.poll_ok);
-                every
+                next += every;
+                next.saturating_duration_since(Instant::now())
             }
             Err(e) => {
                 let wait = backoff.next().min(every);
                 health.failed(&health.poll_ok, &e.kind(), &e, wait);
+                next = Instant::now() + wait;
                 wait
             }
         };
+        if Instant::now() > next {
+            // Slower than the interval: start again now, without piling up.
+            next = Instant::now();
+        }
         if pause(wait, &mut stop).await {
             return;
         }
