@@ -209,8 +209,16 @@ impl Forwarder {
         Ok(true)
     }
 
-    fn ignored(&self, why: Ignored) {
-        self.metrics.answers_ignored.with_label_values(&[why.as_str()]).inc();
+    /// Counts an annotation that is not forwarded, once whichever path sees it first.
+    async fn ignore(&self, annotation: &Value, why: Ignored) -> Result<(), StateError> {
+        let Some(id) = annotation["id"].as_i64() else { return Ok(()) };
+        let _one = self.forwarding.lock().await;
+        if self.map.forwarded(self.project, id).await?.is_none() {
+            self.metrics.answers_ignored.with_label_values(&[why.as_str()]).inc();
+            // "" is no label: a later edit that chooses one is forwarded.
+            self.map.record_forwarded(self.project, id, "").await?;
+        }
+        Ok(())
     }
 
     /// Reads every annotated task of the project and forwards what has not been forwarded.
@@ -221,15 +229,7 @@ impl Forwarder {
             for annotation in t["annotations"].as_array().into_iter().flatten() {
                 match answer(annotation, &t["data"], &self.classes) {
                     Ok(a) => written += self.forward(&a, Path::Poll).await? as usize,
-                    // Counted when first seen, not on every poll.
-                    Err(why) => {
-                        if let Some(id) = annotation["id"].as_i64() {
-                            if self.map.forwarded(self.project, id).await?.is_none() {
-                                self.ignored(why);
-                                self.map.record_forwarded(self.project, id, "").await?;
-                            }
-                        }
-                    }
+                    Err(why) => self.ignore(annotation, why).await?,
                 }
             }
         }
@@ -299,7 +299,9 @@ async fn webhook(State(state): State<Arc<WebhookState>>, headers: HeaderMap, bod
             }
         },
         Err(why) => {
-            forwarder.ignored(why);
+            if let Err(e) = forwarder.ignore(&event["annotation"], why).await {
+                tracing::warn!(error = %e, "ignored answer not recorded; the poll will");
+            }
             (StatusCode::OK, "ignored\n")
         }
     }
