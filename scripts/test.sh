@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: installs what the tests need (kcat, redis-server,
-# promtool and openssl from Debian, the Apache Kafka broker from Maven Central, helm, kubeconform
+# promtool, openssl, chromium and chromedriver, python3-venv and curl from Debian, the Apache Kafka
+# broker from Maven Central, Label Studio from PyPI via scripts/label-studio.sh, helm, kubeconform
 # and hadolint via scripts/chart-tools.sh), starts the brokers (plain, and secured: SASL_SSL with
-# ACLs) and Redis (plain and TLS), builds once (release profile, shared with `cargo run
-# --release`), runs every test, and stops them.
+# ACLs), Redis (plain and TLS) and Label Studio, builds once (release profile, shared with `cargo
+# run --release`), runs every test, and stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
@@ -20,6 +21,12 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+# tests/label_studio.rs: a reviewer's browser (headless), and a venv for Label Studio.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # librdkafka's TLS and gzip support build against the system OpenSSL and zlib.
 pkg-config --exists openssl zlib 2>/dev/null || missing+=(pkg-config libssl-dev zlib1g-dev)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -34,7 +41,7 @@ export KAFKA_PORT=${KAFKA_PORT:-19092}
 cleanup() {
   if [ -n "${secure_pid:-}" ]; then wait "$secure_pid" 2>/dev/null || true; fi
   rm -f "${secure_out:-}"
-  scripts/redis.sh stop; scripts/kafka.sh stop-secure; scripts/kafka.sh stop
+  scripts/label-studio.sh stop; scripts/redis.sh stop; scripts/kafka.sh stop-secure; scripts/kafka.sh stop
 }
 trap cleanup EXIT
 # The secured broker (SASL_SSL, ACLs; tests/kafka_security.rs) on KAFKA_PORT + 2 starts alongside
@@ -60,6 +67,14 @@ export LABELGATE_REDIS_CA
 export LABELGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export LABELGATE_REDIS_TLS_URL=rediss://127.0.0.1:$REDIS_TLS_PORT/0
 export LABELGATE_REDIS_USER=labelgate LABELGATE_REDIS_PASSWORD=$REDIS_PASSWORD
+
+# Label Studio 1.23 (PyPI, cached venv: about 1 GB and a few minutes the first time) with SQLite
+# and a generated admin; start prints the path of the admin's personal access token.
+export LABEL_STUDIO_PORT=${LABEL_STUDIO_PORT:-18080}
+LABEL_STUDIO_TOKEN_FILE=$(scripts/label-studio.sh start)
+export LABEL_STUDIO_TOKEN_FILE LABEL_STUDIO_URL=http://127.0.0.1:$LABEL_STUDIO_PORT
+export LABEL_STUDIO_ADMIN=${LABEL_STUDIO_ADMIN:-admin@labelgate.test}
+export LABEL_STUDIO_PASSWORD_FILE=$(dirname "$LABEL_STUDIO_TOKEN_FILE")/password
 
 # helm, kubeconform (with offline Kubernetes and CRD schemas) and hadolint for tests/chart.rs,
 # cached outside the repo (the first run builds them: a few minutes).

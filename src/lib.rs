@@ -15,6 +15,7 @@
 //! - [`eval`]: detection metrics and the evaluation harnesses (batch and streaming).
 //! - [`service`]: the Kafka edge (transactions, rebalances, backpressure).
 //! - [`bench`]: measurements the benchmarks drive (ingest throughput).
+//! - [`review_bridge`]: suspects to Label Studio tasks, reviewers' answers back to the gate.
 //! - [`demo`]: the embedded mode; [`cli`]: the `labelgate` command line.
 
 pub mod accuracy;
@@ -30,6 +31,7 @@ pub mod gate;
 pub mod noise;
 pub mod o2u;
 pub mod progress;
+pub mod review_bridge;
 pub mod service;
 pub mod state;
 pub mod stats;

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Largest `item` (its JSON) a record may carry: the item travels through the gate's buffer and
+/// into the re-review record, so it is a reference or a short text, not the content itself.
+pub const MAX_ITEM_BYTES: usize = 16 * 1024;
+
 /// Header names on output records.
 pub mod headers {
     pub const SCORE: &str = "labelgate-score";
@@ -46,6 +50,8 @@ pub enum DlqReason {
     /// A record whose message key is not its `batch_id` (the key decides the partition, so a
     /// delivery keyed otherwise could be split across partitions and replicas).
     KeyMismatch,
+    /// An `item` that is not an object, has a non-text `uri` or `text`, or is over `MAX_ITEM_BYTES`.
+    InvalidItem,
 }
 
 impl DlqReason {
@@ -65,10 +71,11 @@ impl DlqReason {
             DlqReason::VendorMismatch => "vendor_mismatch",
             DlqReason::FieldTooLong => "field_too_long",
             DlqReason::KeyMismatch => "key_mismatch",
+            DlqReason::InvalidItem => "invalid_item",
         }
     }
 
-    pub const ALL: [DlqReason; 14] = [
+    pub const ALL: [DlqReason; 15] = [
         DlqReason::Oversized,
         DlqReason::InvalidJson,
         DlqReason::MissingField,
@@ -83,6 +90,7 @@ impl DlqReason {
         DlqReason::VendorMismatch,
         DlqReason::FieldTooLong,
         DlqReason::KeyMismatch,
+        DlqReason::InvalidItem,
     ];
 }
 
@@ -109,6 +117,10 @@ pub struct Annotation {
     pub label: u32,
     pub features: Vec<f32>,
     pub gold_label: Option<u32>,
+    /// What a human looks at (`uri`, `text`, display fields), passed through to re-review.
+    pub item: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `[h, w, c]` when the features came as u8 pixels, so re-review can show them as an image.
+    pub image_shape: Option<[usize; 3]>,
 }
 
 /// Closes a delivery: `count` records were sent.
@@ -148,6 +160,7 @@ struct RawInput {
     features: Option<Vec<f32>>,
     image: Option<RawImage>,
     gold_label: Option<String>,
+    item: Option<serde_json::Value>,
     count: Option<usize>,
     #[allow(dead_code)]
     ts: Option<serde_json::Value>,
@@ -228,6 +241,8 @@ impl Schema {
                 let vendor_id = need(raw.vendor_id, "vendor_id")?;
                 let label = self.class(&need(raw.label, "label")?, "label")?;
                 let gold_label = raw.gold_label.map(|g| self.class(&g, "gold_label")).transpose()?;
+                let item = raw.item.map(item).transpose()?;
+                let image_shape = raw.image.as_ref().and_then(|i| <[usize; 3]>::try_from(i.shape.as_slice()).ok());
                 let features = match (raw.features, raw.image) {
                     (Some(f), None) => {
                         if f.len() != self.feature_dim {
@@ -242,7 +257,7 @@ impl Schema {
                     (Some(_), Some(_)) => return Err(Rejection::new(DlqReason::MissingField, "give `features` or `image`, not both")),
                     (None, None) => return Err(Rejection::new(DlqReason::MissingField, "`features` or `image` is missing")),
                 };
-                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, gold_label }))
+                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, gold_label, item, image_shape }))
             }
             Some(other) => Err(Rejection::new(DlqReason::UnknownMessageType, format!("type `{other}`; expected `batch_end` or none"))),
         }
@@ -267,6 +282,51 @@ impl Schema {
     }
 }
 
+/// Checks an annotation's `item`: an object of at most `MAX_ITEM_BYTES`, `uri` and `text` text.
+fn item(value: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>, Rejection> {
+    let bad = |m: String| Rejection::new(DlqReason::InvalidItem, m);
+    let serde_json::Value::Object(map) = value else { return Err(bad("`item` must be an object, e.g. {\"uri\": \"https://…\"} or {\"text\": \"…\"}".into())) };
+    for key in ["uri", "text"] {
+        if map.get(key).is_some_and(|v| !v.is_string()) {
+            return Err(bad(format!("`item.{key}` must be a string")));
+        }
+    }
+    let size = serde_json::to_vec(&map).map_or(usize::MAX, |v| v.len());
+    if size > MAX_ITEM_BYTES {
+        return Err(bad(format!("`item` is {size} bytes of JSON, limit {MAX_ITEM_BYTES}: send a `uri` to the content instead of the content")));
+    }
+    Ok(map)
+}
+
+/// u8 pixels of a suspect that came as an `image`, for re-review to show.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImagePixels {
+    /// `[height, width, channels]`.
+    pub shape: [usize; 3],
+    /// u8 pixels, row-major, channels last, base64.
+    pub data_b64: String,
+}
+
+impl ImagePixels {
+    /// Back from the features the parser scaled to [0, 1] (exact: each was a u8 / 255).
+    pub fn from_features(shape: [usize; 3], features: &[f32]) -> Self {
+        use base64::Engine;
+        let bytes: Vec<u8> = features.iter().map(|f| (f * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+        Self { shape, data_b64: base64::engine::general_purpose::STANDARD.encode(bytes) }
+    }
+
+    /// The decoded pixels, checked against the shape.
+    pub fn pixels(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(self.data_b64.as_bytes()).map_err(|e| format!("image.data_b64: {e}"))?;
+        let expected: usize = self.shape.iter().product();
+        if bytes.len() != expected {
+            return Err(format!("{} bytes of pixels for shape {:?} ({expected})", bytes.len(), self.shape));
+        }
+        Ok(bytes)
+    }
+}
+
 /// A suspect sent to human re-review (`annotations.rereview`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RereviewMessage {
@@ -284,6 +344,12 @@ pub struct RereviewMessage {
     pub window_id: String,
     pub model_version: String,
     pub reason: String,
+    /// The annotation's `item`, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The pixels, when the annotation came as an `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImagePixels>,
 }
 
 /// accept / reject / review (defined with the accuracy estimate it judges).
@@ -429,5 +495,35 @@ mod tests {
         assert_eq!(reason(&long_vendor), DlqReason::FieldTooLong);
         assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"tabby","features":[1,2,3]}"#), DlqReason::FieldTooLong);
         assert!(schema.parse(br#"{"sample_id":"12345678","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3]}"#).is_ok());
+    }
+
+    #[test]
+    fn items_are_checked() {
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":"https://x"}"#), DlqReason::InvalidItem);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":{"uri":7}}"#), DlqReason::InvalidItem);
+    }
+
+    #[test]
+    fn items_pass_through_and_are_bounded() {
+        let big = Schema::new(&["cat".into(), "dog".into()], 3, 1 << 20);
+        let msg = r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":{"uri":"https://x/1.png","caption":"a <b>"}}"#;
+        let Inbound::Annotation(a) = big.parse(msg.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(serde_json::Value::Object(a.item.unwrap()), serde_json::json!({"uri": "https://x/1.png", "caption": "a <b>"}));
+        let huge = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":{{"text":"{}"}}}}"#, "x".repeat(MAX_ITEM_BYTES));
+        let e = big.parse(huge.as_bytes()).unwrap_err();
+        assert_eq!(e.reason, DlqReason::InvalidItem);
+        assert!(e.message.contains("limit"), "{}", e.message);
+    }
+
+    #[test]
+    fn image_pixels_survive_the_round_trip_through_features() {
+        use base64::Engine;
+        let pixels: Vec<u8> = (0..=255).collect();
+        let data = base64::engine::general_purpose::STANDARD.encode(&pixels);
+        let s = Schema::new(&["cat".into(), "dog".into()], 256, 1 << 20);
+        let msg = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[16,16,1],"data_b64":"{data}"}}}}"#);
+        let Inbound::Annotation(a) = s.parse(msg.as_bytes()).unwrap() else { panic!() };
+        let back = ImagePixels::from_features(a.image_shape.unwrap(), &a.features);
+        assert_eq!(back.pixels().unwrap(), pixels);
     }
 }

@@ -90,7 +90,7 @@ fn every_option_on_renders_operator_objects_gpu_and_secret_references() {
     let (text, docs) = render(&all_on());
     assert_eq!(
         kinds(&docs),
-        ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"]
+        ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Service", "Service", "ServiceAccount", "ServiceMonitor"]
     );
     let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -105,6 +105,25 @@ fn every_option_on_renders_operator_objects_gpu_and_secret_references() {
     let dashboard = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1").expect("dashboard ConfigMap");
     serde_json::from_str::<serde_json::Value>(dashboard["data"]["labelgate.json"].as_str().unwrap()).expect("dashboard JSON");
     assert!(!text.to_lowercase().contains("password:"), "no secret value in any rendered object");
+}
+
+#[test]
+fn the_review_bridge_takes_its_token_from_the_existing_secret_and_stays_out_of_the_gates_service() {
+    let (text, docs) = render(&all_on());
+    let bridge = docs.iter().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "lg-labelgate-review-bridge").expect("bridge Deployment");
+    let c = &bridge["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "review-bridge");
+    assert_eq!(c["image"], "registry.example.com/labelgate:0.1.0", "the CPU image");
+    let secret = |name: &str| c["env"].as_sequence().unwrap().iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone());
+    assert_eq!(secret("LABELGATE__REVIEW_BRIDGE__TOKEN").unwrap(), "labelgate-label-studio");
+    assert_eq!(secret("LABELGATE__REVIEW_BRIDGE__WEBHOOK_SECRET").unwrap(), "labelgate-label-studio");
+    let gate_service = docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "lg-labelgate").unwrap();
+    let pod_labels = &bridge["spec"]["template"]["metadata"]["labels"];
+    let selects_bridge = gate_service["spec"]["selector"].as_mapping().unwrap().iter().all(|(k, v)| pod_labels.get(k) == Some(v));
+    assert!(!selects_bridge, "the gate's Service must not select the bridge's pods");
+    assert!(!text.contains("token:"), "no token value in any rendered object");
+    let (_, docs) = render(&[]);
+    assert_eq!(docs.iter().filter(|d| d["kind"] == "Deployment").count(), 1, "no bridge unless enabled");
 }
 
 #[test]
@@ -145,6 +164,7 @@ fn the_values_schema_refuses_bad_values() {
         ("config.kafka.sasl_password=hunter2", "a password in the ConfigMap"),
         ("replicaCount=two", "a replica count that is not a number"),
         ("gpu.enabeld=true", "a misspelt key"),
+        ("config.review_bridge.token=pat", "a Label Studio token in the ConfigMap"),
     ] {
         let out = run("helm", &["template", "lg", chart.to_str().unwrap(), "--set", set]);
         assert!(!out.status.success(), "{why} ({set}) was accepted");

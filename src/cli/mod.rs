@@ -36,10 +36,20 @@ enum Command {
     EvalStream(EvalStreamArgs),
     /// Run the gate against Kafka until SIGTERM / SIGINT.
     Run(RunArgs),
+    /// Turn suspects on the re-review topic into Label Studio tasks and reviewers' answers into
+    /// reviews, until SIGTERM / SIGINT (the `[review_bridge]` settings).
+    ReviewBridge(ReviewBridgeArgs),
     /// Benchmark: consume N input records through the gate's consumer, parser and buffer with
     /// no window running; prints records per second.
     #[command(hide = true)]
     BenchIngest(BenchIngestArgs),
+}
+
+#[derive(Args)]
+struct ReviewBridgeArgs {
+    /// TOML file over the embedded defaults; LABELGATE__SECTION__KEY variables override both.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -131,6 +141,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::EvalStream(args) => eval_stream(args),
         Command::Run(args) => run_gate(args),
+        Command::ReviewBridge(args) => review_bridge(args),
         Command::BenchIngest(args) => bench_ingest(args),
     };
     match result {
@@ -192,6 +203,11 @@ fn run_gate(args: RunArgs) -> Result<()> {
         tracing::info!(?summary, "exiting");
         Ok(())
     })
+}
+
+fn review_bridge(args: ReviewBridgeArgs) -> Result<()> {
+    let config = crate::config::Config::load(args.config.as_deref())?;
+    runtime()?.block_on(crate::review_bridge::run(config, crate::service::shutdown_signal()))
 }
 
 fn bench_ingest(args: BenchIngestArgs) -> Result<()> {

@@ -2,6 +2,7 @@
 //! `LABELGATE__SECTION__KEY` environment variables. Unknown keys are errors, every problem is
 //! reported at once with the key that has it and how to fix it, and secrets never print.
 
+mod review_bridge;
 mod secret;
 mod sections;
 mod validate;
@@ -14,6 +15,7 @@ use figment::{
 };
 use serde::{de::DeserializeOwned, de::IgnoredAny, Deserialize};
 
+pub use review_bridge::BridgeConfig;
 pub use secret::Secret;
 pub use sections::{GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
 
@@ -30,6 +32,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub state: StateConfig,
     pub metrics: MetricsConfig,
+    /// `labelgate review-bridge`: suspects to Label Studio tasks, answers back as reviews.
+    pub review_bridge: BridgeConfig,
 }
 
 /// All configuration problems, one per line.
@@ -59,6 +63,7 @@ struct Sections {
     runtime: IgnoredAny,
     state: IgnoredAny,
     metrics: IgnoredAny,
+    review_bridge: IgnoredAny,
 }
 
 /// Each problem of a failed extraction as `key: what (where to set it)`, under `section`.
@@ -113,13 +118,17 @@ impl Config {
         let runtime: Option<RuntimeConfig> = section(&figment, "runtime", &mut problems);
         let state: Option<StateConfig> = section(&figment, "state", &mut problems);
         let metrics: Option<MetricsConfig> = section(&figment, "metrics", &mut problems);
+        let review_bridge: Option<BridgeConfig> = section(&figment, "review_bridge", &mut problems);
         problems.extend(kafka.iter().flat_map(validate::kafka));
         problems.extend(gate.iter().flat_map(validate::gate));
         problems.extend(engine.iter().flat_map(|e| e.validate().into_iter().map(|e| format!("engine.{e}"))));
         problems.extend(state.iter().flat_map(validate::state));
         problems.extend(metrics.iter().flat_map(validate::metrics));
-        match (kafka, gate, engine, runtime, state, metrics) {
-            (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics)) if problems.is_empty() => Ok(Config { kafka, gate, engine, runtime, state, metrics }),
+        match (kafka, gate, engine, runtime, state, metrics, review_bridge) {
+            (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics), Some(review_bridge)) if problems.is_empty() => {
+                let config = Config { kafka, gate, engine, runtime, state, metrics, review_bridge };
+                Ok(config)
+            }
             _ => Err(ConfigErrors(problems)),
         }
     }

@@ -85,6 +85,8 @@ impl Gate {
                 window_id: window_id.into(),
                 model_version: self.model_version.clone(),
                 reason: "o2u_high_loss".into(),
+                item: a.item.clone(),
+                image: a.image_shape.map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
             }));
         } else {
             // The pool is the next windows' control for right labels: a window that could not
@@ -216,6 +218,8 @@ impl Gate {
                     window_id: job.id.clone(),
                     model_version: self.model_version.clone(),
                     reason: "window_failed".into(),
+                    item: a.item.clone(),
+                    image: a.image_shape.map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
                 }));
                 done.push(r.pos);
                 commit.routed += 1;

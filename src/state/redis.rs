@@ -102,6 +102,12 @@ impl RedisState {
         Ok(state)
     }
 
+    /// The reconnecting connection, for components that keep keys of their own under the prefix
+    /// (the review bridge's task map).
+    pub fn connection(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
     fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
         k.push_str(&parts.join(":"));

@@ -31,11 +31,23 @@ pub async fn serve(
     telemetry: Arc<Telemetry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("metrics.listen = {addr:?}: cannot bind: {e}"))?;
+    serve_with(addr, "metrics.listen", telemetry, Router::new(), shutdown).await
+}
+
+/// [`serve`] with more routes (the review bridge's webhook) merged in; `key` is the setting that
+/// gave `addr`, named in a bind error.
+pub async fn serve_with(
+    addr: &str,
+    key: &str,
+    telemetry: Arc<Telemetry>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("{key} = {addr:?}: cannot bind: {e}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(telemetry)).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, router(telemetry).merge(extra)).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });

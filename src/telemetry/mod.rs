@@ -141,6 +141,11 @@ impl Telemetry {
         OTHER_VENDOR.to_string()
     }
 
+    /// Where components with metrics of their own (the review bridge) register them.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
