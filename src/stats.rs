@@ -31,6 +31,24 @@ pub fn normal_cdf(x: f64) -> f64 {
     standard_normal().cdf(x)
 }
 
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// The 2.5th and 97.5th (at z = 1.96) percentiles of bootstrap replicates.
+pub fn percentile_interval(mut replicates: Vec<f64>, z: f64) -> (f64, f64) {
+    replicates.sort_by(f64::total_cmp);
+    let tail = (1.0 - normal_cdf(z)).clamp(0.0, 0.5);
+    let at = |q: f64| replicates[((q * (replicates.len() - 1) as f64).round() as usize).min(replicates.len() - 1)];
+    (at(tail), at(1.0 - tail))
+}
+
 /// A normal density with mean and variance, as the two-component mixtures fit it.
 #[derive(Debug, Clone, Copy)]
 pub struct Gaussian {

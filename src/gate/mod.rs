@@ -12,7 +12,7 @@ pub mod window;
 pub mod window_state;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -168,6 +168,9 @@ pub struct Gate {
     deliveries: HashMap<(i32, String), Delivery>,
     /// Gated deliveries, to send late records and repeated batch_ends to the DLQ. Bounded.
     gated: HashSet<String>,
+    /// Deliveries in the window now training: a record of one that arrives meanwhile is late,
+    /// not the start of a second delivery with the same batch_id (which would get two verdicts).
+    in_window: HashSet<String>,
     gated_order: VecDeque<String>,
     dead_letters: Vec<Output>,
     partitions: BTreeMap<i32, PartitionTrack>,
@@ -193,6 +196,7 @@ impl Gate {
             instance,
             deliveries: HashMap::new(),
             gated: HashSet::new(),
+            in_window: HashSet::new(),
             gated_order: VecDeque::new(),
             dead_letters: Vec::new(),
             partitions: BTreeMap::new(),
@@ -230,6 +234,7 @@ impl Gate {
 
     /// Remembers deliveries that were gated before (from the verdict topic after a restart).
     pub fn remember_gated(&mut self, batch_id: String) {
+        self.in_window.remove(&batch_id);
         if self.gated.insert(batch_id.clone()) {
             self.gated_order.push_back(batch_id);
             if self.gated_order.len() > GATED_MEMORY {
@@ -300,7 +305,7 @@ impl Gate {
     }
 
     fn add_annotation(&mut self, a: Annotation, msg: &InputMessage, now: Instant) -> Result<bool, (DlqReason, String)> {
-        if self.gated.contains(&a.batch_id) {
+        if self.gated.contains(&a.batch_id) || self.in_window.contains(&a.batch_id) {
             return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
         }
         let d = self.delivery(msg.pos.partition, &a.batch_id, &a.vendor_id, now);
@@ -324,7 +329,7 @@ impl Gate {
     }
 
     fn add_batch_end(&mut self, end: wire::BatchEnd, pos: SourcePos, now: Instant) -> Result<bool, (DlqReason, String)> {
-        if self.gated.contains(&end.batch_id) {
+        if self.gated.contains(&end.batch_id) || self.in_window.contains(&end.batch_id) {
             return Err((DlqReason::DuplicateBatchEnd, format!("delivery `{}` was already gated", end.batch_id)));
         }
         let d = self.delivery(pos.partition, &end.batch_id, &end.vendor_id, now);
@@ -341,40 +346,6 @@ impl Gate {
             d.closed = Some((now, "batch_end"));
         }
         Ok(closed)
-    }
-
-    /// Partitions with an open delivery that has been quiet for half the delivery timeout: the
-    /// edge says of each whether it is read to its end ([`Gate::partition_at_end`]) before any of
-    /// its deliveries may close by timeout.
-    pub fn quiet_partitions(&self, now: Instant) -> BTreeSet<i32> {
-        let half = Duration::from_secs(self.config.delivery_timeout_secs) / 2;
-        self.deliveries.values().filter(|d| d.closed.is_none() && now.duration_since(d.last_seen) >= half).map(|d| d.partition).collect()
-    }
-
-    /// Whether `partition` is read to its end (`false` also when that is unknown: the broker
-    /// did not answer, or the input is paused).
-    pub fn partition_at_end(&mut self, partition: i32, at_end: bool, now: Instant) {
-        if let Some(t) = self.partitions.get_mut(&partition) {
-            t.at_end_since = if at_end { Some(t.at_end_since.unwrap_or(now)) } else { None };
-        }
-    }
-
-    /// Closes the deliveries that timed out: a delivery closes only once its partition has been
-    /// read to its end and nothing of it arrived for `gate.delivery_timeout_secs`, counted from
-    /// its last record or from reaching the end, whichever is later. So a broker stall, a pause
-    /// or a consumer lagging behind never closes a delivery on part of its records.
-    pub fn close_idle(&mut self, now: Instant) -> usize {
-        let timeout = Duration::from_secs(self.config.delivery_timeout_secs);
-        let mut closed = 0;
-        for d in self.deliveries.values_mut().filter(|d| d.closed.is_none()) {
-            let Some(at_end) = self.partitions.get(&d.partition).and_then(|t| t.at_end_since) else { continue };
-            if now.duration_since(d.last_seen.max(at_end)) >= timeout {
-                let why = if d.end.is_some() { "timeout_after_short_batch_end" } else { "timeout" };
-                d.closed = Some((now, why));
-                closed += 1;
-            }
-        }
-        closed
     }
 
     /// The buffer is at its bound and none of it can be gated: every buffered delivery is still
@@ -417,6 +388,7 @@ impl Gate {
                 break;
             }
             let d = self.deliveries.remove(&key).expect("listed");
+            self.in_window.insert(d.batch_id.clone());
             records += d.records.len();
             deliveries.push(d);
         }
@@ -446,6 +418,7 @@ impl Gate {
     /// them).
     pub fn requeue(&mut self, job: WindowJob, revoked: &[i32]) {
         for d in job.deliveries {
+            self.in_window.remove(&d.batch_id);
             if revoked.contains(&d.partition) || !self.partitions.contains_key(&d.partition) {
                 continue;
             }

@@ -1,7 +1,11 @@
-//! Which input offsets may be committed: per partition, the records in flight, the offsets done
-//! above the commit point (written to the progress topic), and dead letters' own commits.
+//! Per input partition: which offsets may be committed (the records in flight, the offsets done
+//! above the commit point, written to the progress topic), dead letters' own commits, and whether
+//! the partition is read to its end, which alone lets a quiet delivery close by timeout.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,5 +105,39 @@ impl Gate {
             done.push((start, t.next_offset));
         }
         PartitionProgress { partition, commit_offset, done }
+    }
+
+    /// Partitions with an open delivery that has been quiet for half the delivery timeout: the
+    /// edge says of each whether it is read to its end ([`Gate::partition_at_end`]) before any of
+    /// its deliveries may close by timeout.
+    pub fn quiet_partitions(&self, now: Instant) -> BTreeSet<i32> {
+        let half = Duration::from_secs(self.config.delivery_timeout_secs) / 2;
+        self.deliveries.values().filter(|d| d.closed.is_none() && now.duration_since(d.last_seen) >= half).map(|d| d.partition).collect()
+    }
+
+    /// Whether `partition` is read to its end (`false` also when that is unknown: the broker
+    /// did not answer, or the input is paused).
+    pub fn partition_at_end(&mut self, partition: i32, at_end: bool, now: Instant) {
+        if let Some(t) = self.partitions.get_mut(&partition) {
+            t.at_end_since = if at_end { Some(t.at_end_since.unwrap_or(now)) } else { None };
+        }
+    }
+
+    /// Closes the deliveries that timed out: a delivery closes only once its partition has been
+    /// read to its end and nothing of it arrived for `gate.delivery_timeout_secs`, counted from
+    /// its last record or from reaching the end, whichever is later. So a broker stall, a pause
+    /// or a consumer lagging behind never closes a delivery on part of its records.
+    pub fn close_idle(&mut self, now: Instant) -> usize {
+        let timeout = Duration::from_secs(self.config.delivery_timeout_secs);
+        let mut closed = 0;
+        for d in self.deliveries.values_mut().filter(|d| d.closed.is_none()) {
+            let Some(at_end) = self.partitions.get(&d.partition).and_then(|t| t.at_end_since) else { continue };
+            if now.duration_since(d.last_seen.max(at_end)) >= timeout {
+                let why = if d.end.is_some() { "timeout_after_short_batch_end" } else { "timeout" };
+                d.closed = Some((now, why));
+                closed += 1;
+            }
+        }
+        closed
     }
 }

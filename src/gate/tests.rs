@@ -1,6 +1,8 @@
 //! The state machine end to end without Kafka: deliveries, windows, restarts, rebalances.
 
 use super::*;
+use std::collections::BTreeSet;
+
 use super::window::WindowScores;
 use crate::accuracy::evidence::EvidenceStatus;
 use crate::wire::Decision;
@@ -243,4 +245,25 @@ fn a_failed_window_sends_every_record_to_review_with_the_reason() {
     assert_eq!(commit.progress[0].commit_offset, 4, "every record and the batch_end are done");
     assert!(!commit.state.deliveries[0].counts_towards_accuracy());
     assert_eq!(g.ingest(msg(4, &rec("s9", "b1", "a")), now), Ingested::Rejected(DlqReason::LateRecord));
+}
+
+/// Records of a delivery that arrive while its window trains are late records, not a second
+/// delivery with the same batch_id (found by the chaos soak: one delivery, two verdicts).
+#[test]
+fn records_arriving_while_their_delivery_trains_are_late_not_a_second_delivery() {
+    let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+    let now = Instant::now();
+    for i in 0..3 {
+        g.ingest(msg(i, &rec(&format!("s{i}"), "b1", "a")), now);
+    }
+    g.partition_at_end(0, true, now);
+    assert_eq!(g.close_idle(now + Duration::from_secs(10)), 1);
+    let job = g.take_window().unwrap();
+    assert_eq!(g.ingest(msg(3, &rec("s3", "b1", "a")), now), Ingested::Rejected(DlqReason::LateRecord));
+    assert_eq!(g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":4}"#), now), Ingested::Rejected(DlqReason::DuplicateBatchEnd));
+    assert_eq!(g.open_deliveries(), 0);
+    // A window given back on a rebalance: its deliveries take records again.
+    g.requeue(job, &[]);
+    g.ingest(msg(5, &rec("s5", "b1", "a")), now);
+    assert_eq!(g.open_deliveries(), 1);
 }

@@ -37,7 +37,10 @@
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{o2u::noise_rate, stats::wilson};
+use crate::{
+    o2u::noise_rate,
+    stats::{median, percentile_interval, wilson},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -274,24 +277,6 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, rows: usize, pool_
             base(status, centre, lo, hi, far.iter().map(|r| r.estimator).collect())
         }
     }
-}
-
-fn median(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
-}
-
-/// The 2.5th and 97.5th (at z = 1.96) percentiles of bootstrap replicates.
-fn percentile_interval(mut replicates: Vec<f64>, z: f64) -> (f64, f64) {
-    replicates.sort_by(f64::total_cmp);
-    let tail = (1.0 - crate::stats::normal_cdf(z)).clamp(0.0, 0.5);
-    let at = |q: f64| replicates[((q * (replicates.len() - 1) as f64).round() as usize).min(replicates.len() - 1)];
-    (at(tail), at(1.0 - tail))
 }
 
 /// Share of the window's records above the mixture's split (fitted on every scored row).

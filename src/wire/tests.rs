@@ -1,0 +1,89 @@
+//! Every way a record can be wrong has its reason; items, images and bounds.
+
+use super::*;
+
+fn schema() -> Schema {
+    Schema::new(&["cat".into(), "dog".into()], 3, 1000)
+}
+
+fn reason(payload: &str) -> DlqReason {
+    schema().parse(payload.as_bytes()).unwrap_err().reason
+}
+
+#[test]
+fn parses_annotations_and_batch_ends() {
+    let a = schema().parse(br#"{"sample_id":"s1","batch_id":"b","vendor_id":"v","label":"dog","features":[1,2,3],"gold_label":"dog","ts":"2026-01-01"}"#).unwrap();
+    let Inbound::Annotation(a) = a else { panic!() };
+    assert_eq!((a.label, a.gold_label, a.features.len()), (1, Some(1), 3));
+    let e = schema().parse(br#"{"type":"batch_end","batch_id":"b","vendor_id":"v","count":7}"#).unwrap();
+    assert_eq!(e, Inbound::BatchEnd(BatchEnd { batch_id: "b".into(), vendor_id: "v".into(), count: 7 }));
+}
+
+#[test]
+fn images_are_decoded_and_scaled() {
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode([0u8, 255, 51]);
+    let msg = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[1,3,1],"data_b64":"{data}"}}}}"#);
+    let Inbound::Annotation(a) = schema().parse(msg.as_bytes()).unwrap() else { panic!() };
+    assert_eq!(a.features, vec![0.0, 1.0, 0.2]);
+    let short = r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{"shape":[1,1,3],"data_b64":"AAA="}}"#;
+    assert_eq!(reason(short), DlqReason::InvalidImage);
+}
+
+#[test]
+fn each_kind_of_bad_input_has_its_reason() {
+    assert_eq!(reason("{not json"), DlqReason::InvalidJson);
+    assert_eq!(reason("[1,2]"), DlqReason::InvalidJson);
+    assert_eq!(reason(r#"{"batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3]}"#), DlqReason::MissingField);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2]}"#), DlqReason::WrongFeatureLength);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,1e39]}"#), DlqReason::NonFiniteFeature);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cow","features":[1,2,3]}"#), DlqReason::UnknownClass);
+    assert_eq!(reason(r#"{"type":"restart","batch_id":"b"}"#), DlqReason::UnknownMessageType);
+    assert_eq!(reason(r#"{"type":"batch_end","batch_id":"b","vendor_id":"v"}"#), DlqReason::MissingField);
+    assert_eq!(reason(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000))), DlqReason::Oversized);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,NaN]}"#), DlqReason::InvalidJson);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,1e309]}"#), DlqReason::NonFiniteFeature);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{"shape":[1,3,1],"data_b64":"!!!!"}}"#), DlqReason::InvalidImage);
+}
+
+#[test]
+fn ids_and_labels_are_bounded() {
+    let schema = schema().with_field_limits(8, 4);
+    let reason = |p: &str| schema.parse(p.as_bytes()).unwrap_err().reason;
+    let long_id = format!(r#"{{"sample_id":"{}","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3]}}"#, "s".repeat(9));
+    assert_eq!(reason(&long_id), DlqReason::FieldTooLong);
+    let long_vendor = format!(r#"{{"type":"batch_end","batch_id":"b","vendor_id":"{}","count":1}}"#, "v".repeat(100));
+    assert_eq!(reason(&long_vendor), DlqReason::FieldTooLong);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"tabby","features":[1,2,3]}"#), DlqReason::FieldTooLong);
+    assert!(schema.parse(br#"{"sample_id":"12345678","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3]}"#).is_ok());
+}
+
+#[test]
+fn items_are_checked() {
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":"https://x"}"#), DlqReason::InvalidItem);
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":{"uri":7}}"#), DlqReason::InvalidItem);
+}
+
+#[test]
+fn items_pass_through_and_are_bounded() {
+    let big = Schema::new(&["cat".into(), "dog".into()], 3, 1 << 20);
+    let msg = r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":{"uri":"https://x/1.png","caption":"a <b>"}}"#;
+    let Inbound::Annotation(a) = big.parse(msg.as_bytes()).unwrap() else { panic!() };
+    assert_eq!(serde_json::Value::Object(a.item.unwrap()), serde_json::json!({"uri": "https://x/1.png", "caption": "a <b>"}));
+    let huge = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":{{"text":"{}"}}}}"#, "x".repeat(MAX_ITEM_BYTES));
+    let e = big.parse(huge.as_bytes()).unwrap_err();
+    assert_eq!(e.reason, DlqReason::InvalidItem);
+    assert!(e.message.contains("limit"), "{}", e.message);
+}
+
+#[test]
+fn image_pixels_survive_the_round_trip_through_features() {
+    use base64::Engine;
+    let pixels: Vec<u8> = (0..=255).collect();
+    let data = base64::engine::general_purpose::STANDARD.encode(&pixels);
+    let s = Schema::new(&["cat".into(), "dog".into()], 256, 1 << 20);
+    let msg = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[16,16,1],"data_b64":"{data}"}}}}"#);
+    let Inbound::Annotation(a) = s.parse(msg.as_bytes()).unwrap() else { panic!() };
+    let back = ImagePixels::from_features(a.image_shape.unwrap(), &a.features);
+    assert_eq!(back.pixels().unwrap(), pixels);
+}
