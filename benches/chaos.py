@@ -99,11 +99,20 @@ def gen(out, records, deliveries, run_id):
     valid_by_batch[bb] = good
     lines = bad + lines
 
-    chunks = 20
-    size = (len(lines) + chunks - 1) // chunks
+    # Chunks hold whole deliveries: a delivery cut between two chunks fed seconds apart would close
+    # by timeout on its first part (as documented), and its rest would be late records.
+    groups, cur, key = [], [], None
+    for line in lines:
+        k = line.split("\t", 1)[0]
+        if cur and k != key and not k.startswith("not-the-batch") and key != "not-the-batch":
+            groups.append(cur); cur = []
+        cur.append(line); key = k
+    groups.append(cur)
+    per_chunk = (len(groups) + 19) // 20
+    chunks = (len(groups) + per_chunk - 1) // per_chunk
     for c in range(chunks):
         with open(f"{out}/main-{c:03d}.txt", "w") as f:
-            f.write("\n".join(lines[c * size:(c + 1) * size]) + "\n")
+            f.write("\n".join(l for g in groups[c * per_chunk:(c + 1) * per_chunk] for l in g) + "\n")
     # Produced once everything else is gated: a record for a gated delivery.
     late_batch = f"{run_id}-d0000"
     late = json.dumps({"sample_id": f"{late_batch}-late", "batch_id": late_batch, "vendor_id": "vendor-0",

@@ -151,16 +151,25 @@ wait_resume() {
   local name=$1 t0=$2 base=$3 what=$4 ready_at= g=$1
   [ "$g" = all ] && g=A
   while :; do
-    supervise; feed; over && { resume_rows+=("$what|timeout"); return; }
+    supervise; feed; over && { resume_rows+=("$what|timeout|timeout"); return; }
     local port; port=$(port_of "$g")
     if [ "$(metric "$port" labelgate_ready)" = 1 ]; then
       [ -n "$ready_at" ] || ready_at=$(elapsed "$t0")
       local c; if [ "$name" = all ]; then c=$(cumulative); else c=$(routed_of "$name"); fi
       if [ "$c" -gt "$base" ] || { [ "$name" != all ] && [ "$(metric "$port" labelgate_buffered_records)" -gt 0 ]; }; then
-        local s; s=$(elapsed "$t0"); resume_rows+=("$what|$(printf %.1f "$s")"); log "$what: consuming again after $(printf %.1f "$s") s"; return
+        local s; s=$(printf %.1f "$(elapsed "$t0")") r=
+        # And until it routes (commits a window or a dead letter), for at most 30 s more.
+        if [ "$name" = all ]; then r=$s; else
+          local until=$(( $(date +%s) + 30 ))
+          while [ "$(date +%s)" -lt "$until" ]; do
+            if [ "$(routed_of "$name")" -gt "$base" ]; then r=$(printf %.1f "$(elapsed "$t0")"); break; fi
+            supervise; feed; sleep 0.2
+          done
+        fi
+        resume_rows+=("$what|$s|${r:-—}"); log "$what: consuming again after $s s, routing after ${r:-(more than 30 s)} s"; return
       fi
-      if [ "$name" != all ] && [ "$(echo "$(elapsed "$t0") - $ready_at > 15" | bc)" = 1 ]; then
-        resume_rows+=("$what|$(printf %.1f "$ready_at")"); log "$what: ready after $(printf %.1f "$ready_at") s, nothing to read"; return
+      if [ "$(echo "$(elapsed "$t0") - $ready_at > 30" | bc)" = 1 ]; then
+        resume_rows+=("$what|$(printf %.1f "$ready_at")|—"); log "$what: ready after $(printf %.1f "$ready_at") s, nothing to read"; return
       fi
     fi
     sleep 0.2
@@ -170,10 +179,19 @@ mids_done=0 kills_done=0
 kill_gate() {
   local name=$1 mid=$2 port; port=$(port_of "$name")
   if [ "$mid" = 1 ]; then
-    local until=$(( $(date +%s) + 120 ))
-    while [ "$(metric "$port" labelgate_windows_started_total)" -le "$(metric "$port" labelgate_windows_total)" ]; do
-      supervise; feed; [ "$(date +%s)" -lt "$until" ] || { mid=0; log "no window started within 120 s: a plain kill"; break; }; sleep 0.1
+    # The planned replica, or the other one if it has a window training first (a replica may hold
+    # no partitions for a while).
+    local until=$(( $(date +%s) + 60 )) found= n
+    while [ -z "$found" ]; do
+      for n in "$name" A B; do
+        [ -n "${pid[$n]:-}" ] || continue
+        local p; p=$(port_of "$n")
+        if [ "$(metric "$p" labelgate_windows_started_total)" -gt "$(metric "$p" labelgate_windows_total)" ]; then found=$n; break; fi
+      done
+      [ -n "$found" ] && break
+      supervise; feed; [ "$(date +%s)" -lt "$until" ] || { mid=0; log "no window started within 60 s: a plain kill"; break; }; sleep 0.1
     done
+    [ -z "$found" ] || { name=$found; port=$(port_of "$name"); }
   fi
   routed_of "$name" >/dev/null
   kill -9 "${pid[$name]}" 2>/dev/null || true; wait "${pid[$name]}" 2>/dev/null || true
@@ -267,15 +285,17 @@ import json, statistics, sys
 out, run_s, kills, mids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 v = json.load(open(f"{out}/verify.json"))
 rows = [l.split("|") for l in open(f"{out}/resumes.txt").read().splitlines() if l]
-gate = [float(s) for w, s in rows if w.startswith("SIGKILL gate") and s != "timeout"]
+gate = [float(s) for w, s, r in rows if w.startswith("SIGKILL gate") and s != "timeout"]
+route = [float(r) for w, s, r in rows if w.startswith("SIGKILL gate") and r not in ("timeout", "—")]
 exits = [l for l in open(f"{out}/exits.txt").read().splitlines() if l]
-print(f"| records (valid + bad) | deliveries | verdicts | accepted / rereview / dlq | gate SIGKILLs (mid-window) | resume after a gate SIGKILL min / median / max | lost | duplicated | valid in DLQ | unexpected exits | run |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-rs = f"{min(gate):.1f} / {statistics.median(gate):.1f} / {max(gate):.1f} s" if gate else "—"
-print(f"| {v['input_records']:,} ({v['valid']:,} + {v['bad']}) | {v['deliveries']} | {v['verdicts']} | {v['accepted']:,} / {v['rereview']:,} / {v['dlq']} | {kills} ({mids}) | {rs} | {v['lost']} | {v['duplicated']} | {v['valid_in_dlq']} | {len(exits)} | {run_s} s |")
+def mmm(xs):
+    return f"{min(xs):.1f} / {statistics.median(xs):.1f} / {max(xs):.1f} s" if xs else "—"
+print(f"| records (valid + bad) | deliveries | verdicts | accepted / rereview / dlq | gate SIGKILLs (mid-window) | consuming again after a gate SIGKILL min / median / max | routing again, min / median / max | lost | duplicated | valid in DLQ | unexpected exits | run |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print(f"| {v['input_records']:,} ({v['valid']:,} + {v['bad']}) | {v['deliveries']} | {v['verdicts']} | {v['accepted']:,} / {v['rereview']:,} / {v['dlq']} | {kills} ({mids}) | {mmm(gate)} | {mmm(route)} | {v['lost']} | {v['duplicated']} | {v['valid_in_dlq']} | {len(exits)} | {run_s} s |")
 print()
-for w, s in rows:
-    print(f"- {w}: {s}{' s' if s != 'timeout' else ''}")
+for w, s, r in rows:
+    print(f"- {w}: consuming again after {s} s, routing after {r} s")
 print(f"- dead-letter reasons: {', '.join(f'{k} {n}' for k, n in v['dlq_reasons'].items())}")
 for e in exits:
     print(f"- unexpected exit: {e}")
