@@ -3,6 +3,7 @@
 #   scripts/kafka.sh start   # fetch the jars from Maven Central (once), format, start, wait
 #   scripts/kafka.sh stop    # stop it and delete its data
 #   scripts/kafka.sh status
+#   scripts/kafka.sh restart # start it again on its data (after a crash or kill -9; benches/chaos.sh)
 #   scripts/kafka.sh start-secure|stop-secure|status-secure   # a second, secured broker (below)
 # KAFKA_VERSION (4.1.1), KAFKA_PORT (19092), LABELGATE_CACHE (~/.cache/labelgate) override.
 #
@@ -218,10 +219,30 @@ admin_answers() {
 
 stop() { stop_run_dir "$run" 30; }
 
+# Starts the broker of an existing run dir again on its data and configuration (no format), e.g.
+# after `kill -9 $(cat $run/pid)`; waits until it answers.
+restart() {
+  [ -f "$run/server.properties" ] || { echo "kafka.sh: no broker was started in $run" >&2; exit 1; }
+  # A killed broker may linger a moment as a zombie until its new parent reaps it: not running.
+  if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null && ! grep -q '^[^)]*) Z' "/proc/$(cat "$run/pid")/stat" 2>/dev/null; then
+    echo "kafka.sh: already running on 127.0.0.1:$port" >&2; return
+  fi
+  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC "-Dlog4j2.configurationFile=$run/log4j2.properties")
+  nohup java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka "$run/server.properties" >>"$run/stdout.log" 2>&1 &
+  echo $! > "$run/pid"
+  for _ in $(seq 1 120); do
+    if answers; then echo "kafka.sh: broker restarted on 127.0.0.1:$port" >&2; return; fi
+    kill -0 "$(cat "$run/pid")" 2>/dev/null || { echo "kafka.sh: broker exited; see $run/stdout.log" >&2; tail -20 "$run/stdout.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "kafka.sh: broker did not answer on 127.0.0.1:$port within 60 s" >&2; exit 1
+}
+
 case "${1:-}" in
   start|start-secure) start ;;
   stop|stop-secure) stop ;;
+  restart|restart-secure) restart ;;
   status|status-secure) if answers; then echo "up on 127.0.0.1:$port"; else echo "down"; exit 1; fi ;;
   fetch) fetch ;;
-  *) echo "usage: scripts/kafka.sh start|stop|status|start-secure|stop-secure|status-secure|fetch" >&2; exit 2 ;;
+  *) echo "usage: scripts/kafka.sh start|stop|restart|status|start-secure|stop-secure|status-secure|fetch" >&2; exit 2 ;;
 esac

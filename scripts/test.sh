@@ -83,3 +83,9 @@ eval "$(scripts/chart-tools.sh)"
 # Two cores: the tests train networks side by side, one kernel thread each.
 export LABELGATE_THREADS=1 RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --release --locked "$@"
+# The short chaos soak (benches/chaos.sh --short: gate, broker and Redis SIGKILLs, two replicas, every
+# bad-input kind, then a read_committed check of exactly-once routing) on this suite's broker and
+# Redis, which it kills and restarts; about 3 minutes. Skipped when tests are filtered or CHAOS=0.
+if [ $# -eq 0 ] && [ "${CHAOS:-1}" != 0 ]; then
+  benches/chaos.sh --short
+fi
