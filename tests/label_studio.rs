@@ -538,6 +538,18 @@ impl Browser {
         Self { client, _driver: driver }
     }
 
+    /// Runs `script` (asynchronous: it calls its last argument) until it answers other than null.
+    async fn until(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.client.execute_async(script, vec![]).await {
+                Ok(v) if !v.is_null() => return v,
+                Ok(_) | Err(fantoccini::error::CmdError::Standard(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
     async fn wait_css(&self, css: &str) -> fantoccini::elements::Element {
         self.client.wait().at_most(Duration::from_secs(60)).for_element(fantoccini::Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
     }
@@ -620,33 +632,40 @@ fn a_reviewer_in_a_browser_sees_the_item_and_the_gates_guess_and_the_answers_rea
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         b.client.goto(&format!("{base}/projects/{project}/data?task={}", task_of(first))).await.unwrap();
-        // The item: the suspect's pixels, drawn from the PNG data URI the bridge rendered.
-        let image = b.wait_css(".lsf-main-content .labelgate-image, .labelgate-image").await;
-        let (w, h): (u64, u64) = serde_json::from_value(
-            b.client
-                .execute_async(
-                    "const el = arguments[0], done = arguments[1]; const url = getComputedStyle(el).backgroundImage.slice(5, -2); const img = new Image(); img.onload = () => done([img.naturalWidth, img.naturalHeight]); img.onerror = () => done([0, 0]); img.src = url;",
-                    vec![serde_json::to_value(&image).unwrap()],
-                )
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!((w, h), (28, 28), "the item's image decodes to the suspect's 28×28 pixels");
+        // The item: the suspect's pixels, drawn from the PNG data URI the bridge rendered. The
+        // editor re-renders while it loads the prediction, so the checks find their elements
+        // afresh each time instead of holding on to one.
+        b.wait_css(".labelgate-image").await;
+        let size = b
+            .until(
+                "the item's image decoded",
+                "const done = arguments[arguments.length - 1]; const el = document.querySelector('.labelgate-image'); if (!el) { done(null); return; } \
+                 const url = getComputedStyle(el).backgroundImage.slice(5, -2); const img = new Image(); \
+                 img.onload = () => done([img.naturalWidth, img.naturalHeight]); img.onerror = () => done(null); img.src = url;",
+            )
+            .await;
+        assert_eq!(size, json!([28, 28]), "the item's image decodes to the suspect's 28×28 pixels");
         // The gate's guess: its choice is pre-selected from the prediction.
-        let radio = |label: &str| format!("input.ant-radio-input[name=\"{label}\"]");
-        let guess = b.wait_css(&radio(&first.predicted_label)).await;
-        assert!(guess.is_selected().await.unwrap(), "the gate's label {} is pre-selected", first.predicted_label);
+        let checked = |label: &str| format!("const done = arguments[arguments.length - 1]; const el = document.querySelector('input.ant-radio-input[name=\"{label}\"]'); done(el && el.checked ? true : null);");
+        b.until(&format!("the gate's label {} pre-selected", first.predicted_label), &checked(&first.predicted_label)).await;
         let page = b.client.source().await.unwrap();
         assert!(page.contains(&format!("The gate suggests: {}", first.predicted_label)), "the header names the gate's guess");
         std::fs::write(shots.join("review-task.png"), b.client.screenshot().await.unwrap()).unwrap();
-        // The reviewer's choice, then Submit.
-        let choice = b.wait_css(&radio(&chosen)).await;
-        b.client.execute("arguments[0].closest('label').click()", vec![serde_json::to_value(&choice).unwrap()]).await.unwrap();
-        assert!(b.wait_css(&radio(&chosen)).await.is_selected().await.unwrap(), "the reviewer's choice is selected");
-        let submit = b.wait_css("button[data-testid=\"bottombar-submit-button\"]").await;
+        // The reviewer's choice (a click on its label, as a person does), then Submit.
+        b.until(
+            "the reviewer's choice clicked",
+            &format!("const done = arguments[arguments.length - 1]; const el = document.querySelector('input.ant-radio-input[name=\"{chosen}\"]'); if (el) {{ el.closest('label').click(); }} done(el && el.checked ? true : null);"),
+        )
+        .await;
         let t0 = Instant::now();
-        submit.click().await.unwrap();
+        for attempt in 0.. {
+            // A re-render between finding the button and clicking it makes the element stale.
+            match b.wait_css("button[data-testid=\"bottombar-submit-button\"]").await.click().await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => eprintln!("submit click retried: {e}"),
+                Err(e) => panic!("cannot click Submit: {e}"),
+            }
+        }
         let arrived = reader.wait(&first.sample_id, &chosen, Duration::from_secs(20));
         std::fs::write(shots.join("review-submitted.png"), b.client.screenshot().await.unwrap()).unwrap();
         b.client.clone().close().await.unwrap();
