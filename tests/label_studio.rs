@@ -41,6 +41,13 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_string()
 }
 
+/// The suite's Redis as the bridge's ACL user, to watch the task map.
+fn redis_connection() -> redis::Connection {
+    let mut c = redis::Client::open(var("LABELGATE_REDIS_URL")).unwrap().get_connection().unwrap();
+    redis::cmd("AUTH").arg(var("LABELGATE_REDIS_USER")).arg(var("LABELGATE_REDIS_PASSWORD")).query::<()>(&mut c).unwrap();
+    c
+}
+
 /// Topic, Redis prefix and project names of one test run.
 #[derive(Clone)]
 struct Names {
@@ -287,7 +294,8 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
     let started = Instant::now();
     produce(&n.rereview, &records(&suspects[..600]));
 
-    // The bridge dies by SIGKILL mid-import...
+    // The bridge dies by SIGKILL mid-import: while a batch is marked in the task map, between
+    // sending it to Label Studio and recording its task ids...
     let port = free_port();
     let mut first = bridge(&n, port, None, 3600);
     let mut project = None;
@@ -296,10 +304,18 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
         project.is_some_and(|p| studio.task_count(p) >= 150)
     });
     let project = project.unwrap();
+    let mut redis = redis_connection();
+    let importing = format!("labelgate:test:{}:review_bridge:{project}:importing", n.unique);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while redis::cmd("HLEN").arg(&importing).query::<u64>(&mut redis).unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no import in flight to interrupt");
+    }
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     let at_kill = studio.task_count(project);
-    eprintln!("bridge SIGKILLed with {at_kill} tasks in Label Studio");
+    let marked: u64 = redis::cmd("HLEN").arg(&importing).query(&mut redis).unwrap();
+    eprintln!("bridge SIGKILLed mid-import: {at_kill} tasks in Label Studio, {marked} suspects marked as importing");
+    assert!(marked > 0, "the kill left an import to settle");
 
     // ...a new one takes over, and Label Studio restarts under it while suspects keep coming.
     let port = free_port();
@@ -345,6 +361,7 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
     assert_eq!(tasks.len() - unique.len(), 0, "duplicate tasks");
     assert_eq!(missing, 0, "missing tasks");
     assert_eq!(tasks.len(), 1000);
+    assert_eq!(redis::cmd("HLEN").arg(&importing).query::<u64>(&mut redis).unwrap(), 0, "every import mark settled");
     assert!(sample(&m, "labelgate_review_bridge_errors_total{kind=\"label_studio_unreachable\"}").unwrap_or(0.0) >= 1.0, "the outage was counted");
 
     // What a reviewer gets: the item (escaped), pixels as a PNG, the gate's guess as a prediction.
