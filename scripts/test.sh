@@ -2,9 +2,9 @@
 # The whole test suite from a fresh machine: installs what the tests need (kcat, redis-server,
 # promtool, openssl, chromium and chromedriver, python3-venv and curl from Debian, the Apache Kafka
 # broker from Maven Central, Label Studio from PyPI via scripts/label-studio.sh, helm, kubeconform
-# and hadolint via scripts/chart-tools.sh), starts the broker, Redis (plain and TLS) and Label
-# Studio, builds once (release profile, shared with `cargo run --release`), runs every test, and
-# stops them.
+# and hadolint via scripts/chart-tools.sh), starts the brokers (plain, and secured: SASL_SSL with
+# ACLs), Redis (plain and TLS) and Label Studio, builds once (release profile, shared with `cargo
+# run --release`), runs every test, and stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
@@ -36,10 +36,27 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export KAFKA_PORT=${KAFKA_PORT:-19092}
+# Set before anything starts so that a failed start still stops what already runs (the secured
+# broker's start is waited for first, so that its broker is not left running).
+cleanup() {
+  if [ -n "${secure_pid:-}" ]; then wait "$secure_pid" 2>/dev/null || true; fi
+  rm -f "${secure_out:-}"
+  scripts/label-studio.sh stop; scripts/redis.sh stop; scripts/kafka.sh stop-secure; scripts/kafka.sh stop
+}
+trap cleanup EXIT
+# The secured broker (SASL_SSL, ACLs; tests/kafka_security.rs) on KAFKA_PORT + 2 starts alongside
+# the plain one; start-secure prints the path of a file that exports its address, CA, admin
+# client properties and the users' passwords.
+scripts/kafka.sh fetch
+secure_out=$(mktemp)
+scripts/kafka.sh start-secure >"$secure_out" &
+secure_pid=$!
 scripts/kafka.sh start
-# Set before Redis starts so that a failed Redis start still stops the broker.
-trap 'scripts/label-studio.sh stop; scripts/redis.sh stop; scripts/kafka.sh stop' EXIT
 export LABELGATE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+wait "$secure_pid" || { secure_pid=; echo "test.sh: the secured broker did not start" >&2; exit 1; }
+secure_pid=
+# shellcheck disable=SC1090 # written by start-secure
+. "$(cat "$secure_out")"
 
 export REDIS_PORT=${REDIS_PORT:-16379} REDIS_TLS_PORT=${REDIS_TLS_PORT:-16380}
 export REDIS_PASSWORD=${REDIS_PASSWORD:-labelgate-test}

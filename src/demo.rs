@@ -125,7 +125,7 @@ fn scenario_config(s: &Scenario, bootstrap: &str, prefix: &str) -> Result<Config
     k.progress_topic = format!("{prefix}.labelgate.progress");
     k.reviews_topic = format!("{prefix}.annotations.reviews");
     // Zero setup: state in this process, no HTTP server.
-    config.state.backend = "memory".into();
+    config.state.backend = crate::config::StateBackend::Memory;
     config.metrics.listen = String::new();
     config.gate.classes = s.set.classes.clone();
     config.gate.feature_dim = s.set.shape.len();
@@ -156,15 +156,7 @@ fn produce(s: &Scenario, config: &Config) -> Result<(usize, usize)> {
     };
     let mut sent = 0;
     let mut push = |key: &str, payload: String| -> Result<()> {
-        loop {
-            match producer.send(BaseRecord::to(topic).key(key).payload(&payload)) {
-                Ok(()) => break,
-                Err((e, _)) if e.to_string().contains("Queue full") => {
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        service::send_retrying_when_full(&producer, BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_bytes()))?;
         sent += 1;
         Ok(())
     };
@@ -215,11 +207,28 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
 
     let bar = ProgressBar::new(1);
     bar.set_style(ProgressStyle::with_template("   {spinner} {msg} [{bar:30}] {pos}/{len} epochs").expect("template").progress_chars("=> "));
-    let expected = s.deliveries.len();
     let verdicts = Arc::new(Mutex::new(Vec::<VerdictMessage>::new()));
-    let done = Arc::new(tokio::sync::Notify::new());
+    let (hooks, all_verdicts) = Hooks::until_verdicts(s.deliveries.len() as u64);
+    let hooks = progress_hooks(hooks, &bar, &config).also_on_verdict(Arc::new({
+        let verdicts = verdicts.clone();
+        move |v: &VerdictMessage| verdicts.lock().unwrap().push(v.clone())
+    }));
+    let deadline = tokio::time::sleep(Duration::from_secs(240));
+    let summary = service::run(config.clone(), hooks, async move {
+        tokio::select! { _ = all_verdicts.wait() => {}, _ = deadline => tracing::warn!("demo: not every delivery got a verdict in 240 s") }
+        // Let the dead letters of the last poll flush.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    })
+    .await?;
+    bar.finish_and_clear();
+    let verdicts = std::mem::take(&mut *verdicts.lock().unwrap());
+    score_against_truth(s, &config, input_records, summary, verdicts, started)
+}
+
+/// The progress bar follows each window's epochs.
+fn progress_hooks(hooks: Hooks, bar: &ProgressBar, config: &Config) -> Hooks {
     let engine = config.engine.clone();
-    let hooks = Hooks {
+    Hooks {
         on_window_start: Some(Arc::new({
             let bar = bar.clone();
             move |id: &str, records: usize, deliveries: usize| {
@@ -234,28 +243,12 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
             let bar = bar.clone();
             move |_| bar.inc(1)
         })),
-        on_verdict: Some(Arc::new({
-            let verdicts = verdicts.clone();
-            let done = done.clone();
-            move |v: &VerdictMessage| {
-                let mut all = verdicts.lock().unwrap();
-                all.push(v.clone());
-                if all.len() >= expected {
-                    done.notify_one();
-                }
-            }
-        })),
-    };
-    let waiter = done.clone();
-    let deadline = tokio::time::sleep(Duration::from_secs(240));
-    let summary = service::run(config.clone(), hooks, async move {
-        tokio::select! { _ = waiter.notified() => {}, _ = deadline => tracing::warn!("demo: not every delivery got a verdict in 240 s") }
-        // Let the dead letters of the last poll flush.
-        tokio::time::sleep(Duration::from_millis(800)).await;
-    })
-    .await?;
-    bar.finish_and_clear();
+        ..hooks
+    }
+}
 
+/// Reads the re-review topic back and scores the suspects and verdicts against the truth.
+fn score_against_truth(s: &Scenario, config: &Config, input_records: usize, summary: RunSummary, verdicts: Vec<VerdictMessage>, started: Instant) -> Result<ScenarioReport> {
     // Read the re-review topic back and score the suspects against the truth.
     let mut suspects: Vec<RereviewMessage> = Vec::new();
     service_read(&config, &config.kafka.rereview_topic, |v| {
@@ -269,8 +262,6 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
     let true_hits = suspects.iter().filter(|r| id_index.get(&(r.sample_id.as_str(), r.vendor_id.as_str())).is_some_and(|&i| noisy[i])).count();
     let noisy_total = s.deliveries.iter().flat_map(|(_, _, idx)| idx).filter(|&&i| noisy[i]).count();
     let mut deliveries: Vec<DeliveryReport> = verdicts
-        .lock()
-        .unwrap()
         .iter()
         .map(|v| {
             let idx = &s.deliveries.iter().find(|(b, _, _)| b == &v.batch_id).expect("known delivery").2;
@@ -319,7 +310,7 @@ fn print_report(r: &ScenarioReport) {
             d.true_accuracy,
             v.gold_accuracy.map_or("-".into(), |g| format!("{g:.2}")),
             v.decision,
-            v.decided_by,
+            v.decided_by.as_str(),
             v.sla_accuracy,
             v.review_reason.as_ref().map_or(String::new(), |r| format!("; {r}"))
         );

@@ -1,15 +1,25 @@
 //! labelgate: gates outsourced annotation deliveries with O2U-Net label-noise scores.
 //!
+//! From the bottom up (a module uses only those above it in this list):
+//! - [`clock`], [`stats`]: wall-clock milliseconds; Wilson intervals, the normal distribution.
 //! - [`o2u`]: the engine (pure computation: models, SGD, the three stages, scores, noise rate).
-//! - [`data`]: readers for user records and the built-in data sets.
-//! - [`noise`]: synthetic label noise for evaluation.
-//! - [`eval`]: detection metrics and the evaluation harness.
-//! - [`wire`]: the Kafka message contract; [`gate`]: the streaming gate's state machine (no I/O).
-//! - [`service`]: the Kafka edge (transactions, rebalances, backpressure); [`demo`]: the embedded mode.
-//! - [`config`]: layered configuration; [`cli`]: the `labelgate` command line.
+//! - [`device`]: where training runs (CPU, or CUDA when built with it).
+//! - [`progress`]: the terminal progress bar of training.
+//! - [`data`]: readers for user records and the built-in data sets; [`noise`]: synthetic noise.
+//! - [`accuracy`]: wrong-label shares, their evidence, and accuracy estimates.
+//! - [`wire`]: the Kafka message contract (what vendors send and what the gate writes).
+//! - [`config`]: layered configuration (embedded defaults, file, `LABELGATE__` environment).
+//! - [`gate`]: the streaming gate's state machine (no I/O; time is an argument).
+//! - [`state`]: what outlives a process (Redis, or memory for the demo and unit tests).
+//! - [`telemetry`]: metrics, readiness and the named events that write logs and metrics.
+//! - [`eval`]: detection metrics and the evaluation harnesses (batch and streaming).
+//! - [`service`]: the Kafka edge (transactions, rebalances, backpressure).
+//! - [`bench`]: measurements the benchmarks drive (ingest throughput).
 //! - [`review_bridge`]: suspects to Label Studio tasks, reviewers' answers back to the gate.
+//! - [`demo`]: the embedded mode; [`cli`]: the `labelgate` command line.
 
 pub mod accuracy;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,5 +34,6 @@ pub mod progress;
 pub mod review_bridge;
 pub mod service;
 pub mod state;
+pub mod stats;
 pub mod telemetry;
 pub mod wire;

@@ -21,6 +21,10 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "labelgate-source-topic";
     pub const SOURCE_PARTITION: &str = "labelgate-source-partition";
     pub const SOURCE_OFFSET: &str = "labelgate-source-offset";
+    /// On an `oversized` dead letter, which carries no payload: the dropped payload's size and
+    /// SHA-256 (hex).
+    pub const PAYLOAD_BYTES: &str = "labelgate-payload-bytes";
+    pub const PAYLOAD_SHA256: &str = "labelgate-payload-sha256";
 }
 
 /// Why a record went to the dead-letter topic.
@@ -41,6 +45,11 @@ pub enum DlqReason {
     LateRecord,
     /// A batch_end whose vendor differs from its records'.
     VendorMismatch,
+    /// An id or label longer than `gate.max_id_length` / `gate.max_label_length`.
+    FieldTooLong,
+    /// A record whose message key is not its `batch_id` (the key decides the partition, so a
+    /// delivery keyed otherwise could be split across partitions and replicas).
+    KeyMismatch,
     /// An `item` that is not an object, has a non-text `uri` or `text`, or is over `MAX_ITEM_BYTES`.
     InvalidItem,
 }
@@ -60,11 +69,13 @@ impl DlqReason {
             DlqReason::DuplicateBatchEnd => "duplicate_batch_end",
             DlqReason::LateRecord => "late_record",
             DlqReason::VendorMismatch => "vendor_mismatch",
+            DlqReason::FieldTooLong => "field_too_long",
+            DlqReason::KeyMismatch => "key_mismatch",
             DlqReason::InvalidItem => "invalid_item",
         }
     }
 
-    pub const ALL: [DlqReason; 13] = [
+    pub const ALL: [DlqReason; 15] = [
         DlqReason::Oversized,
         DlqReason::InvalidJson,
         DlqReason::MissingField,
@@ -77,6 +88,8 @@ impl DlqReason {
         DlqReason::DuplicateBatchEnd,
         DlqReason::LateRecord,
         DlqReason::VendorMismatch,
+        DlqReason::FieldTooLong,
+        DlqReason::KeyMismatch,
         DlqReason::InvalidItem,
     ];
 }
@@ -124,6 +137,15 @@ pub enum Inbound {
     BatchEnd(BatchEnd),
 }
 
+impl Inbound {
+    pub fn batch_id(&self) -> &str {
+        match self {
+            Inbound::Annotation(a) => &a.batch_id,
+            Inbound::BatchEnd(e) => &e.batch_id,
+        }
+    }
+}
+
 /// Every field of both input message types; one pass of serde, then validation.
 #[derive(Deserialize)]
 struct RawInput {
@@ -156,12 +178,35 @@ pub struct Schema {
     pub class_index: HashMap<String, u32>,
     pub feature_dim: usize,
     pub max_message_bytes: usize,
+    /// Longest `sample_id`, `batch_id`, `vendor_id` or `annotator_id`, in bytes.
+    pub max_id_length: usize,
+    /// Longest label or gold label, in bytes (checked before the class lookup).
+    pub max_label_length: usize,
 }
 
 impl Schema {
     pub fn new(classes: &[String], feature_dim: usize, max_message_bytes: usize) -> Self {
         let class_index = classes.iter().enumerate().map(|(i, c)| (c.clone(), i as u32)).collect();
-        Self { class_index, feature_dim, max_message_bytes }
+        Self { class_index, feature_dim, max_message_bytes, max_id_length: 256, max_label_length: 256 }
+    }
+
+    /// These bounds on ids and labels.
+    pub fn with_field_limits(mut self, max_id_length: usize, max_label_length: usize) -> Self {
+        (self.max_id_length, self.max_label_length) = (max_id_length, max_label_length);
+        self
+    }
+
+    /// Every id and label of the message within its bound (before anything is looked up or kept).
+    fn check_lengths(&self, raw: &RawInput) -> Result<(), Rejection> {
+        let ids = [("sample_id", &raw.sample_id), ("batch_id", &raw.batch_id), ("vendor_id", &raw.vendor_id), ("annotator_id", &raw.annotator_id)];
+        let labels = [("label", &raw.label), ("gold_label", &raw.gold_label)];
+        let over = ids.iter().map(|(f, v)| (f, v, self.max_id_length)).chain(labels.iter().map(|(f, v)| (f, v, self.max_label_length)));
+        for (field, value, limit) in over {
+            if let Some(v) = value.as_deref().filter(|v| v.len() > limit) {
+                return Err(Rejection::new(DlqReason::FieldTooLong, format!("`{field}` is {} bytes, limit {limit}", v.len())));
+            }
+        }
+        Ok(())
     }
 
     fn class(&self, label: &str, field: &str) -> Result<u32, Rejection> {
@@ -176,7 +221,13 @@ impl Schema {
         if payload.len() > self.max_message_bytes {
             return Err(Rejection::new(DlqReason::Oversized, format!("{} bytes, limit {}", payload.len(), self.max_message_bytes)));
         }
-        let raw: RawInput = serde_json::from_slice(payload).map_err(|e| Rejection::new(DlqReason::InvalidJson, e.to_string()))?;
+        let raw: RawInput = serde_json::from_slice(payload).map_err(|e| {
+            // serde_json refuses a number beyond f64 (`1e309`) while parsing: it is a feature
+            // value out of range, as one beyond f32 is, not malformed JSON.
+            let reason = if e.to_string().starts_with("number out of range") { DlqReason::NonFiniteFeature } else { DlqReason::InvalidJson };
+            Rejection::new(reason, e.to_string())
+        })?;
+        self.check_lengths(&raw)?;
         let need = |v: Option<String>, name: &str| v.filter(|s| !s.is_empty()).ok_or_else(|| Rejection::new(DlqReason::MissingField, format!("`{name}` is missing or empty")));
         match raw.kind.as_deref() {
             Some("batch_end") => Ok(Inbound::BatchEnd(BatchEnd {
@@ -301,12 +352,41 @@ pub struct RereviewMessage {
     pub image: Option<ImagePixels>,
 }
 
+/// accept / reject / review (defined with the accuracy estimate it judges).
+pub use crate::accuracy::Decision;
+
+/// What the decision rests on.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Accept,
-    Reject,
-    Review,
+pub enum DecidedBy {
+    /// The delivery's gold items (at least `gate.min_gold_items`).
+    Gold,
+    /// The estimated accuracy's interval.
+    Estimate,
+}
+
+impl DecidedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::Gold => "gold",
+            DecidedBy::Estimate => "estimate",
+        }
+    }
+}
+
+/// Where a window's wrong-label share came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseRateFrom {
+    /// The readings in the verdict's `evidence`.
+    Estimators,
+    /// Vendors' labels of shared sample_ids, with the scores.
+    Agreement,
+    /// `gate.noise_rate`.
+    Fixed,
+    /// Verdicts written before the evidence existed.
+    #[default]
+    Scores,
 }
 
 /// One per delivery (`annotations.verdicts`).
@@ -335,13 +415,13 @@ pub struct VerdictMessage {
     /// Where the window's wrong-label share came from: `estimators` (the readings in
     /// `evidence`), `agreement` (vendors' labels of shared sample_ids with the scores) or `fixed`
     /// (`gate.noise_rate`). Verdicts written before the evidence existed say `scores`.
-    #[serde(default = "noise_rate_from_scores")]
-    pub noise_rate_from: String,
+    #[serde(default)]
+    pub noise_rate_from: NoiseRateFrom,
     pub gold_items: usize,
     pub gold_accuracy: Option<f64>,
     pub sla_accuracy: f64,
     pub decision: Decision,
-    pub decided_by: String,
+    pub decided_by: DecidedBy,
     /// Why the decision is `review`: `interval_spans_sla`, `insufficient_evidence`,
     /// `estimators_disagree` or `no_valid_records`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,10 +435,6 @@ pub struct VerdictMessage {
 
 fn calibration_none() -> String {
     "none".into()
-}
-
-fn noise_rate_from_scores() -> String {
-    "scores".into()
 }
 
 #[cfg(test)]
@@ -405,6 +481,24 @@ mod tests {
         assert_eq!(reason(r#"{"type":"batch_end","batch_id":"b","vendor_id":"v"}"#), DlqReason::MissingField);
         assert_eq!(reason(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000))), DlqReason::Oversized);
         assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,NaN]}"#), DlqReason::InvalidJson);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,1e309]}"#), DlqReason::NonFiniteFeature);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{"shape":[1,3,1],"data_b64":"!!!!"}}"#), DlqReason::InvalidImage);
+    }
+
+    #[test]
+    fn ids_and_labels_are_bounded() {
+        let schema = schema().with_field_limits(8, 4);
+        let reason = |p: &str| schema.parse(p.as_bytes()).unwrap_err().reason;
+        let long_id = format!(r#"{{"sample_id":"{}","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3]}}"#, "s".repeat(9));
+        assert_eq!(reason(&long_id), DlqReason::FieldTooLong);
+        let long_vendor = format!(r#"{{"type":"batch_end","batch_id":"b","vendor_id":"{}","count":1}}"#, "v".repeat(100));
+        assert_eq!(reason(&long_vendor), DlqReason::FieldTooLong);
+        assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"tabby","features":[1,2,3]}"#), DlqReason::FieldTooLong);
+        assert!(schema.parse(br#"{"sample_id":"12345678","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3]}"#).is_ok());
+    }
+
+    #[test]
+    fn items_are_checked() {
         assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":"https://x"}"#), DlqReason::InvalidItem);
         assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,3],"item":{"uri":7}}"#), DlqReason::InvalidItem);
     }

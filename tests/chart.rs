@@ -143,11 +143,11 @@ fn the_rendered_config_is_accepted_by_the_service() {
         let (_, docs) = render(&extra);
         let cm = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["data"].get("labelgate.toml").is_some()).expect("config map");
         let toml = cm["data"]["labelgate.toml"].as_str().unwrap();
-        let config = labelgate::config::Config::from_figment(labelgate::config::Config::figment(None).merge(Toml::string(toml)))
+        let config = labelgate::config::Config::from_figment(labelgate::config::Config::defaults_figment().merge(Toml::string(toml)))
             .unwrap_or_else(|e| panic!("rendered config rejected:\n{e}\n{toml}"));
         assert_eq!(config.metrics.listen, "0.0.0.0:9464");
         if !extra.is_empty() {
-            assert_eq!(config.runtime.device, "cuda");
+            assert_eq!(config.runtime.device, labelgate::device::DeviceChoice::Cuda);
             assert_eq!(config.kafka.client["ssl.ca.location"], "/etc/labelgate/kafka-tls/ca.crt");
             assert_eq!(config.state.redis.tls_ca_file.as_deref(), Some(Path::new("/etc/labelgate/redis-tls/ca.crt")));
             assert_eq!(config.gate.sla("acme-labels"), 0.95);

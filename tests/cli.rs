@@ -167,3 +167,27 @@ fn vendor_accuracy_on_the_crowd_labels_meets_its_targets() {
     assert!(mae <= 0.08, "MAE {mae}");
     assert!(rho >= 0.8, "Spearman {rho}");
 }
+
+/// Logs on a pipe carry no colour codes, and `LABELGATE_LOG_FORMAT=json` writes one JSON object
+/// per line.
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    let input = temp_path("tiny.csv");
+    let rows: String = (0..40).map(|i| format!("s{i},{},{},{}\n", i % 2, (i % 2) as f32 + 0.1 * (i % 5) as f32, (i % 3) as f32)).collect();
+    std::fs::write(&input, format!("id,label,f1,f2\n{rows}")).unwrap();
+    let run = |format: Option<&str>| {
+        let mut cmd = labelgate();
+        cmd.args(["score", "--input"]).arg(&input).args(["--output", "-", "--stage1-epochs", "1", "--cycles", "1", "--cycle-len", "2"]).env("LABELGATE_LOG", "info");
+        if let Some(f) = format {
+            cmd.env("LABELGATE_LOG_FORMAT", f);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let plain = run(None);
+    assert!(plain.contains("scoring") && !plain.contains('\u{1b}'), "{plain}");
+    let json = run(Some("json"));
+    let lines: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "scoring"), "{json}");
+}

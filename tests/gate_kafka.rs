@@ -7,10 +7,13 @@ use std::{
     collections::{HashMap, HashSet},
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use common::{
+    kafka::{gate_command, produce, produce_to, run_until_verdicts, test_config as config},
+    process::{http_get, own_redis, reserve_port, sample, scrape, wait_for, KillOnDrop, OutputWithStdin},
+};
 use labelgate::{
     config::Config,
     data::{mnist, LabelledSet},
@@ -18,48 +21,8 @@ use labelgate::{
     service::{self, Hooks},
     wire::{RereviewMessage, VerdictMessage},
 };
-use rdkafka::{
-    config::ClientConfig,
-    message::Headers,
-    producer::{BaseProducer, BaseRecord, Producer},
-};
+use rdkafka::message::Headers;
 use serde_json::json;
-
-fn bootstrap() -> String {
-    std::env::var("LABELGATE_KAFKA_BOOTSTRAP").expect("LABELGATE_KAFKA_BOOTSTRAP is not set: run scripts/test.sh, or scripts/kafka.sh start and export LABELGATE_KAFKA_BOOTSTRAP=127.0.0.1:19092")
-}
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh (it starts Redis and exports it)"))
-}
-
-/// A config with topics of its own, so tests do not see each other's records.
-fn config(name: &str, dim: usize) -> Config {
-    let mut c = Config::load(None).unwrap();
-    let unique = format!("{name}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() % 100_000);
-    c.kafka.bootstrap_servers = bootstrap();
-    c.kafka.group_id = format!("gate-{unique}");
-    c.kafka.instance_id = unique.clone();
-    c.kafka.input_topic = format!("{unique}.in");
-    c.kafka.accepted_topic = format!("{unique}.accepted");
-    c.kafka.rereview_topic = format!("{unique}.rereview");
-    c.kafka.verdicts_topic = format!("{unique}.verdicts");
-    c.kafka.dlq_topic = format!("{unique}.dlq");
-    c.kafka.progress_topic = format!("{unique}.progress");
-    c.kafka.reviews_topic = format!("{unique}.reviews");
-    c.state.redis.url = env("LABELGATE_REDIS_URL");
-    c.state.redis.username = env("LABELGATE_REDIS_USER");
-    c.state.redis.password = Some(serde_json::from_value(serde_json::Value::String(env("LABELGATE_REDIS_PASSWORD"))).unwrap());
-    c.state.redis.key_prefix = format!("labelgate:test:{unique}:");
-    c.metrics.listen = String::new();
-    c.gate.feature_dim = dim;
-    c.gate.delivery_timeout_secs = 5;
-    c.gate.max_window_wait_secs = 1;
-    c.gate.min_window_records = 3000;
-    c.gate.max_window_records = 6000;
-    c.gate.max_buffered_records = 20_000;
-    c
-}
 
 /// MNIST deliveries: (batch_id, vendor, indices); labels of each vendor flipped at its rate.
 fn deliveries(set: &mut LabelledSet, vendors: &[(&str, f64, usize)], per_delivery: usize) -> Vec<(String, String, Vec<usize>)> {
@@ -91,21 +54,6 @@ const BAD_RECORDS: [(&str, &str); 4] = [
     (r#"{"sample_id":"y","batch_id":"bad-1","vendor_id":"v","label":"cow","features":[]}"#, "unknown_class"),
     (r#"{"type":"rollback","batch_id":"bad-1"}"#, "unknown_message_type"),
 ];
-
-fn produce(config: &Config, messages: &[(String, String)]) {
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &config.kafka.bootstrap_servers).create().unwrap();
-    for (key, payload) in messages {
-        loop {
-            match producer.send(BaseRecord::to(&config.kafka.input_topic).key(key).payload(payload)) {
-                Ok(()) => break,
-                Err(_) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-}
 
 fn messages(set: &LabelledSet, ds: &[(String, String, Vec<usize>)]) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -194,30 +142,6 @@ fn mnist_set(n: usize) -> LabelledSet {
     set
 }
 
-async fn run_until_verdicts(config: Config, expected: usize) -> service::RunSummary {
-    let count = Arc::new(Mutex::new(0usize));
-    let notify = Arc::new(tokio::sync::Notify::new());
-    let hooks = Hooks {
-        on_verdict: Some(Arc::new({
-            let (count, notify) = (count.clone(), notify.clone());
-            move |_| {
-                let mut c = count.lock().unwrap();
-                *c += 1;
-                if *c >= expected {
-                    notify.notify_one();
-                }
-            }
-        })),
-        ..Default::default()
-    };
-    service::run(config, hooks, async move {
-        tokio::select! { _ = notify.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(180)) => {} }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_are_routed_exactly_once_with_verdicts() {
     common::single_thread();
@@ -267,22 +191,14 @@ fn kill_mid_window_then_restart_is_exactly_once() {
     let mut set = mnist_set(9000);
     let ds = deliveries(&mut set, &[("kill-a", 0.1, 3), ("kill-b", 0.25, 3)], 1500);
     produce(&config, &messages(&set, &ds));
-    let spawn = || gate_command(&config).env("LABELGATE__METRICS__LISTEN", "127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
+    let http_port = reserve_port();
+    let spawn = || gate_command(&config).env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}")).stderr(Stdio::piped()).spawn().unwrap();
     // First run: let one window commit, then SIGKILL during the second.
     let mut gate = spawn();
-    let lines = BufReader::new(gate.stderr.take().unwrap()).lines();
-    let mut windows_started = 0;
-    for line in lines {
-        let line = line.unwrap();
-        if line.contains("window started") {
-            windows_started += 1;
-            if windows_started == 2 {
-                std::thread::sleep(Duration::from_millis(800));
-                break;
-            }
-        }
-    }
-    assert_eq!(windows_started, 2, "the gate started two windows before the kill");
+    let stderr = gate.stderr.take().unwrap();
+    std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(drop));
+    wait_for("the second window to start", Duration::from_secs(240), || scrape(http_port, "labelgate_windows_started_total").is_some_and(|n| n >= 2.0));
+    std::thread::sleep(Duration::from_millis(800));
     gate.kill().unwrap(); // SIGKILL
     gate.wait().unwrap();
     let partial = read_outputs(&config);
@@ -323,28 +239,13 @@ async fn two_replicas_share_the_partitions_and_each_delivery_stays_on_one() {
     let mut set = mnist_set(9000);
     let ds = deliveries(&mut set, &[("r-a", 0.05, 3), ("r-b", 0.2, 3)], 1500);
     // Both replicas join before the records arrive, so the group splits the partitions.
-    let verdicts = Arc::new(Mutex::new(0usize));
-    let notify = Arc::new(tokio::sync::Notify::new());
-    let hooks = || Hooks {
-        on_verdict: Some(Arc::new({
-            let (verdicts, notify) = (verdicts.clone(), notify.clone());
-            let expected = ds.len();
-            move |_| {
-                let mut n = verdicts.lock().unwrap();
-                *n += 1;
-                if *n >= expected {
-                    notify.notify_waiters();
-                }
-            }
-        })),
-        ..Default::default()
-    };
-    let stop = |notify: Arc<tokio::sync::Notify>| async move {
-        tokio::select! { _ = notify.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(150)) => {} }
+    let (hooks, all_verdicts) = Hooks::until_verdicts(ds.len() as u64);
+    let stop = |all_verdicts: service::VerdictsReached| async move {
+        tokio::select! { _ = all_verdicts.wait() => {}, _ = tokio::time::sleep(Duration::from_secs(150)) => {} }
         tokio::time::sleep(Duration::from_millis(1500)).await;
     };
-    let a = tokio::spawn(service::run(first.clone(), hooks(), stop(notify.clone())));
-    let b = tokio::spawn(service::run(second.clone(), hooks(), stop(notify.clone())));
+    let a = tokio::spawn(service::run(first.clone(), hooks.clone(), stop(all_verdicts.clone())));
+    let b = tokio::spawn(service::run(second.clone(), hooks, stop(all_verdicts)));
     tokio::time::sleep(Duration::from_secs(8)).await;
     produce(&first, &messages(&set, &ds));
     let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
@@ -382,77 +283,6 @@ async fn a_full_buffer_pauses_consumption_without_losing_records() {
     assert_eq!(out.verdicts.len(), ds.len());
 }
 
-/// `labelgate run` on `config`'s topics and Redis, with windows of 3,000 records and one kernel
-/// thread; callers add the metrics address and where stderr goes.
-fn gate_command(config: &Config) -> Command {
-    let (k, r) = (&config.kafka, &config.state.redis);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelgate"));
-    cmd.arg("run")
-        .env("LABELGATE_LOG", "info")
-        .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
-        .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
-        .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
-        .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
-        .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
-        .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
-        .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
-        .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
-        .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
-        .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
-        .env("LABELGATE__STATE__REDIS__URL", &r.url)
-        .env("LABELGATE__STATE__REDIS__USERNAME", &r.username)
-        .env("LABELGATE__STATE__REDIS__KEY_PREFIX", &r.key_prefix)
-        .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
-        .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
-        .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
-        .env("LABELGATE__RUNTIME__THREADS", "1");
-    if let Some(p) = &r.password {
-        cmd.env("LABELGATE__STATE__REDIS__PASSWORD", p.expose());
-    }
-    cmd
-}
-
-/// A free port on 127.0.0.1 (bound, then released for the process under test).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// GET over plain HTTP/1.1: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string())))
-}
-
-/// The value of one sample line `name{labels} value` in the text format.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// A redis-server of this test's own, so stopping it does not disturb the other tests.
-fn own_redis(port: u16) -> std::process::Child {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian package redis-server) on the PATH");
-    wait_for("redis-server to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    child
-}
-
 /// Two vendors through the real binary, Kafka and Redis: Redis goes away mid-run (the gate turns
 /// not-ready and resumes without losing or duplicating a record), then `/metrics` carries each
 /// vendor's accuracy within 0.05 of the truth, passes `promtool check metrics`, and the alert
@@ -460,7 +290,7 @@ fn own_redis(port: u16) -> std::process::Child {
 #[test]
 fn vendor_metrics_scrape_and_redis_outage() {
     let mut config = config("metrics", 784);
-    let (redis_port, http_port) = (free_port(), free_port());
+    let (redis_port, http_port) = (reserve_port(), reserve_port());
     // A Redis of this test's own, without the suite's ACL user.
     config.state.redis.url = format!("redis://127.0.0.1:{redis_port}/0");
     config.state.redis.username = String::new();
@@ -501,6 +331,8 @@ fn vendor_metrics_scrape_and_redis_outage() {
             .flat_map(|v| ["accept", "reject", "review"].map(|d| sample(&metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0)))
             .sum::<f64>()
             == 4.0
+            // The gauges follow the window's commit.
+            && ["steady", "slipping"].iter().all(|v| sample(&metrics, &format!("labelgate_vendor_label_accuracy_ratio{{vendor=\"{v}\"}}")).is_some())
     });
     assert_eq!(http_get(http_port, "/readyz").unwrap().0, 200, "ready again");
     let state_errors: f64 = metrics.lines().filter(|l| l.starts_with("labelgate_state_errors_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
@@ -528,11 +360,9 @@ fn vendor_metrics_scrape_and_redis_outage() {
         .iter()
         .map(|r| (r.sample_id.clone(), json!({"sample_id": r.sample_id, "final_label": set.classes[truth[index[r.sample_id.as_str()]] as usize], "reviewer": "qa-1"}).to_string()))
         .collect();
-    let mut review_config = config.clone();
-    review_config.kafka.input_topic = config.kafka.reviews_topic.clone();
-    produce(&review_config, &reviews);
-    produce(&review_config, &reviews);
-    produce(&review_config, &[("x".into(), "not a review".into())]);
+    produce_to(&config, &config.kafka.reviews_topic, &reviews);
+    produce_to(&config, &config.kafka.reviews_topic, &reviews);
+    produce_to(&config, &config.kafka.reviews_topic, &[("x".into(), "not a review".into())]);
     let precision_series = "labelgate_vendor_suspect_precision_ratio{vendor=\"slipping\"}";
     let counted = format!("labelgate_reviews_total{{result=\"confirmed_wrong\",vendor=\"slipping\"}} {really_wrong}");
     wait_for("every review counted once", Duration::from_secs(60), || {
@@ -583,26 +413,4 @@ fn vendor_metrics_scrape_and_redis_outage() {
     // SIGTERM: drain and exit 0.
     Command::new("kill").args(["-TERM", &gate.0.id().to_string()]).status().unwrap();
     assert!(gate.0.wait().unwrap().success(), "SIGTERM exits 0");
-}
-
-/// A child process that does not outlive a failed test.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-trait OutputWithStdin {
-    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
-}
-
-impl OutputWithStdin for Command {
-    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
-        let mut child = self.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("promtool (Debian package prometheus) on the PATH");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    }
 }

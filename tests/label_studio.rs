@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_port, http_get, sample, wait_for, KillOnDrop};
+use common::process::{http_get, reserve_port as free_port, sample, wait_for, KillOnDrop};
 use labelgate::wire::RereviewMessage;
 use rdkafka::{
     config::ClientConfig,

@@ -1,7 +1,10 @@
 //! The state store against a real redis-server (started by scripts/test.sh): the same contract as
 //! the in-memory store, over an ACL user, over TLS, and the errors an operator sees.
 
-use labelgate::state::{check_contract, redis::RedisConfig, redis::RedisState};
+use labelgate::{
+    config::RedisConfig,
+    state::{check_contract, redis::RedisState},
+};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh (it starts Redis and exports it)"))

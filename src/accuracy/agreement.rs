@@ -14,6 +14,8 @@
 //! worse ranking; flagging that share by score ranks workers' accuracy with Spearman 0.85–0.90
 //! over seeds (docs/benchmarks.md).
 
+use crate::stats::Gaussian;
+
 /// Labels with their item, annotator and O2U score. Indices are dense: items in
 /// `0..items`, annotators in `0..annotators`, labels in `0..classes`.
 pub struct Observations<'a> {
@@ -45,17 +47,12 @@ const MAX_ITERATIONS: usize = 200;
 const TOLERANCE: f64 = 1e-7;
 const LOG_OFFSET: f64 = 1e-4;
 
-#[derive(Clone, Copy)]
-struct Gaussian {
-    mean: f64,
-    var: f64,
+/// Weighted maximum-likelihood fit of a Gaussian, its variance floored.
+trait FitWeighted {
+    fn fit(xs: &[f64], weights: impl Iterator<Item = f64>, floor: f64) -> Self;
 }
 
-impl Gaussian {
-    fn log_pdf(&self, x: f64) -> f64 {
-        -0.5 * ((2.0 * std::f64::consts::PI * self.var).ln() + (x - self.mean).powi(2) / self.var)
-    }
-
+impl FitWeighted for Gaussian {
     fn fit(xs: &[f64], weights: impl Iterator<Item = f64>, floor: f64) -> Self {
         let (mut w_sum, mut m) = (0.0, 0.0);
         let ws: Vec<f64> = weights.collect();

@@ -8,7 +8,7 @@ pub mod evidence;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::verdict::wilson;
+use crate::stats::wilson;
 
 /// Gold items (or labels below) needed on each side before gold calibrates the estimate.
 pub const MIN_GOLD_PER_SIDE: usize = 5;
@@ -17,6 +17,25 @@ const MIN_SEPARATION: f64 = 0.2;
 
 /// How the gate's flags behave on gold items of one window: the share of wrong gold labels it
 /// flagged (`tpr`) and of right gold labels it flagged (`fpr`).
+/// What a delivery's accuracy interval decides against its SLA (the verdict's `decision`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Accept,
+    Reject,
+    Review,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Accept => "accept",
+            Decision::Reject => "reject",
+            Decision::Review => "review",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GoldCalibration {
     pub tpr: f64,
@@ -177,7 +196,7 @@ pub struct DeliveryRecord {
     pub gold_correct: usize,
     /// Unix milliseconds when it was gated.
     pub gated_at_ms: u64,
-    pub decision: crate::wire::Decision,
+    pub decision: Decision,
     pub window_id: String,
     /// What corrected `estimated_accuracy` when it was gated (`none`, `gold`, `reviews`,
     /// `pool_control`, `agreement`).
@@ -285,7 +304,7 @@ mod tests {
             gold_items: 0,
             gold_correct: 0,
             gated_at_ms: 0,
-            decision: crate::wire::Decision::Accept,
+            decision: Decision::Accept,
             window_id: "w".into(),
             calibration: "none".into(),
             evidence: None,

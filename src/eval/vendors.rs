@@ -11,7 +11,7 @@ use super::metrics::spearman;
 use crate::{
     accuracy::{self, agreement},
     data::LabelledSet,
-    gate::verdict::z_for,
+    stats::z_for,
     o2u::suspects::{self, NoiseRate},
 };
 

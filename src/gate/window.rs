@@ -8,12 +8,15 @@ use crate::{
         agreement, GoldCalibration,
         evidence::{self, EvidencePolicy, EvidenceStatus, Estimator, Reading, WindowEvidence, WindowSignals},
     },
+    config::GateConfig,
     data::Standardizer,
+    wire::NoiseRateFrom,
     o2u::{self, suspects, InputShape, O2uConfig, Samples, TrainingObserver},
 };
 
 /// The training set of one window: the first `pending` rows are the records being gated, the
 /// rest come from the reference pool.
+#[derive(Clone)]
 pub struct WindowData {
     pub features: Vec<f32>,
     pub labels: Vec<u32>,
@@ -85,7 +88,7 @@ pub struct WindowScores {
     /// What the window's wrong-label share rests on.
     pub evidence: WindowEvidence,
     /// `estimators`, `agreement` (joint model over overlapping labels) or `fixed`.
-    pub noise_rate_from: &'static str,
+    pub noise_rate_from: NoiseRateFrom,
     /// The flags' error rates measured by the reference pool, for the per-delivery correction.
     pub pool_control: Option<GoldCalibration>,
     /// Per pending row, when agreement set the share: the joint model's probability that the
@@ -117,6 +120,24 @@ pub struct WindowPolicy {
     pub crossfit_min_steps: usize,
 }
 
+impl WindowPolicy {
+    /// The policy the gate's configuration asks for.
+    pub fn from_config(g: &GateConfig) -> Self {
+        WindowPolicy {
+            noise_rate: g.noise_rate,
+            min_overlap_share: g.min_overlap_share,
+            evidence: EvidencePolicy {
+                max_estimator_gap: g.max_estimator_gap,
+                min_evidence_rows: g.min_evidence_rows,
+                min_model_lift: g.min_model_lift,
+                min_pool_control_rows: g.min_pool_control_rows,
+                z: crate::stats::z_for(g.confidence),
+            },
+            crossfit_min_steps: g.crossfit_min_steps,
+        }
+    }
+}
+
 const CROSSFIT_FOLDS: usize = 2;
 
 pub fn score_window(
@@ -125,7 +146,7 @@ pub fn score_window(
     policy: &WindowPolicy,
     device: &Device,
     observer: &mut dyn TrainingObserver,
-) -> candle_core::Result<WindowScores> {
+) -> Result<WindowScores, o2u::WindowError> {
     let shape = InputShape::Vector { dim: data.dim };
     Standardizer::standardize_in_place(&mut data.features, shape);
     let samples = Samples { features: &data.features, labels: &data.labels, shape, classes: data.classes };
@@ -159,9 +180,9 @@ pub fn score_window(
         }
     };
     let noise_rate_from = match (evidence.status, evidence.readings.iter().any(|r| r.estimator == Estimator::Agreement)) {
-        (EvidenceStatus::Fixed, _) => "fixed",
-        (_, true) => "agreement",
-        _ => "estimators",
+        (EvidenceStatus::Fixed, _) => NoiseRateFrom::Fixed,
+        (_, true) => NoiseRateFrom::Agreement,
+        _ => NoiseRateFrom::Estimators,
     };
     // The scores pick which records; the evidence says how many.
     let order = suspects::rank_descending(pending_scores);

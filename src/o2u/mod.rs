@@ -2,6 +2,8 @@
 //! rate, stage 2 cycles the rate and records every sample's loss, stage 3 (optional) retrains on
 //! the samples that were kept. See Huang, Qu, Jia, Zhao, "O2U-Net", ICCV 2019.
 
+mod crossfit;
+mod error;
 pub mod loss_record;
 pub mod model;
 pub mod noise_rate;
@@ -15,6 +17,8 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+pub use crossfit::heldout_probabilities;
+pub use error::WindowError;
 pub use loss_record::LossRecord;
 pub use model::{InputShape, ModelConfig, Network, WeightRng};
 pub use schedule::CyclicalSchedule;
@@ -261,59 +265,7 @@ pub fn retrain(
     trainer.accuracy(&test, device)
 }
 
-/// Out-of-fold class probabilities (row-major, `classes` per sample): the samples are split
-/// into `folds` seeded folds, and each fold is predicted by a fresh network trained on the
-/// others for `stage1_epochs` at `stage1_lr`, or longer when that is fewer than `min_steps`
-/// mini-batches (a small window would otherwise be scored by a barely trained network). No
-/// sample is predicted by a network that saw its label, so these probabilities measure how
-/// learnable the features are and how far the labels disagree with them.
-pub fn heldout_probabilities(train: Samples, config: &O2uConfig, folds: usize, min_steps: usize, device: &Device) -> Result<Vec<f32>> {
-    check(&train)?;
-    let n = train.len();
-    if n < 4 {
-        candle_core::bail!("cross-fitting needs at least 4 samples (2 per fold), got {n}");
-    }
-    let folds = folds.clamp(2, n / 2);
-    let mut rng = WeightRng::new(config.seed.wrapping_add(0x5eed));
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(rng.rng());
-    let mut fold_of = vec![0usize; n];
-    for (rank, &i) in order.iter().enumerate() {
-        fold_of[i] = rank % folds;
-    }
-    let d = train.shape.len();
-    let k = train.classes;
-    let mut probabilities = vec![0f32; n * k];
-    for fold in 0..folds {
-        let (mut features, mut labels, mut held) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, &f) in fold_of.iter().enumerate() {
-            if f == fold {
-                held.push(i);
-            } else {
-                features.extend_from_slice(&train.features[i * d..(i + 1) * d]);
-                labels.push(train.labels[i]);
-            }
-        }
-        let fit = Samples { features: &features, labels: &labels, ..train };
-        check(&fit)?;
-        let data = DeviceSamples::upload(&fit, device)?;
-        let mut trainer = Trainer::new(config, train.shape, k, config.seed.wrapping_add(17 + fold as u64), device)?;
-        let steps_per_epoch = fit.len().div_ceil(config.batch_size).max(1);
-        let epochs = config.stage1_epochs.max(min_steps.div_ceil(steps_per_epoch)).max(1);
-        for _ in 0..epochs {
-            trainer.epoch(&data, config.stage1_lr, false, &mut Silent)?;
-        }
-        let held_features: Vec<f32> = held.iter().flat_map(|&i| train.features[i * d..(i + 1) * d].iter().copied()).collect();
-        let x = Tensor::from_slice(&held_features, (held.len(), d), device)?;
-        let p = trainer.predict_probabilities(&x)?;
-        for (row, &i) in held.iter().enumerate() {
-            probabilities[i * k..(i + 1) * k].copy_from_slice(&p[row * k..(row + 1) * k]);
-        }
-    }
-    Ok(probabilities)
-}
-
-fn check(s: &Samples) -> Result<()> {
+pub(crate) fn check(s: &Samples) -> Result<()> {
     if s.features.len() != s.len() * s.shape.len() {
         candle_core::bail!("{} feature values for {} samples of {} values", s.features.len(), s.len(), s.shape.len());
     }
@@ -454,64 +406,4 @@ pub fn per_sample_nll(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nll_matches_hand_computation() -> Result<()> {
-        let logits = Tensor::new(&[[0.0f32, 0.0], [2.0, 0.0]], &Device::Cpu)?;
-        let labels = Tensor::new(&[1u32, 0], &Device::Cpu)?;
-        let nll = per_sample_nll(&logits, &labels)?.to_vec1::<f32>()?;
-        assert!((nll[0] - std::f32::consts::LN_2).abs() < 1e-6);
-        assert!((nll[1] - (1.0 + (-2.0f32).exp()).ln()).abs() < 1e-6);
-        Ok(())
-    }
-
-    /// 12×12 images, class 0 bright on the left, class 1 on the right, 10% labels flipped:
-    /// the CNN must learn through conv, batch-norm and dropout, and score the flips highest.
-    /// (Small: 9 wide conv layers are slow on a CPU.)
-    #[test]
-    fn cnn9_learns_and_scores_flipped_images() -> Result<()> {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let (n, side) = (100, 12);
-        let mut features = Vec::new();
-        let mut labels = Vec::new();
-        let mut flipped = Vec::new();
-        for i in 0..n {
-            let class = (i % 2) as u32;
-            for _ in 0..side {
-                for x in 0..side {
-                    let lit = (x < side / 2) == (class == 0);
-                    features.push(if lit { 1.0 } else { 0.0 } + rng.random_range(-0.3f32..0.3));
-                }
-            }
-            let flip = i % 10 == 3;
-            labels.push(if flip { 1 - class } else { class });
-            flipped.push(flip);
-        }
-        let shape = InputShape::Image { channels: 1, height: side, width: side };
-        let samples = Samples { features: &features, labels: &labels, shape, classes: 2 };
-        let config = O2uConfig {
-            model: ModelConfig::Cnn9 { dropout: 0.25 },
-            batch_size: 32,
-            stage1_epochs: 2,
-            schedule: CyclicalSchedule { cycle_len: 3, ..O2uConfig::default().schedule },
-            ..Default::default()
-        };
-        let out = score(samples, None, &config, &Device::Cpu, &mut Silent)?;
-        let top: Vec<usize> = suspects::rank_descending(&out.scores).into_iter().take(10).collect();
-        let hits = top.iter().filter(|&&i| flipped[i]).count();
-        assert!(hits >= 7, "{hits} of the 10 flipped images in the top 10");
-        Ok(())
-    }
-
-    #[test]
-    fn default_config_is_valid_and_bad_values_name_their_key() {
-        assert!(O2uConfig::default().validate().is_empty());
-        let bad = O2uConfig { batch_size: 1, momentum: 1.5, ..Default::default() };
-        let errors = bad.validate();
-        assert!(errors.iter().any(|e| e.starts_with("batch_size")));
-        assert!(errors.iter().any(|e| e.starts_with("momentum")));
-    }
-}
+mod tests;

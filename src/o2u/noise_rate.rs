@@ -14,6 +14,8 @@
 
 use serde::Serialize;
 
+use crate::stats::Gaussian;
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NoiseEstimate {
     /// Estimated share of mislabelled samples, 0..=1.
@@ -24,16 +26,17 @@ pub struct NoiseEstimate {
     pub two_components: bool,
 }
 
+/// One mixture component: its weight and its Gaussian.
 #[derive(Debug, Clone, Copy)]
-struct Gaussian {
+struct Component {
     weight: f64,
     mean: f64,
     var: f64,
 }
 
-impl Gaussian {
+impl Component {
     fn log_pdf(&self, x: f64) -> f64 {
-        -0.5 * ((2.0 * std::f64::consts::PI * self.var).ln() + (x - self.mean).powi(2) / self.var)
+        Gaussian { mean: self.mean, var: self.var }.log_pdf(x)
     }
 }
 
@@ -57,7 +60,7 @@ pub fn estimate(scores: &[f32]) -> NoiseEstimate {
         return nothing;
     }
     let floor = var * MIN_VAR_FRACTION;
-    let single = Gaussian { weight: 1.0, mean, var };
+    let single = Component { weight: 1.0, mean, var };
     let single_ll: f64 = xs.iter().map(|&x| single.log_pdf(x)).sum();
 
     let (low, high, mixture_ll) = fit_two(&xs, floor);
@@ -83,7 +86,7 @@ pub fn estimate(scores: &[f32]) -> NoiseEstimate {
     NoiseEstimate { rate: high.weight, threshold, two_components: true }
 }
 
-fn posterior_high(low: &Gaussian, high: &Gaussian, x: f64) -> f64 {
+fn posterior_high(low: &Component, high: &Component, x: f64) -> f64 {
     let a = low.weight.ln() + low.log_pdf(x);
     let b = high.weight.ln() + high.log_pdf(x);
     let m = a.max(b);
@@ -93,7 +96,7 @@ fn posterior_high(low: &Gaussian, high: &Gaussian, x: f64) -> f64 {
 
 /// EM for two 1-D Gaussians, initialised by splitting at the 80th percentile (labels bought
 /// from vendors are mostly right). Returns (low, high, log-likelihood).
-fn fit_two(xs: &[f64], floor: f64) -> (Gaussian, Gaussian, f64) {
+fn fit_two(xs: &[f64], floor: f64) -> (Component, Component, f64) {
     let mut sorted = xs.to_vec();
     sorted.sort_by(f64::total_cmp);
     let split = sorted[(sorted.len() * 4) / 5];
@@ -101,7 +104,7 @@ fn fit_two(xs: &[f64], floor: f64) -> (Gaussian, Gaussian, f64) {
         let part: Vec<f64> = xs.iter().copied().filter(|&x| pred(x)).collect();
         let m = part.iter().sum::<f64>() / part.len().max(1) as f64;
         let v = part.iter().map(|x| (x - m).powi(2)).sum::<f64>() / part.len().max(1) as f64;
-        Gaussian { weight: part.len().max(1) as f64 / xs.len() as f64, mean: m, var: v.max(floor) }
+        Component { weight: part.len().max(1) as f64 / xs.len() as f64, mean: m, var: v.max(floor) }
     };
     let mut low = init(&|x| x < split);
     let mut high = init(&|x| x >= split);
@@ -135,8 +138,8 @@ fn fit_two(xs: &[f64], floor: f64) -> (Gaussian, Gaussian, f64) {
             v_h += r * (x - m_h).powi(2);
             v_l += (1.0 - r) * (x - m_l).powi(2);
         }
-        high = Gaussian { weight: w_h / xs.len() as f64, mean: m_h, var: (v_h / w_h).max(floor) };
-        low = Gaussian { weight: w_l / xs.len() as f64, mean: m_l, var: (v_l / w_l).max(floor) };
+        high = Component { weight: w_h / xs.len() as f64, mean: m_h, var: (v_h / w_h).max(floor) };
+        low = Component { weight: w_l / xs.len() as f64, mean: m_l, var: (v_l / w_l).max(floor) };
         let converged = (new_ll - ll).abs() < 1e-9 * new_ll.abs().max(1.0);
         ll = new_ll;
         if converged {

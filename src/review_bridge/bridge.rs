@@ -149,12 +149,12 @@ async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
 }
 
 async fn open_map(config: &Config) -> Result<TaskMap, StateError> {
-    if config.state.backend == "memory" {
+    if config.state.backend == crate::config::StateBackend::Memory {
         return Ok(TaskMap::memory());
     }
     let (redis, prefix) = (config.state.redis.clone(), config.state.redis.key_prefix.clone());
     let runtime = tokio::runtime::Handle::current();
-    let state = tokio::task::spawn_blocking(move || RedisState::connect(&redis, runtime)).await.map_err(|e| StateError::Unavailable(e.to_string()))??;
+    let state = tokio::task::spawn_blocking(move || RedisState::connect(&redis, runtime)).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     Ok(TaskMap::Redis { connection: state.connection(), prefix })
 }
 
@@ -163,7 +163,7 @@ async fn bridge(config: &Config, health: Arc<Health>, metrics: Arc<BridgeMetrics
     let timeout = Duration::from_secs(bc.request_timeout_secs);
     let client = Arc::new(LabelStudio::new(&bc.label_studio_url, bc.token.clone().expect("validated"), timeout)?);
     let import_ok = &health.import_ok;
-    let Some(map) = retry(&health, import_ok, |e: &StateError| if matches!(e, StateError::Config(_)) { "config".into() } else { "state".into() }, &mut stop, || open_map(config)).await else { return Ok(()) };
+    let Some(map) = retry(&health, import_ok, |e: &StateError| if matches!(e, StateError::Config { .. }) { "config".into() } else { "state".into() }, &mut stop, || open_map(config)).await else { return Ok(()) };
     let map = Arc::new(map);
     let label_config = task::label_config(&config.gate.classes);
     let Some(project) = retry(&health, import_ok, |e: &super::client::LsError| format!("label_studio_{}", e.kind()), &mut stop, || import::ensure_project(&client, &bc.project_title, &label_config)).await else { return Ok(()) };

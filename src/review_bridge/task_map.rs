@@ -30,7 +30,7 @@ pub struct Memory {
 }
 
 fn unavailable(e: redis::RedisError) -> StateError {
-    StateError::Unavailable(e.to_string())
+    StateError::Redis { source: e }
 }
 
 impl TaskMap {

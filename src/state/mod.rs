@@ -13,66 +13,69 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::gate::window_state::{DeliveryRevision, SuspectRecord, WindowState};
 use crate::{
     accuracy::{DeliveryRecord, ReviewStats},
     gate::window::PriorLabel,
 };
 
+/// Why a state-store call failed, with its source error kept. [`StateError::recovery`] answers
+/// the one question callers have: retry, or stop.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state store unreachable or failing: {0}")]
-    Unavailable(String),
-    #[error("corrupt state at `{key}`: {message}")]
-    Corrupt { key: String, message: String },
-    /// A setting that no retry can fix (bad URL, unreadable CA file).
-    #[error("{0}")]
-    Config(String),
+    /// Redis refused or failed the call; the redis crate classifies whether a retry can help.
+    #[error("state store: {source}")]
+    Redis {
+        #[from]
+        source: ::redis::RedisError,
+    },
+    /// Nothing answered within the timeout (an unreachable host, a stalled server).
+    #[error("state store: no answer from {target} within {after:?}")]
+    NoAnswer { target: String, after: std::time::Duration },
+    /// A stored value that does not parse: no retry can fix data.
+    #[error("corrupt state at `{key}`: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A setting that no retry can fix (bad URL, unreadable CA file); names the key.
+    #[error("{key}: {message}")]
+    Config { key: &'static str, message: String },
 }
 
-/// A suspect routed to re-review, kept until its review arrives (or it expires).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SuspectRecord {
-    pub sample_id: String,
-    pub vendor_id: String,
-    pub batch_id: String,
-    /// The vendor's label (class name).
-    pub label: String,
-    pub window_id: String,
+/// What a caller does about a failed state-store call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Back off and call again (hold the input meanwhile).
+    Retry,
+    /// Stop with the error: waiting cannot fix it.
+    Stop,
 }
 
-/// Everything a committed window changes.
-#[derive(Debug, Clone, Default)]
-pub struct WindowState {
-    pub window_id: String,
-    /// Accepted samples added to the reference pool: (class, features).
-    pub pool_added: Vec<(u32, Vec<f32>)>,
-    pub pool_capacity_per_class: usize,
-    pub deliveries: Vec<DeliveryRecord>,
-    pub suspects: Vec<SuspectRecord>,
-    /// Every gated label (sample, vendor, class, score), kept for the retention period so that
-    /// agreement sees a sample's labels whichever window they arrive in.
-    pub labels: Vec<PriorLabel>,
-    /// Earlier deliveries re-judged by this window's agreement model.
-    pub revisions: Vec<DeliveryRevision>,
-}
-
-/// A later window's agreement changed how many labels of an earlier delivery look wrong.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryRevision {
-    pub batch_id: String,
-    pub vendor_id: String,
-    /// Added to the delivery's expected count of wrong labels.
-    pub wrong_delta: f64,
-}
-
-impl WindowState {
-    /// Vendors whose figures this window changed: its own and those of revised deliveries.
-    pub fn vendors(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.deliveries.iter().map(|d| d.vendor_id.clone()).chain(self.revisions.iter().map(|r| r.vendor_id.clone())).collect();
-        v.sort();
-        v.dedup();
-        v
+impl StateError {
+    pub fn recovery(&self) -> Recovery {
+        match self {
+            // NoRetry covers permanent refusals (an ACL without the command, a script error, a
+            // bad reply type); connection and server-busy errors are retried.
+            StateError::Redis { source } => match source.retry_method() {
+                ::redis::RetryMethod::NoRetry => Recovery::Stop,
+                _ => Recovery::Retry,
+            },
+            StateError::NoAnswer { .. } => Recovery::Retry,
+            StateError::Corrupt { .. } | StateError::Config { .. } => Recovery::Stop,
+        }
     }
+}
+
+/// Whether a delivery is being scored or was gated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Taken into a window that has not committed yet.
+    Scoring,
+    /// Its verdict was committed.
+    Gated,
 }
 
 /// A human's final answer on a re-reviewed sample (`annotations.reviews`).
@@ -101,7 +104,7 @@ pub trait StateStore: Send + Sync {
     /// The vendor's gated deliveries since `since_ms` (unix milliseconds), oldest first.
     fn vendor_history(&self, vendor: &str, since_ms: u64) -> Result<Vec<DeliveryRecord>, StateError>;
     /// State of one delivery: `scoring` or `gated`, with its record once gated.
-    fn delivery(&self, batch_id: &str) -> Result<Option<(String, Option<DeliveryRecord>)>, StateError>;
+    fn delivery(&self, batch_id: &str) -> Result<Option<(DeliveryState, Option<DeliveryRecord>)>, StateError>;
     /// Settles the suspects of `review.sample_id` once per (sample, vendor); replays change nothing.
     fn record_review(&self, review: &Review) -> Result<ReviewOutcome, StateError>;
     fn review_stats(&self, vendor: &str) -> Result<ReviewStats, StateError>;
@@ -118,7 +121,7 @@ pub struct MemoryState {
 #[derive(Default)]
 struct Memory {
     pool: BTreeMap<u32, VecDeque<Vec<f32>>>,
-    deliveries: HashMap<String, (String, Option<DeliveryRecord>)>,
+    deliveries: HashMap<String, (DeliveryState, Option<DeliveryRecord>)>,
     by_vendor: HashMap<String, BTreeMap<String, u64>>,
     suspects: HashMap<String, BTreeMap<String, SuspectRecord>>,
     reviewed: HashMap<(String, String), String>,
@@ -140,7 +143,7 @@ impl StateStore for MemoryState {
     fn mark_scoring(&self, _window_id: &str, batch_ids: &[String]) -> Result<(), StateError> {
         let mut m = self.inner.lock().unwrap();
         for b in batch_ids {
-            m.deliveries.entry(b.clone()).or_insert_with(|| ("scoring".into(), None));
+            m.deliveries.entry(b.clone()).or_insert_with(|| (DeliveryState::Scoring, None));
         }
         Ok(())
     }
@@ -157,7 +160,7 @@ impl StateStore for MemoryState {
         for d in &w.deliveries {
             // Gated (again): its labels carry fresh values, so earlier revisions no longer apply.
             m.revised.remove(&d.batch_id);
-            m.deliveries.insert(d.batch_id.clone(), ("gated".into(), Some(d.clone())));
+            m.deliveries.insert(d.batch_id.clone(), (DeliveryState::Gated, Some(d.clone())));
             m.by_vendor.entry(d.vendor_id.clone()).or_default().insert(d.batch_id.clone(), d.gated_at_ms);
         }
         for s in &w.suspects {
@@ -190,7 +193,7 @@ impl StateStore for MemoryState {
         Ok(out)
     }
 
-    fn delivery(&self, batch_id: &str) -> Result<Option<(String, Option<DeliveryRecord>)>, StateError> {
+    fn delivery(&self, batch_id: &str) -> Result<Option<(DeliveryState, Option<DeliveryRecord>)>, StateError> {
         Ok(self.inner.lock().unwrap().deliveries.get(batch_id).cloned())
     }
 
@@ -244,7 +247,7 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
     let base = crate::clock::unix_millis() - 10_000;
     store.ping().unwrap();
     store.mark_scoring("w1", std::slice::from_ref(&b1)).unwrap();
-    assert_eq!(store.delivery(&b1).unwrap().unwrap().0, "scoring");
+    assert_eq!(store.delivery(&b1).unwrap().unwrap().0, DeliveryState::Scoring);
     let window = WindowState {
         window_id: "w1".into(),
         pool_added: vec![(0, vec![1.0, 2.0]), (0, vec![3.0, 4.0]), (0, vec![5.0, 6.0]), (1, vec![7.0, 8.0])],
@@ -262,7 +265,7 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
     store.save_window(&window).unwrap();
     store.save_window(&WindowState { pool_added: vec![], ..window.clone() }).unwrap();
     let (state, rec) = store.delivery(&b1).unwrap().unwrap();
-    assert_eq!((state.as_str(), rec.unwrap().estimated_accuracy), ("gated", 0.9));
+    assert_eq!((state, rec.unwrap().estimated_accuracy), (DeliveryState::Gated, 0.9));
     let mut labels = store.sample_labels(&[id("s1"), id("s2"), id("unseen")]).unwrap();
     labels.sort_by(|a, b| (&a.sample_id, &a.vendor_id).cmp(&(&b.sample_id, &b.vendor_id)));
     let mut want = window.labels.clone();

@@ -13,38 +13,18 @@
 //! | `labels:{sample_id}` | hash | vendor → `{"label","score","batch_id","p_wrong"}` of its gated label | retention |
 //! | `revised:{batch_id}` | string (float) | later agreement's change to the delivery's expected wrong count | retention |
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use super::{Review, ReviewOutcome, StateError, StateStore, SuspectRecord, WindowState};
+use super::{DeliveryState, Review, ReviewOutcome, StateError, StateStore, SuspectRecord, WindowState};
 use crate::gate::window::PriorLabel;
 use crate::{
     accuracy::{DeliveryRecord, ReviewStats},
-    config::Secret,
+    config::RedisConfig,
 };
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://host:port/db` or `rediss://…` for TLS. Credentials go in `username` / `password`.
-    pub url: String,
-    /// ACL user; empty = the default user.
-    #[serde(default)]
-    pub username: String,
-    #[serde(default, skip_serializing)]
-    pub password: Option<Secret>,
-    /// PEM file of the CA that signed the server certificate (rediss://); empty = system roots.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    pub key_prefix: String,
-    /// How long deliveries, suspects and reviews are kept.
-    pub retention_days: u64,
-    /// A call that takes longer fails (and the gate retries it).
-    pub timeout_ms: u64,
-}
 
 pub struct RedisState {
     manager: ConnectionManager,
@@ -65,7 +45,7 @@ struct StoredLabel {
 
 #[derive(Serialize, Deserialize)]
 struct StoredDelivery {
-    state: String,
+    state: DeliveryState,
     record: Option<DeliveryRecord>,
 }
 
@@ -82,14 +62,14 @@ return 0
 "#;
 
 fn unavailable(e: redis::RedisError) -> StateError {
-    StateError::Unavailable(e.to_string())
+    StateError::Redis { source: e }
 }
 
 impl RedisState {
     /// Connects (from a thread that is not a runtime worker). Fails if the server cannot be
     /// reached within the timeout; later outages are retried by the caller.
     pub fn connect(config: &RedisConfig, runtime: Handle) -> Result<Self, StateError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(|e| StateError::Config(format!("state.redis.url: {e}")))?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(|e| StateError::Config { key: "state.redis.url", message: format!("{e}; expected redis://host:port/db or rediss://…") })?;
         let mut settings = info.redis_settings().clone();
         if !config.username.is_empty() {
             settings = settings.set_username(config.username.clone());
@@ -100,7 +80,7 @@ impl RedisState {
         info = info.set_redis_settings(settings);
         let client = match &config.tls_ca_file {
             Some(ca) => {
-                let root = std::fs::read(ca).map_err(|e| StateError::Config(format!("state.redis.tls_ca_file {}: {e}", ca.display())))?;
+                let root = std::fs::read(ca).map_err(|e| StateError::Config { key: "state.redis.tls_ca_file", message: format!("cannot read {}: {e}", ca.display()) })?;
                 redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(root) })
             }
             None => redis::Client::open(info),
@@ -115,7 +95,7 @@ impl RedisState {
         let manager = runtime.block_on(async { tokio::time::timeout(timeout * 3, ConnectionManager::new_with_config(client, manager_config)).await });
         let manager = match manager {
             Ok(m) => m.map_err(unavailable)?,
-            Err(_) => return Err(StateError::Unavailable(format!("no answer from {} within {:?}", redact(&config.url), timeout * 3))),
+            Err(_) => return Err(StateError::NoAnswer { target: redact(&config.url), after: timeout * 3 }),
         };
         let state = Self { manager, runtime, prefix: config.key_prefix.clone(), retention_secs: config.retention_days * 86_400 };
         state.ping()?;
@@ -175,7 +155,7 @@ impl StateStore for RedisState {
 
     fn mark_scoring(&self, _window_id: &str, batch_ids: &[String]) -> Result<(), StateError> {
         let mut pipe = redis::pipe();
-        let body = serde_json::to_string(&StoredDelivery { state: "scoring".into(), record: None }).expect("serialisable");
+        let body = serde_json::to_string(&StoredDelivery { state: DeliveryState::Scoring, record: None }).expect("serialisable");
         for b in batch_ids {
             // NX: never overwrite a gated delivery with `scoring` on a replay.
             pipe.cmd("SET").arg(self.key(&["delivery", b])).arg(&body).arg("NX").arg("EX").arg(self.retention_secs).ignore();
@@ -199,7 +179,7 @@ impl StateStore for RedisState {
         let now_ms = crate::clock::unix_millis();
         let cutoff = now_ms.saturating_sub(self.retention_secs * 1000);
         for d in &w.deliveries {
-            let body = serde_json::to_string(&StoredDelivery { state: "gated".into(), record: Some(d.clone()) }).expect("serialisable");
+            let body = serde_json::to_string(&StoredDelivery { state: DeliveryState::Gated, record: Some(d.clone()) }).expect("serialisable");
             pipe.set_ex(self.key(&["delivery", &d.batch_id]), body, self.retention_secs).ignore();
             // Gated (again): its labels carry fresh values, so earlier revisions no longer apply.
             pipe.del(self.key(&["revised", &d.batch_id])).ignore();
@@ -245,19 +225,19 @@ impl StateStore for RedisState {
         for ((b, body), revised) in batches.iter().zip(bodies).zip(revised) {
             // A delivery whose record expired before its index entry: skip it.
             let Some(body) = body else { continue };
-            let stored: StoredDelivery = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["delivery", b]), message: e.to_string() })?;
+            let stored: StoredDelivery = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["delivery", b]), source: e })?;
             out.extend(stored.record.map(|d| DeliveryRecord { revised_wrong: revised.unwrap_or(0.0), ..d }));
         }
         Ok(out)
     }
 
-    fn delivery(&self, batch_id: &str) -> Result<Option<(String, Option<DeliveryRecord>)>, StateError> {
+    fn delivery(&self, batch_id: &str) -> Result<Option<(DeliveryState, Option<DeliveryRecord>)>, StateError> {
         let key = self.key(&["delivery", batch_id]);
         let mut c = self.manager.clone();
         let k = key.clone();
         let body: Option<String> = self.run(async move { c.get(k).await })?;
         body.map(|b| {
-            let s: StoredDelivery = serde_json::from_str(&b).map_err(|e| StateError::Corrupt { key, message: e.to_string() })?;
+            let s: StoredDelivery = serde_json::from_str(&b).map_err(|e| StateError::Corrupt { key, source: e })?;
             Ok((s.state, s.record))
         })
         .transpose()
@@ -274,7 +254,7 @@ impl StateStore for RedisState {
                 Ok(s) => s,
                 Err(e) => {
                     // One unreadable entry must not block every later review.
-                    tracing::warn!(key = %self.key(&["suspect", &review.sample_id]), vendor = %vendor, error = %e, "suspect entry unreadable; review not counted for this vendor");
+                    tracing::warn!(key = ?self.key(&["suspect", &review.sample_id]), vendor = ?vendor, error = %e, "suspect entry unreadable; review not counted for this vendor");
                     continue;
                 }
             };
@@ -315,7 +295,7 @@ impl StateStore for RedisState {
             let found: Vec<Vec<(String, String)>> = self.run(async move { pipe.query_async(&mut c).await })?;
             for (id, by_vendor) in chunk.iter().zip(found) {
                 for (vendor_id, body) in by_vendor {
-                    let stored: StoredLabel = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["labels", id]), message: e.to_string() })?;
+                    let stored: StoredLabel = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["labels", id]), source: e })?;
                     out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score, batch_id: stored.batch_id, p_wrong: stored.p_wrong });
                 }
             }

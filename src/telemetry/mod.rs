@@ -1,8 +1,11 @@
-//! Every metric and log line for one event in one place: the service calls `telemetry.<event>()`
-//! and the event updates its metrics and writes its log line. Metric names follow Prometheus
+//! The process's metrics registry and readiness. What happens is reported as named events
+//! ([`events`]): the service calls `telemetry.emit(events::X { .. })`, and the event's one
+//! `emit` updates its metrics and writes its log line, so every metric and log line of one event
+//! lives in one struct. Metric names follow Prometheus
 //! conventions (`labelgate_` prefix, base units, `_total` counters, `_ratio` for 0–1 values);
 //! vendor is the only unbounded label and is capped. The one-page spec is docs/metrics.md.
 
+pub mod events;
 pub mod http;
 
 use std::{
@@ -15,7 +18,7 @@ use std::{
 
 use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::{accuracy::evidence::WindowEvidence, service::WindowTiming, wire::VerdictMessage};
+use serde::Serialize;
 
 /// The label value for vendors beyond `max_vendor_series`.
 pub const OTHER_VENDOR: &str = "_other";
@@ -37,6 +40,8 @@ pub struct Telemetry {
     vendor_suspect_precision: GaugeVec,
     reviews: IntCounterVec,
     windows: IntCounter,
+    windows_started: IntCounter,
+    windows_failed: IntCounterVec,
     window_duration: Histogram,
     window_phase: HistogramVec,
     window_records: Histogram,
@@ -47,7 +52,9 @@ pub struct Telemetry {
     window_estimator_share: GaugeVec,
     consumer_lag: IntGauge,
     buffered: IntGauge,
+    buffer_over_bound: IntGauge,
     state_errors: IntCounterVec,
+    consumer_errors: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -83,6 +90,8 @@ impl Telemetry {
             ),
             reviews: register(&r, IntCounterVec::new(Opts::new("labelgate_reviews_total", "Reviews of suspects by result (confirmed_wrong, label_correct)."), &["vendor", "result"]).unwrap()),
             windows: register(&r, IntCounter::new("labelgate_windows_total", "Committed O2U windows.").unwrap()),
+            windows_failed: register(&r, IntCounterVec::new(Opts::new("labelgate_windows_failed_total", "Windows that could not be trained (kind=data: their records went to re-review as window_failed)."), &["kind"]).unwrap()),
+            windows_started: register(&r, IntCounter::new("labelgate_windows_started_total", "O2U windows handed to the window thread (started − committed = in flight or abandoned by a rebalance).").unwrap()),
             window_duration: register(&r, Histogram::with_opts(HistogramOpts::new("labelgate_window_duration_seconds", "From a window's first closed delivery to its committed verdicts.").buckets(buckets_seconds.clone())).unwrap()),
             window_phase: register(
                 &r,
@@ -109,7 +118,9 @@ impl Telemetry {
             ),
             consumer_lag: register(&r, IntGauge::new("labelgate_consumer_lag_records", "Input records not yet consumed, over this replica's partitions.").unwrap()),
             buffered: register(&r, IntGauge::new("labelgate_buffered_records", "Input records held in memory awaiting a window.").unwrap()),
+            buffer_over_bound: register(&r, IntGauge::new("labelgate_buffer_over_bound", "1 while the buffer holds more than gate.max_buffered_records because every delivery in it is still open.").unwrap()),
             state_errors: register(&r, IntCounterVec::new(Opts::new("labelgate_state_errors_total", "Failed state-store (Redis) calls, by operation."), &["operation"]).unwrap()),
+            consumer_errors: register(&r, IntCounter::new("labelgate_consumer_errors_total", "Errors the Kafka consumers reported (librdkafka retries them; a steady rate means the broker is unreachable or refusing).").unwrap()),
             registry: r,
         };
         t.window_last_completed.set(unix_seconds());
@@ -156,99 +167,9 @@ impl Telemetry {
         self.ready_gauge.set(ready as i64);
     }
 
-    pub fn record_routed(&self, vendor: Option<&str>, outcome: &str) {
-        let v = vendor.map_or_else(|| "unknown".to_string(), |v| self.vendor_label(v));
-        self.records.with_label_values(&[v.as_str(), outcome]).inc();
-    }
-
-    pub fn dead_letter(&self, vendor: Option<&str>, reason: &str) {
-        self.dead_letters.with_label_values(&[reason]).inc();
-        self.record_routed(vendor, "dead_letter");
-    }
-
-    pub fn delivery_gated(&self, v: &VerdictMessage) {
-        let vendor = self.vendor_label(&v.vendor_id);
-        let decision = serde_json::to_value(v.decision).ok().and_then(|d| d.as_str().map(str::to_string)).unwrap_or_default();
-        self.deliveries.with_label_values(&[vendor.as_str(), decision.as_str()]).inc();
-        self.delivery_suspects.with_label_values(&[vendor.as_str()]).observe(v.rereview as f64 / v.records.max(1) as f64);
-        tracing::info!(
-            batch_id = %v.batch_id, vendor = %v.vendor_id, records = v.records, rereview = v.rereview,
-            estimated_accuracy = ?v.estimated_accuracy, decision = %decision, decided_by = %v.decided_by, review_reason = ?v.review_reason,
-            "delivery gated"
-        );
-    }
-
-    /// The vendor's rolling figures after a window or a review.
-    pub fn vendor_updated(&self, vendor: &str, accuracy: Option<f64>, sla: f64, gold: Option<f64>, suspect_precision: Option<f64>) {
-        let v = self.vendor_label(vendor);
-        if let Some(a) = accuracy {
-            self.vendor_accuracy.with_label_values(&[v.as_str()]).set(a);
-        }
-        self.vendor_accuracy_sla.with_label_values(&[v.as_str()]).set(sla);
-        if let Some(g) = gold {
-            self.vendor_gold_accuracy.with_label_values(&[v.as_str()]).set(g);
-        }
-        if let Some(p) = suspect_precision {
-            self.vendor_suspect_precision.with_label_values(&[v.as_str()]).set(p);
-        }
-    }
-
-    /// A vendor with no deliveries in the accuracy window: its figures are withdrawn, so an alert
-    /// neither stays on a vendor that stopped delivering nor hides another replica's fresher value.
-    pub fn vendor_idle(&self, vendor: &str) {
-        let v = self.vendor_label(vendor);
-        for g in [&self.vendor_accuracy, &self.vendor_gold_accuracy] {
-            let _ = g.remove_label_values(&[v.as_str()]);
-        }
-    }
-
-    /// Vendors this process reports on (for the periodic refresh).
-    pub fn known_vendors(&self) -> Vec<String> {
-        self.vendors.lock().unwrap().iter().cloned().collect()
-    }
-
-    pub fn review_recorded(&self, vendor: &str, confirmed_wrong: bool) {
-        let v = self.vendor_label(vendor);
-        self.reviews.with_label_values(&[v.as_str(), if confirmed_wrong { "confirmed_wrong" } else { "label_correct" }]).inc();
-    }
-
-    pub fn review_invalid(&self, partition: i32, offset: i64, error: &dyn std::fmt::Display) {
-        self.reviews.with_label_values(&["unknown", "invalid"]).inc();
-        tracing::warn!(partition, offset, %error, "review ignored: expected sample_id, final_label and reviewer");
-    }
-
-    pub fn window_committed(&self, window_id: &str, timing: &WindowTiming, final_loss: f64, evidence: &WindowEvidence) {
-        let noise_share = evidence.wrong_share;
-        self.windows.inc();
-        let total = timing.waiting_seconds + timing.training_seconds + timing.producing_seconds;
-        self.window_duration.observe(total);
-        self.window_phase.with_label_values(&["waiting"]).observe(timing.waiting_seconds);
-        self.window_phase.with_label_values(&["training"]).observe(timing.training_seconds);
-        self.window_phase.with_label_values(&["producing"]).observe(timing.producing_seconds);
-        self.window_records.observe(timing.records as f64);
-        self.window_last_completed.set(unix_seconds());
-        self.training_loss.set(final_loss);
-        self.window_noise_share.set(noise_share);
-        self.window_evidence.with_label_values(&[evidence.status.name()]).inc();
-        self.window_estimator_share.reset();
-        for r in &evidence.readings {
-            let name = serde_json::to_value(r.estimator).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            self.window_estimator_share.with_label_values(&[name.as_str()]).set(r.wrong_share);
-        }
-        let readings = evidence.readings.iter().map(|r| format!("{:?}={:.3}", r.estimator, r.wrong_share)).collect::<Vec<_>>().join(" ");
-        let lift = evidence.model_fit.map(|f| f.lift);
-        tracing::info!(window = window_id, ?timing, final_loss, noise_share, evidence = evidence.status.name(), %readings, ?lift, "window committed");
-        if !evidence.status.supports_a_decision() {
-            tracing::warn!(
-                window = window_id, evidence = evidence.status.name(), %readings, ?lift,
-                "the window's wrong-label share is not identifiable from this evidence; its deliveries go to review"
-            );
-        }
-    }
-
-    pub fn state_error(&self, operation: &str, error: &dyn std::fmt::Display, retry_in: std::time::Duration) {
-        self.state_errors.with_label_values(&[operation]).inc();
-        tracing::warn!(operation, %error, retry_in_ms = retry_in.as_millis() as u64, "state store call failed; retrying");
+    /// Reports one event: its metrics and its log line.
+    pub fn emit(&self, event: impl events::Event) {
+        event.emit(self)
     }
 
     pub fn set_buffered(&self, records: usize) {
@@ -258,6 +179,20 @@ impl Telemetry {
     pub fn set_consumer_lag(&self, records: i64) {
         self.consumer_lag.set(records.max(0));
     }
+}
+
+/// From the moment a window's first delivery closed (its last record or batch_end arrived) to
+/// its committed verdicts.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowTiming {
+    pub records: usize,
+    pub deliveries: usize,
+    /// Closed, waiting for the window to start (min records or max wait).
+    pub waiting_seconds: f64,
+    /// Training and scoring on the window thread.
+    pub training_seconds: f64,
+    /// Routing, producing and committing the transaction.
+    pub producing_seconds: f64,
 }
 
 fn unix_seconds() -> f64 {
@@ -272,7 +207,7 @@ mod tests {
     fn vendor_series_are_capped_and_overflow_counted() {
         let t = Telemetry::new(2, "mlp", "cpu");
         for v in ["a", "b", "c", "d", "a"] {
-            t.record_routed(Some(v), "accepted");
+            t.emit(events::RecordRouted { vendor: Some(v), outcome: "accepted" });
         }
         let text = t.render();
         assert!(text.contains(r#"labelgate_records_total{outcome="accepted",vendor="a"} 2"#), "{text}");

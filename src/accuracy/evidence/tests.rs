@@ -1,0 +1,92 @@
+//! Each estimator and their combination on synthetic windows with a known share.
+
+use super::*;
+
+const POLICY: EvidencePolicy = EvidencePolicy { max_estimator_gap: 0.1, min_evidence_rows: 1000, min_model_lift: 0.2, min_pool_control_rows: 100, z: 1.96 };
+
+fn reading(estimator: Estimator, share: f64) -> Reading {
+    Reading { estimator, wrong_share: share, ci_low: share - 0.02, ci_high: share + 0.02 }
+}
+
+fn fit(lift: f64) -> Option<ModelFit> {
+    Some(ModelFit { heldout_accuracy: 0.5, chance_accuracy: 0.1, lift, final_loss: 0.3 })
+}
+
+#[test]
+fn an_outlier_is_named_and_left_out_of_the_interval() {
+    let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::PoolControl, 0.08), reading(Estimator::ConfidentLearning, 0.1)];
+    let e = combine(rs, fit(0.8), 6000, 5000, 0.0, &POLICY);
+    assert_eq!(e.status, EvidenceStatus::Outlier);
+    assert_eq!(e.outliers, vec![Estimator::ScoreMixture]);
+    assert!((e.wrong_share - 0.09).abs() < 1e-12, "the mean of the two that agree");
+    assert!(e.wrong_share_ci_high < 0.2, "{e:?}");
+}
+
+#[test]
+fn two_readings_far_apart_disagree_with_a_wide_interval() {
+    let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::ConfidentLearning, 0.1)];
+    let e = combine(rs, fit(0.8), 3000, 0, 0.0, &POLICY);
+    assert_eq!(e.status, EvidenceStatus::Disagree);
+    assert!(e.wrong_share_ci_low <= 0.08 && e.wrong_share_ci_high >= 0.92, "{e:?}");
+    assert!(!e.status.supports_a_decision());
+}
+
+#[test]
+fn a_network_that_learned_nothing_gives_insufficient_evidence() {
+    let rs = vec![reading(Estimator::ScoreMixture, 0.05), reading(Estimator::ConfidentLearning, 0.06)];
+    let e = combine(rs.clone(), fit(0.05), 3000, 0, 0.0, &POLICY);
+    assert_eq!((e.status, e.wrong_share_ci_low, e.wrong_share_ci_high), (EvidenceStatus::Insufficient, 0.0, 1.0));
+    assert_eq!(combine(rs.clone(), None, 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit: no proof of learning");
+    assert_eq!(combine(rs.clone(), fit(0.5), 400, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "a 400-row network");
+    assert_eq!(combine(rs, fit(0.5), 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Consistent);
+    // Two readings 0.18 apart are each within 0.1 of their midpoint, but not of each other.
+    let apart = vec![reading(Estimator::ScoreMixture, 0.44), reading(Estimator::ConfidentLearning, 0.26)];
+    assert_eq!(combine(apart, fit(0.6), 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Disagree);
+}
+
+#[test]
+fn agreement_decides_even_when_the_features_are_weak() {
+    let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::Agreement, 0.3)];
+    let e = combine(rs, fit(0.0), 3000, 0, 0.6, &POLICY);
+    assert_eq!((e.status, e.wrong_share), (EvidenceStatus::Consistent, 0.3));
+}
+
+/// Synthetic window: right labels score low, wrong ones high, the pool holds right labels
+/// only; the pool control must recover the window's wrong share whatever its class mix.
+#[test]
+fn the_pool_control_recovers_the_wrong_share() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    for truth in [0.0, 0.05, 0.3] {
+        let (pending, pool) = (2000, 3000);
+        let mut scores = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..pending + pool {
+            let wrong = i < pending && rng.random::<f64>() < truth;
+            // Class 0 is harder (higher clean scores) and over-represented in the window.
+            let class = if i < pending { (rng.random::<f64>() < 0.6) as u32 } else { (i % 2) as u32 };
+            let clean = rng.random::<f32>() + if class == 1 { 0.5 } else { 0.0 };
+            scores.push(if wrong { 3.0 + rng.random::<f32>() } else { clean });
+            labels.push(class);
+        }
+        let s = WindowSignals { scores: &scores, labels: &labels, pending, classes: 2, heldout: None, final_loss: 0.1, seed: 1 };
+        let r = pool_control(&s, 1.96).unwrap();
+        assert!((r.wrong_share - truth).abs() < 0.04, "truth {truth}: {r:?}");
+        assert!(r.ci_low <= truth + 0.01 && r.ci_high >= truth - 0.01, "truth {truth}: {r:?}");
+    }
+}
+
+#[test]
+fn confident_learning_counts_labels_the_network_puts_elsewhere() {
+    // Four rows labelled 0 and four labelled 1; the network puts row 3 (labelled 0) in 1.
+    let labels = [0, 0, 0, 0, 1, 1, 1, 1];
+    let p: Vec<f32> = labels
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &l)| if i == 3 || l == 1 { [0.1, 0.9] } else { [0.9, 0.1] })
+        .collect();
+    let s = WindowSignals { scores: &[0.0; 8], labels: &labels, pending: 8, classes: 2, heldout: Some(&p), final_loss: 0.1, seed: 1 };
+    let r = confident_learning(&p, &s, 1.96, 100).unwrap();
+    assert!((r.wrong_share - 1.0 / 8.0).abs() < 1e-9, "{r:?}");
+    let f = model_fit(&p, &s);
+    assert!((f.heldout_accuracy - 7.0 / 8.0).abs() < 1e-9 && (f.lift - 0.75).abs() < 1e-9, "{f:?}");
+}

@@ -1,0 +1,169 @@
+//! The commands that work on files and print reports: `score` writes ranked suspects, `eval`
+//! measures detection against known truth.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::Path,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::args::{EvalArgs, ScoreArgs};
+use crate::{
+    data::{self, records, Builtin, LabelledSet},
+    device, eval, o2u,
+    progress::ProgressReporter,
+};
+
+#[derive(Serialize)]
+struct SuspectLine<'a> {
+    sample_id: &'a str,
+    label: &'a str,
+    predicted: &'a str,
+    score: f32,
+    loss_variance: f32,
+    /// 1 = most suspect.
+    rank: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotator: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suspect: Option<bool>,
+}
+
+pub fn score(args: ScoreArgs) -> Result<()> {
+    let config = args.common.o2u_config(args.dataset)?;
+    let device = args.common.device();
+    let set: LabelledSet = match (&args.input, args.dataset) {
+        (Some(path), _) => {
+            let format = match args.format.as_deref() {
+                Some("csv") => records::Format::Csv,
+                Some(_) => records::Format::Jsonl,
+                None => records::Format::from_path(path),
+            };
+            let mut set = records::read(path, format, args.classes.as_deref())?;
+            data::Standardizer::standardize_in_place(&mut set.features, set.shape);
+            set
+        }
+        (None, Some(which)) => data::load_builtin(which, &args.common.data_dir())?.0,
+        (None, None) => bail!("give --input FILE or --dataset NAME"),
+    };
+    if set.classes.len() < 2 {
+        bail!("all {} samples carry the same label `{}`: there is nothing to learn", set.len(), set.classes[0]);
+    }
+    tracing::info!(samples = set.len(), classes = set.classes.len(), device = device::describe(&device), "scoring");
+    let mut progress = ProgressReporter::new(set.len(), config.stage1_epochs + config.stage2_epochs());
+    let outcome = o2u::score(set.samples(), None, &config, &device, &mut progress)?;
+    progress.finish();
+    let selection = o2u::suspects::select(&outcome.scores, args.noise_rate);
+    let flagged: std::collections::HashSet<usize> = selection.flagged.iter().copied().collect();
+    let rows: Vec<usize> = if args.all { o2u::suspects::rank_descending(&outcome.scores) } else { selection.flagged.clone() };
+    let mut out: Box<dyn Write> = if args.output == Path::new("-") {
+        Box::new(BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(BufWriter::new(File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?))
+    };
+    for (rank, &i) in rows.iter().enumerate() {
+        let line = SuspectLine {
+            sample_id: &set.sample_ids[i],
+            label: &set.classes[set.labels[i] as usize],
+            predicted: &set.classes[outcome.predicted[i] as usize],
+            score: outcome.scores[i],
+            loss_variance: outcome.loss_variance[i],
+            rank: rank + 1,
+            annotator: set.annotators.as_ref().map(|a| a[i].as_str()),
+            suspect: args.all.then(|| flagged.contains(&i)),
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    tracing::info!(
+        flagged = selection.flagged.len(),
+        noise_rate = selection.noise_rate,
+        samples_per_second = outcome.samples_per_second.round(),
+        "done"
+    );
+    Ok(())
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let config = args.common.o2u_config(Some(args.dataset))?;
+    let device = args.common.device();
+    let (mut train, test) = data::load_builtin(args.dataset, &args.common.data_dir())?;
+    if let Some(limit) = args.limit {
+        train.truncate(limit);
+    }
+    match (args.dataset, args.noise) {
+        (Builtin::MusicGenre, Some(_)) => bail!("--noise: music-genre carries real crowd noise; drop --noise"),
+        (Builtin::Mnist, None) => bail!("--noise: MNIST needs injected noise, e.g. --noise symmetric:0.2"),
+        (_, Some(noise)) => eval::inject_noise(&mut train, noise, args.noise_seed)?,
+        _ => {}
+    }
+    if let Some(path) = &args.export_labels {
+        let mut w = BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
+        writeln!(w, "index,true_label,given_label")?;
+        for (i, (t, g)) in train.truth.as_ref().unwrap().iter().zip(&train.labels).enumerate() {
+            writeln!(w, "{i},{t},{g}")?;
+        }
+        w.flush()?;
+    }
+    let epochs = config.stage1_epochs + config.stage2_epochs() + if args.retrain { config.retrain_epochs } else { 0 };
+    tracing::info!(samples = train.len(), device = device::describe(&device), threads = args.common.threads, "evaluating");
+    let mut progress = ProgressReporter::new(train.len(), epochs);
+    let mut report = eval::evaluate(&train, &test, args.noise, &config, args.retrain, &device, args.common.threads, &mut progress)?;
+    progress.finish();
+    report.dataset = clap::ValueEnum::to_possible_value(&args.dataset).expect("named").get_name().to_string();
+    if args.vendors {
+        let vendors = eval::vendors::vendor_report(&train, &report.scores, &report.predicted, args.min_labels)?;
+        report.vendor_accuracy_mae = Some(vendors.vendor_accuracy_mae);
+        report.vendor_accuracy_spearman = Some(vendors.vendor_accuracy_spearman);
+        report.vendor_report = Some(vendors);
+    }
+    print_report(&report);
+    if let Some(path) = &args.plot {
+        let title = format!("{} {}", report.dataset, report.noise.as_deref().unwrap_or("crowd labels"));
+        eval::plot::pr_curve_png(path, &title, &report.pr_curve, report.average_precision)?;
+    }
+    if let Some(path) = &args.scores {
+        let mut w = BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
+        writeln!(w, "index,sample_id,true_label,given_label,score,loss_variance")?;
+        let truth = train.truth.as_ref().expect("evaluation data has truth");
+        for i in 0..train.len() {
+            writeln!(w, "{i},{},{},{},{},{}", train.sample_ids[i], truth[i], train.labels[i], report.scores[i], report.loss_variance[i])?;
+        }
+        w.flush()?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_report(r: &eval::EvalReport) {
+    println!("dataset                {} ({} samples, noise {})", r.dataset, r.samples, r.noise.as_deref().unwrap_or("real crowd labels"));
+    println!("noisy labels           {} ({:.4} of samples)", r.noisy_samples, r.true_noise_rate);
+    println!("label precision @k     {:.4}  (k = {})", r.label_precision, r.noisy_samples);
+    println!("average precision      {:.4}", r.average_precision);
+    println!("auto threshold         precision {:.4}  recall {:.4}  F1 {:.4}  ({} flagged)", r.precision_auto, r.recall_auto, r.f1_auto, r.flagged_auto);
+    println!("noise rate estimate    {:.4}", r.noise_rate_estimate);
+    println!("training               {} epochs in {:.1} s, {:.0} samples/s ({}, {} threads)", r.epochs, r.training_seconds, r.samples_per_second, r.device, r.threads);
+    if let Some(a) = r.test_accuracy_before {
+        println!("clean-test accuracy    {:.4} trained on noisy labels", a);
+    }
+    if let Some(a) = r.test_accuracy_after {
+        println!("                       {:.4} after retraining on kept samples", a);
+    }
+    if let Some(v) = &r.vendor_report {
+        println!("vendors (annotators with ≥ {} labels)      labels   true   estimated  (95% CI)        argmax-agreement", v.min_labels);
+        for row in &v.vendors {
+            println!(
+                "  {:<38} {:>6}  {:.3}   {:.3}    ({:.3}–{:.3})   {:.3}",
+                row.vendor, row.labels, row.true_accuracy, row.estimated_accuracy, row.ci_low, row.ci_high, row.argmax_agreement
+            );
+        }
+        println!("vendor accuracy        MAE {:.4}  Spearman {:.4}  (argmax baseline: MAE {:.4}  Spearman {:.4})", v.vendor_accuracy_mae, v.vendor_accuracy_spearman, v.baseline_argmax_mae, v.baseline_argmax_spearman);
+        println!("wrong-label share      estimated {:.4}  true {:.4}  (overlap {:.2} of labels)", v.noise_share_estimate, v.true_noise_share, v.overlap_share);
+    }
+}

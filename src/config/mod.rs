@@ -1,0 +1,138 @@
+//! Service configuration: the embedded `config/default.toml`, then an optional file, then
+//! `LABELGATE__SECTION__KEY` environment variables. Unknown keys are errors, every problem is
+//! reported at once with the key that has it and how to fix it, and secrets never print.
+
+mod review_bridge;
+mod secret;
+mod sections;
+mod validate;
+
+use std::{fmt, path::Path};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use serde::{de::DeserializeOwned, de::IgnoredAny, Deserialize};
+
+pub use review_bridge::BridgeConfig;
+pub use secret::Secret;
+pub use sections::{GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
+
+use crate::o2u::O2uConfig;
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub gate: GateConfig,
+    pub engine: O2uConfig,
+    pub runtime: RuntimeConfig,
+    pub state: StateConfig,
+    pub metrics: MetricsConfig,
+    /// `labelgate review-bridge`: suspects to Label Studio tasks, answers back as reviews.
+    pub review_bridge: BridgeConfig,
+}
+
+/// All configuration problems, one per line.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration problem(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The top level alone, to report unknown sections.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Sections {
+    kafka: IgnoredAny,
+    gate: IgnoredAny,
+    engine: IgnoredAny,
+    runtime: IgnoredAny,
+    state: IgnoredAny,
+    metrics: IgnoredAny,
+    review_bridge: IgnoredAny,
+}
+
+/// Each problem of a failed extraction as `key: what (where to set it)`, under `section`.
+fn describe(section: &str, e: figment::Error) -> Vec<String> {
+    e.into_iter()
+        .map(|e| {
+            let path: Vec<&str> = std::iter::once(section).filter(|s| !s.is_empty()).chain(e.path.iter().map(String::as_str)).collect();
+            let key = if path.is_empty() { String::from("(top level)") } else { path.join(".") };
+            let env = format!("LABELGATE__{}", path.join("__").to_uppercase());
+            format!("{key}: {} (set it in the config file or with {env})", e.kind)
+        })
+        .collect()
+}
+
+impl Config {
+    /// Defaults, then `file`, then `LABELGATE__…` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigErrors> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Self::defaults_figment();
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(Env::prefixed("LABELGATE__").split("__").lowercase(true))
+    }
+
+    /// The embedded defaults alone (no file, no environment): for unit tests and the demo.
+    pub fn defaults_figment() -> Figment {
+        Figment::from(Toml::string(DEFAULTS))
+    }
+
+    /// The embedded defaults alone, parsed.
+    pub fn defaults() -> Self {
+        Self::from_figment(Self::defaults_figment()).expect("the embedded defaults are valid")
+    }
+
+    /// Each section is read and checked on its own, so that every problem is reported at once:
+    /// an unknown key in one section does not hide a bad URL in another.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigErrors> {
+        let mut problems = Vec::new();
+        if let Err(e) = figment.extract::<Sections>() {
+            problems.extend(describe("", e));
+        }
+        fn section<T: DeserializeOwned>(figment: &Figment, name: &str, problems: &mut Vec<String>) -> Option<T> {
+            figment.focus(name).extract::<T>().map_err(|e| problems.extend(describe(name, e))).ok()
+        }
+        let kafka: Option<KafkaConfig> = section(&figment, "kafka", &mut problems);
+        let gate: Option<GateConfig> = section(&figment, "gate", &mut problems);
+        let engine: Option<O2uConfig> = section(&figment, "engine", &mut problems);
+        let runtime: Option<RuntimeConfig> = section(&figment, "runtime", &mut problems);
+        let state: Option<StateConfig> = section(&figment, "state", &mut problems);
+        let metrics: Option<MetricsConfig> = section(&figment, "metrics", &mut problems);
+        let review_bridge: Option<BridgeConfig> = section(&figment, "review_bridge", &mut problems);
+        problems.extend(kafka.iter().flat_map(validate::kafka));
+        problems.extend(gate.iter().flat_map(validate::gate));
+        problems.extend(engine.iter().flat_map(|e| e.validate().into_iter().map(|e| format!("engine.{e}"))));
+        problems.extend(state.iter().flat_map(validate::state));
+        problems.extend(metrics.iter().flat_map(validate::metrics));
+        match (kafka, gate, engine, runtime, state, metrics, review_bridge) {
+            (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics), Some(review_bridge)) if problems.is_empty() => {
+                let config = Config { kafka, gate, engine, runtime, state, metrics, review_bridge };
+                Ok(config)
+            }
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

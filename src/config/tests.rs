@@ -1,0 +1,70 @@
+//! Loading, layering and reporting every problem with its key.
+
+use figment::{providers::{Format, Toml}, Figment};
+
+use super::*;
+use crate::o2u::suspects::NoiseRate;
+
+fn with(toml: &str) -> Result<Config, ConfigErrors> {
+    Config::from_figment(Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(toml)))
+}
+
+#[test]
+fn embedded_defaults_load() {
+    let c = with("").unwrap();
+    assert_eq!(c.kafka.input_topic, "annotations");
+    assert_eq!(c.gate.classes.len(), 10);
+    assert_eq!(c.gate.noise_rate, NoiseRate::Auto);
+    assert_eq!(c.gate.sla("anyone"), 0.9);
+}
+
+#[test]
+fn the_example_deployment_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/labelgate.toml");
+    let c = Config::from_figment(Figment::from(Toml::string(DEFAULTS)).merge(Toml::file_exact(path))).unwrap();
+    assert_eq!(c.gate.sla("acme-labels"), 0.95);
+    assert_eq!(c.gate.sla("unknown-vendor"), 0.9);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let e = with("[gate]\nmin_window_records = 0\nconfidence = 3.0\n[gate.vendor_sla]\nacme = 1.5\n[runtime]\ndevice = \"tpu\"\n").unwrap_err();
+    let text = e.to_string();
+    for key in ["gate.min_window_records", "gate.confidence", "gate.vendor_sla.acme", "runtime.device"] {
+        assert!(text.contains(key), "{key} missing in {text}");
+    }
+    assert_eq!(e.0.len(), 4);
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_name_the_key_and_variable() {
+    let text = with("[gate]\nfeature_dimension = 3\n").unwrap_err().to_string();
+    assert!(text.contains("feature_dimension"), "{text}");
+    let text = with("[gate]\nfeature_dim = \"many\"\n").unwrap_err().to_string();
+    assert!(text.contains("gate.feature_dim") && text.contains("LABELGATE__GATE__FEATURE_DIM"), "{text}");
+}
+
+#[test]
+fn environment_overrides_file_and_secrets_never_print() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("gate.toml", "[kafka]\ngroup_id = \"from-file\"\nsasl_password = \"hunter2\"\n")?;
+        jail.set_env("LABELGATE__KAFKA__GROUP_ID", "from-env");
+        jail.set_env("LABELGATE__STATE__REDIS__PASSWORD", "12345678");
+        let c = Config::load(Some(Path::new("gate.toml"))).unwrap();
+        assert_eq!(c.kafka.group_id, "from-env");
+        assert_eq!(c.kafka.sasl_password.as_ref().unwrap().expose(), "hunter2");
+        assert_eq!(c.state.redis.password.as_ref().unwrap().expose(), "12345678", "an all-digit password stays text");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        Ok(())
+    });
+}
+
+#[test]
+fn problems_in_different_sections_are_all_reported() {
+    let e = with("[kafka]\nbootstrap = \"x\"\n[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"http://r\"\n[runtime]\ndevice = \"tpu\"\n").unwrap_err();
+    let text = e.to_string();
+    for key in ["kafka.bootstrap: unknown field", "state.redis.url", "runtime.device"] {
+        assert!(text.contains(key), "{key} missing in {text}");
+    }
+    assert!(text.contains("LABELGATE__RUNTIME__DEVICE"), "{text}");
+}

@@ -1,0 +1,94 @@
+//! Checks that serde cannot make: ranges, relations between keys, URLs. One function per section,
+//! so that a section that fails to parse does not hide the problems of the others.
+
+use super::{GateConfig, KafkaConfig, MetricsConfig, StateBackend, StateConfig};
+
+pub fn gate(g: &GateConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if g.classes.len() < 2 {
+        p.push("gate.classes: list at least two class names, e.g. [\"cat\", \"dog\"]".into());
+    }
+    let mut sorted = g.classes.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != g.classes.len() {
+        p.push("gate.classes: a class name appears twice; list each once".into());
+    }
+    if g.feature_dim == 0 {
+        p.push("gate.feature_dim: must be the length of the feature vectors, e.g. 784".into());
+    }
+    if g.min_window_records == 0 || g.min_window_records > g.max_window_records {
+        p.push(format!("gate.min_window_records = {}: must be between 1 and gate.max_window_records ({})", g.min_window_records, g.max_window_records));
+    }
+    if g.max_buffered_records < g.max_window_records {
+        p.push(format!("gate.max_buffered_records = {}: must be at least gate.max_window_records ({}) or windows can never fill", g.max_buffered_records, g.max_window_records));
+    }
+    for (key, v) in std::iter::once(("gate.default_sla_accuracy".to_string(), g.default_sla_accuracy)).chain(g.vendor_sla.iter().map(|(k, v)| (format!("gate.vendor_sla.{k}"), *v))) {
+        if !(0.0..=1.0).contains(&v) {
+            p.push(format!("{key} = {v}: an accuracy between 0 and 1, e.g. 0.95"));
+        }
+    }
+    if !(0.5..1.0).contains(&g.confidence) {
+        p.push(format!("gate.confidence = {}: use a level such as 0.95", g.confidence));
+    }
+    if !(0.0..=1.0).contains(&g.min_overlap_share) {
+        p.push(format!("gate.min_overlap_share = {}: a share between 0 and 1, e.g. 0.05", g.min_overlap_share));
+    }
+    if !(g.max_estimator_gap > 0.0 && g.max_estimator_gap <= 1.0) {
+        p.push(format!("gate.max_estimator_gap = {}: a share between 0 and 1, e.g. 0.1", g.max_estimator_gap));
+    }
+    if !(0.0..1.0).contains(&g.min_model_lift) {
+        p.push(format!("gate.min_model_lift = {}: a share in [0, 1), e.g. 0.25", g.min_model_lift));
+    }
+    if g.vendor_accuracy_window_secs == 0 {
+        p.push("gate.vendor_accuracy_window_secs: must be positive, e.g. 86400 (a day)".into());
+    }
+    p
+}
+
+pub fn state(st: &StateConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if st.backend != StateBackend::Redis {
+        return p;
+    }
+    let r = &st.redis;
+    if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+        p.push(format!("state.redis.url = {:?}: use redis://host:port/db or rediss://host:port/db", r.url));
+    }
+    if r.url.contains('@') {
+        p.push("state.redis.url: put credentials in state.redis.username and state.redis.password (LABELGATE__STATE__REDIS__PASSWORD), not in the URL".into());
+    }
+    if r.tls_ca_file.is_some() && !r.url.starts_with("rediss://") {
+        p.push("state.redis.tls_ca_file: set only with a rediss:// URL".into());
+    }
+    if r.timeout_ms == 0 || r.retention_days == 0 {
+        p.push("state.redis.timeout_ms and state.redis.retention_days: must be positive".into());
+    }
+    p
+}
+
+pub fn metrics(m: &MetricsConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if !m.listen.is_empty() && m.listen.parse::<std::net::SocketAddr>().is_err() {
+        p.push(format!("metrics.listen = {:?}: use host:port, e.g. \"0.0.0.0:9464\", or \"\" for no HTTP server", m.listen));
+    }
+    if m.max_vendor_series == 0 {
+        p.push("metrics.max_vendor_series: must be at least 1, e.g. 1000".into());
+    }
+    p
+}
+
+pub fn kafka(k: &KafkaConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    let topics = [&k.input_topic, &k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic, &k.progress_topic, &k.reviews_topic];
+    let mut names: Vec<&String> = topics.to_vec();
+    names.sort();
+    names.dedup();
+    if names.len() != topics.len() {
+        p.push("kafka.*_topic: the input, output and progress topics must all differ".into());
+    }
+    if k.client.keys().any(|key| key.contains("password")) {
+        p.push("kafka.client: put passwords in kafka.sasl_password (LABELGATE__KAFKA__SASL_PASSWORD), not in client".into());
+    }
+    p
+}

@@ -1,0 +1,188 @@
+//! The deliveries each case replays: synthetic classes, MNIST or the music-genre crowd labels,
+//! cut into vendor deliveries with their noise, plus the clean pool a warm start begins with.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{bail, Result};
+use rand::{seq::SliceRandom, RngExt, SeedableRng};
+
+use super::{PoolStart, StreamCase, StreamData};
+use crate::data::{self, LabelledSet};
+
+/// A stream: the set (given labels, truth), its deliveries in arrival order, and clean samples
+/// for a full pool.
+pub struct Stream {
+    pub set: LabelledSet,
+    pub deliveries: Vec<(String, String, Vec<usize>)>,
+    pub pool: Vec<(u32, Vec<f32>)>,
+}
+
+const DATA_SEED: u64 = 20_261_129;
+
+fn synthetic(n: usize, seed: u64) -> LabelledSet {
+    let (dim, classes) = (32, 10);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut means = vec![0f32; dim * classes];
+    for m in means.iter_mut() {
+        *m = (rng.random::<f32>() - 0.5) * 1.8;
+    }
+    let mut features = Vec::with_capacity(n * dim);
+    let mut truth = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = rng.random_range(0..classes);
+        for j in 0..dim {
+            features.push(means[c * dim + j] + gaussian(&mut rng));
+        }
+        truth.push(c as u32);
+    }
+    LabelledSet {
+        sample_ids: (0..n).map(|i| format!("g{i}")).collect(),
+        features,
+        shape: crate::o2u::InputShape::Vector { dim },
+        labels: truth.clone(),
+        classes: (0..classes).map(|c| c.to_string()).collect(),
+        truth: Some(truth),
+        annotators: None,
+        items: None,
+    }
+}
+
+fn gaussian(rng: &mut rand_chacha::ChaCha8Rng) -> f32 {
+    // Box–Muller.
+    let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+}
+
+fn noise_features(set: &mut LabelledSet, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xdead);
+    for f in set.features.iter_mut() {
+        *f = gaussian(&mut rng);
+    }
+}
+
+/// Delivery sizes between a tenth and half of the window (at least 20, at most 5,000 records).
+fn sizes(window: usize, total: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<usize> {
+    let hi = (window / 2).clamp(20, 5000);
+    let lo = (window / 10).max(20).min(hi);
+    let mut out = Vec::new();
+    let mut left = total;
+    while left >= lo {
+        let s = rng.random_range(lo..=hi).min(left);
+        out.push(s);
+        left -= s;
+    }
+    out
+}
+
+pub fn build(case: &StreamCase, data_dir: &Path, pool_size: usize) -> Result<Stream> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(DATA_SEED);
+    if case.data == StreamData::MusicGenre {
+        return music_stream(case, data_dir, &mut rng);
+    }
+    // Three windows' worth of records (at least 4,000), plus the pool's clean samples.
+    let stream_records = (3 * case.window).max(4000);
+    let (mut set, mut pool_set) = match case.data {
+        StreamData::Synthetic => {
+            let all = synthetic(stream_records + pool_size, DATA_SEED);
+            split(all, stream_records)
+        }
+        StreamData::Mnist => {
+            let mut train = data::mnist::load(data_dir, "train")?;
+            if train.len() < stream_records {
+                bail!("MNIST has {} training images; a window of {} needs {stream_records}", train.len(), case.window);
+            }
+            train.truncate(stream_records);
+            let mut test = data::mnist::load(data_dir, "t10k")?;
+            test.truncate(pool_size);
+            (train, test)
+        }
+        StreamData::MusicGenre => unreachable!(),
+    };
+    if case.unlearnable {
+        noise_features(&mut set, DATA_SEED);
+        noise_features(&mut pool_set, DATA_SEED + 1);
+    }
+    let truth = set.truth.clone().expect("synthetic and MNIST carry the truth");
+    let classes = set.classes.len() as u32;
+    let mut order: Vec<usize> = (0..set.len()).collect();
+    order.shuffle(&mut rng);
+    let mut deliveries = Vec::new();
+    let mut next = 0;
+    for (i, size) in sizes(case.window, set.len(), &mut rng).into_iter().enumerate() {
+        let v = i % case.vendor_noise.len();
+        let rate = case.vendor_noise[v];
+        let idx: Vec<usize> = order[next..next + size].to_vec();
+        for &j in &idx {
+            if rng.random::<f64>() < rate {
+                set.labels[j] = (truth[j] + rng.random_range(1..classes)) % classes;
+            }
+        }
+        deliveries.push((format!("d{i:04}-v{v}"), format!("vendor-{:02}pct", (rate * 100.0).round() as u32), idx));
+        next += size;
+    }
+    let dim = set.shape.len();
+    let pool = match case.pool {
+        PoolStart::Empty => Vec::new(),
+        PoolStart::Full => (0..pool_set.len()).map(|i| (pool_set.truth.as_ref().unwrap()[i], pool_set.features[i * dim..(i + 1) * dim].to_vec())).collect(),
+    };
+    Ok(Stream { set, deliveries, pool })
+}
+
+fn split(all: LabelledSet, n: usize) -> (LabelledSet, LabelledSet) {
+    let dim = all.shape.len();
+    let take = |range: std::ops::Range<usize>| LabelledSet {
+        sample_ids: all.sample_ids[range.clone()].to_vec(),
+        features: all.features[range.start * dim..range.end * dim].to_vec(),
+        shape: all.shape,
+        labels: all.labels[range.clone()].to_vec(),
+        classes: all.classes.clone(),
+        truth: all.truth.as_ref().map(|t| t[range.clone()].to_vec()),
+        annotators: None,
+        items: None,
+    };
+    (take(0..n), take(n..all.len()))
+}
+
+/// The crowd labels: each worker a vendor, its labels in deliveries of at most 60, the sample_id
+/// the song (shared by the workers who labelled it), deliveries in a random order so that a
+/// song's labels arrive in different windows.
+fn music_stream(case: &StreamCase, data_dir: &Path, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Stream> {
+    let mut set = data::music_genre::load_crowd(data_dir)?;
+    let mut pool_set = data::music_genre::load_test(data_dir, &set.classes)?;
+    if case.unlearnable {
+        noise_features(&mut set, DATA_SEED);
+        noise_features(&mut pool_set, DATA_SEED + 1);
+    }
+    let annotators = set.annotators.clone().expect("crowd labels name their workers");
+    let mut by_worker: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, w) in annotators.iter().enumerate() {
+        by_worker.entry(w.as_str()).or_default().push(i);
+    }
+    let mut deliveries = Vec::new();
+    for (w, idx) in by_worker {
+        for (k, chunk) in idx.chunks(60).enumerate() {
+            deliveries.push((format!("{w}-{k}"), w.to_string(), chunk.to_vec()));
+        }
+    }
+    deliveries.shuffle(rng);
+    let dim = set.shape.len();
+    let pool = match case.pool {
+        PoolStart::Empty => Vec::new(),
+        PoolStart::Full => (0..pool_set.len()).map(|i| (pool_set.labels[i], pool_set.features[i * dim..(i + 1) * dim].to_vec())).collect(),
+    };
+    Ok(Stream { set, deliveries, pool })
+}
+
+pub fn wire_record(set: &LabelledSet, i: usize, batch_id: &str, vendor: &str) -> Vec<u8> {
+    let dim = set.shape.len();
+    let sample_id = set.items.as_ref().map_or(&set.sample_ids[i], |items| &items[i]);
+    serde_json::json!({
+        "sample_id": sample_id,
+        "batch_id": batch_id,
+        "vendor_id": vendor,
+        "label": set.classes[set.labels[i] as usize],
+        "features": &set.features[i * dim..(i + 1) * dim],
+    })
+    .to_string()
+    .into_bytes()
+}

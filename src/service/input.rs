@@ -1,0 +1,68 @@
+//! Reading the input topic: polling messages in batches that stop at a rebalance, and parsing a
+//! batch on the parser pool before the gate ingests it in order.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::Headers,
+    Message,
+};
+
+use super::{clients::GateContext, RunSummary};
+use crate::gate::{Gate, Ingested, InputMessage, SourcePos};
+
+/// Up to this many messages are taken per poll round and parsed in parallel.
+const POLL_BATCH: usize = 512;
+
+/// Polls up to [`POLL_BATCH`] messages (waiting up to `wait` for the first). A rebalance ends
+/// the batch: the messages polled before it are returned first, and a message that came with the
+/// rebalance (it belongs to the new assignment) second, to be ingested after the rebalance is
+/// handled. Consumer errors go to `on_error` and are skipped (librdkafka recovers by itself).
+pub fn poll_batch(consumer: &BaseConsumer<GateContext>, wait: Duration, on_error: &mut dyn FnMut(KafkaError)) -> (Vec<InputMessage>, Vec<InputMessage>) {
+    let mut batch = Vec::new();
+    let mut timeout = wait;
+    while batch.len() < POLL_BATCH {
+        let polled = match consumer.poll(timeout) {
+            Some(Ok(m)) => Some(InputMessage {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: m.headers().map_or_else(Vec::new, |h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()),
+                pos: SourcePos { partition: m.partition(), offset: m.offset() },
+            }),
+            Some(Err(e)) => {
+                on_error(e);
+                None
+            }
+            None => break,
+        };
+        if consumer.context().has_rebalance() {
+            return (batch, polled.into_iter().collect());
+        }
+        batch.extend(polled);
+        timeout = Duration::ZERO;
+    }
+    (batch, Vec::new())
+}
+
+/// Parses a batch on the parser pool (JSON number parsing is most of the ingest cost), then
+/// ingests it in order.
+pub fn ingest_batch(gate: &mut Gate, parsers: &rayon::ThreadPool, batch: Vec<InputMessage>, summary: &mut RunSummary) {
+    use rayon::prelude::*;
+    let now = Instant::now();
+    let parsed: Vec<_> = parsers.install(|| batch.par_iter().map(|m| gate.schema().parse(&m.payload)).collect());
+    for (msg, parsed) in batch.into_iter().zip(parsed) {
+        summary.consumed += 1;
+        if gate.ingest_parsed(msg, parsed, now) == Ingested::Skipped {
+            summary.skipped += 1;
+        }
+    }
+}
+
+/// The pool that parses input batches: up to 4 threads, no more than the machine has.
+pub fn parser_pool() -> Result<rayon::ThreadPool> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+    Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("labelgate-parse-{i}")).build()?)
+}

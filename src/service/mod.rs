@@ -1,0 +1,182 @@
+//! The Kafka edge of the gate: consumes the input topic, feeds the gate, trains windows on their
+//! own thread, and writes each window's outputs, its progress record and the input offsets in
+//! one Kafka transaction, so every input record lands in exactly one of accepted / re-review /
+//! dead-letter, once, across crashes and rebalances (see docs/delivery-guarantee.md).
+//!
+//! One job per file:
+//! - [`clients`]: the Kafka clients (consumers, the transactional producer) and their settings;
+//! - [`topics`]: topic creation and reading a topic to its end (progress, verdicts, tests);
+//! - [`input`]: polling the input topic in batches and parsing them on the parser pool;
+//! - [`window_thread`]: the thread that trains and scores windows;
+//! - [`transaction`]: one commit's outputs, progress and offsets in one Kafka transaction;
+//! - [`store_retry`]: state-store calls retried with back-off while the input is held;
+//! - [`startup`]: waiting for Kafka at start-up, errors that name the setting, quiet client logs;
+//! - [`reviews`]: reviews from the reviews topic into the store, and the vendor gauges;
+//! - [`gate_loop`]: the loop that ties them together, one named step at a time.
+
+mod clients;
+mod gate_loop;
+mod input;
+mod reviews;
+mod startup;
+mod store_retry;
+mod topics;
+mod transaction;
+mod window_thread;
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+pub use clients::{client_config, input_consumer, instance_id, send_retrying_when_full, GateContext};
+pub use gate_loop::run_blocking;
+pub use input::{ingest_batch, parser_pool, poll_batch};
+pub use store_retry::open_state;
+pub use topics::{ensure_topics, read_topic, read_topic_messages};
+
+use crate::{
+    config::Config,
+    o2u::EpochReport,
+    telemetry::{http, Telemetry, WindowTiming},
+    wire::VerdictMessage,
+};
+
+/// Counts of one run, for the demo, tests and logs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub consumed: u64,
+    pub skipped: u64,
+    pub accepted: u64,
+    pub rereview: u64,
+    pub dead_letters: BTreeMap<String, u64>,
+    pub verdicts: u64,
+    pub windows: u64,
+    pub transactions: u64,
+    /// Times consumption was paused because the buffer was full.
+    pub pauses: u64,
+    /// Where each window's latency went.
+    pub window_timings: Vec<WindowTiming>,
+}
+
+/// Called with (window id, records, deliveries) when a window starts training.
+pub type WindowStartHook = Arc<dyn Fn(&str, usize, usize) + Send + Sync>;
+/// Called after every training epoch of a window.
+pub type EpochHook = Arc<dyn Fn(&EpochReport) + Send + Sync>;
+/// Called for every committed verdict.
+pub type VerdictHook = Arc<dyn Fn(&VerdictMessage) + Send + Sync>;
+
+/// Callbacks for progress display (the demo) and tests — all optional.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    pub on_window_start: Option<WindowStartHook>,
+    pub on_epoch: Option<EpochHook>,
+    pub on_verdict: Option<VerdictHook>,
+}
+
+/// Resolves once the hooks it came with saw a number of committed verdicts (clone it for every
+/// gate that shares the hooks).
+#[derive(Clone)]
+pub struct VerdictsReached {
+    target: u64,
+    seen: tokio::sync::watch::Receiver<u64>,
+}
+
+impl VerdictsReached {
+    pub async fn wait(mut self) {
+        let target = self.target;
+        let _ = self.seen.wait_for(|&n| n >= target).await;
+    }
+}
+
+impl Hooks {
+    /// Hooks whose verdict hook counts verdicts, and what resolves once `expected` of them were
+    /// committed: the one "wait for N verdicts" of the demo and the tests.
+    pub fn until_verdicts(expected: u64) -> (Self, VerdictsReached) {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let hooks = Hooks {
+            on_verdict: Some(Arc::new(move |_| {
+                tx.send_modify(|n| *n += 1);
+            })),
+            ..Default::default()
+        };
+        (hooks, VerdictsReached { target: expected, seen: rx })
+    }
+
+    /// These hooks with `other`'s verdict hook called too.
+    pub fn also_on_verdict(mut self, other: VerdictHook) -> Self {
+        let first = self.on_verdict.take();
+        self.on_verdict = Some(Arc::new(move |v| {
+            if let Some(f) = &first {
+                f(v);
+            }
+            other(v);
+        }));
+        self
+    }
+}
+
+/// Runs the gate until `shutdown` resolves, then finishes the window in flight, commits and
+/// returns. Serves `/metrics`, `/healthz` and `/readyz` on `metrics.listen` meanwhile.
+pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+    let telemetry = Arc::new(Telemetry::new(config.metrics.max_vendor_series, &model_name(&config), config.runtime.device.name()));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(http::serve(&config.metrics.listen, telemetry.clone(), async move {
+            let _ = http_stopped.await;
+        })
+        .await?)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (stop, telemetry, runtime) = (stop.clone(), telemetry.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            let state = open_state(&config, runtime, &telemetry, &stop)?;
+            run_blocking(&config, &stop, hooks, &telemetry, state)
+        })
+    };
+    tokio::pin!(worker);
+    let result = tokio::select! {
+        result = &mut worker => result.context("gate thread panicked")?,
+        _ = shutdown => {
+            telemetry.set_ready(false, "draining: shutdown requested, finishing the window in flight");
+            stop.store(true, Ordering::SeqCst);
+            worker.await.context("gate thread panicked")?
+        }
+    };
+    telemetry.set_ready(false, "stopped");
+    let _ = stop_http.send(());
+    if let Some((_, task)) = server {
+        let _ = task.await;
+    }
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The model's short name, for `labelgate_build_info` and the model version on outputs.
+pub fn model_name(config: &Config) -> String {
+    match &config.engine.model {
+        crate::o2u::ModelConfig::Mlp { hidden } => format!("mlp-{}", hidden.iter().map(usize::to_string).collect::<Vec<_>>().join("x")),
+        crate::o2u::ModelConfig::Cnn9 { .. } => "cnn9".into(),
+    }
+}

@@ -1,0 +1,175 @@
+//! Start-up against Kafka: the broker is awaited with back-off up to
+//! `runtime.startup_timeout_secs` (as Redis is), what cannot be fixed by waiting (a refused
+//! password, a TLS failure) stops at once, and every error names the setting to look at.
+//! Also the clients' log callback, which says each repeated librdkafka complaint once a minute
+//! instead of hundreds of times.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use rdkafka::{
+    config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::KafkaError,
+    types::RDKafkaErrorCode,
+    ClientContext,
+};
+
+use super::{clients::client_config, store_retry::Backoff};
+use crate::config::Config;
+
+/// How often the same librdkafka complaint is logged again.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// librdkafka's logs and errors, each said once a minute at most; remembers the last failure
+/// that waiting cannot fix.
+#[derive(Default)]
+pub struct QuietLogs {
+    last_said: Mutex<HashMap<String, Instant>>,
+    fatal: Mutex<Option<String>>,
+    /// Set when librdkafka reports every broker down; cleared by the caller when one is up.
+    pub all_brokers_down: AtomicBool,
+}
+
+impl QuietLogs {
+    fn first_in_a_while(&self, what: &str) -> bool {
+        let mut said = self.last_said.lock().unwrap();
+        let now = Instant::now();
+        match said.get(what) {
+            Some(t) if now.duration_since(*t) < REPEAT_LOG_EVERY => false,
+            _ => {
+                said.insert(what.to_string(), now);
+                true
+            }
+        }
+    }
+
+    pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // The key drops digits (ports, counts, times) so one complaint stays one complaint.
+        let key: String = format!("{fac}:{message}").chars().filter(|c| !c.is_ascii_digit()).take(120).collect();
+        if !self.first_in_a_while(&key) {
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, message),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, message),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", fac, message),
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, message),
+        }
+    }
+
+    pub fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_brokers_down.store(true, Ordering::Relaxed);
+        }
+        if matches!(code, Some(RDKafkaErrorCode::Authentication) | Some(RDKafkaErrorCode::SaslAuthenticationFailed)) {
+            *self.fatal.lock().unwrap() = Some(format!(
+                "kafka.sasl_password / kafka.client.\"sasl.username\": the broker refused the credentials ({reason}); check the user and the password (LABELGATE__KAFKA__SASL_PASSWORD)"
+            ));
+        } else if code == Some(RDKafkaErrorCode::SSL) {
+            *self.fatal.lock().unwrap() = Some(format!("kafka.client.\"ssl.ca.location\" / \"security.protocol\": the TLS handshake failed ({reason}); check the CA file and that the broker speaks TLS on kafka.bootstrap_servers"));
+        }
+        if self.first_in_a_while(&format!("error:{error}")) {
+            tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error");
+        }
+    }
+
+    /// A failure no retry can fix, as an error that names the setting.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap().clone()
+    }
+}
+
+/// The start-up probe's context: logs quietly, remembers fatal failures.
+#[derive(Default)]
+struct Probe(QuietLogs);
+
+impl ClientContext for Probe {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(error, reason)
+    }
+}
+
+impl ConsumerContext for Probe {}
+
+/// Waits until a broker answers a metadata request, retrying with back-off up to
+/// `runtime.startup_timeout_secs` (or until `stop`). Fails at once on refused credentials or a
+/// failed TLS handshake.
+pub fn wait_for_kafka(config: &Config, stop: &AtomicBool) -> Result<()> {
+    let probe: BaseConsumer<Probe> = client_config(config).create_with_context(Probe::default())?;
+    let limit = Duration::from_secs(config.runtime.startup_timeout_secs);
+    let started = Instant::now();
+    let mut backoff = Backoff::new();
+    loop {
+        let error = match probe.fetch_metadata(None, Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        // Error events reach the context only when the client is polled.
+        let _ = probe.poll(Duration::from_millis(100));
+        if let Some(fatal) = probe.context().0.fatal() {
+            bail!(fatal);
+        }
+        let wait = backoff.next_wait();
+        if stop.load(Ordering::SeqCst) || started.elapsed() + wait > limit {
+            bail!(
+                "kafka.bootstrap_servers = {:?}: no broker answered within {} s (last error: {error}); check the address and that the broker is up (the wait is runtime.startup_timeout_secs)",
+                config.kafka.bootstrap_servers,
+                started.elapsed().as_secs()
+            );
+        }
+        tracing::warn!(bootstrap_servers = ?config.kafka.bootstrap_servers, error = %error, retry_in_ms = wait.as_millis() as u64, "Kafka not answering yet; retrying");
+        std::thread::sleep(wait);
+    }
+}
+
+/// Calls `f` until it succeeds, while its error is one a freshly created topic or a moving
+/// partition leader gives for a while (`NotLeaderForPartition`, `LeaderNotAvailable`, unknown
+/// topic, timeouts), up to `runtime.startup_timeout_secs`.
+pub fn retry_while_settling<T>(what: &str, config: &Config, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let limit = Duration::from_secs(config.runtime.startup_timeout_secs);
+    let started = Instant::now();
+    let mut backoff = Backoff::new();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let code = e.chain().find_map(|c| c.downcast_ref::<KafkaError>()).and_then(KafkaError::rdkafka_error_code);
+                let settling = matches!(
+                    code,
+                    Some(
+                        RDKafkaErrorCode::NotLeaderForPartition
+                            | RDKafkaErrorCode::LeaderNotAvailable
+                            | RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownPartition
+                            | RDKafkaErrorCode::OperationTimedOut
+                            | RDKafkaErrorCode::RequestTimedOut
+                            | RDKafkaErrorCode::CoordinatorLoadInProgress
+                            | RDKafkaErrorCode::CoordinatorNotAvailable
+                            | RDKafkaErrorCode::NotCoordinator
+                            | RDKafkaErrorCode::AllBrokersDown
+                            | RDKafkaErrorCode::BrokerTransportFailure
+                    )
+                );
+                let wait = backoff.next_wait();
+                if !settling || started.elapsed() + wait > limit {
+                    bail!("{what}: {e:#} (kafka.bootstrap_servers = {:?})", config.kafka.bootstrap_servers);
+                }
+                tracing::warn!(what, error = format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "Kafka not ready yet; retrying");
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! State-store calls that outlive an outage: opening the store at start-up, and calling it from
+//! the loop. Both use [`StateError::recovery`] to decide between retrying with jittered back-off
+//! and stopping; while a call is retried the gate is not ready and its input is held.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use rand::RngExt as _;
+
+use crate::{
+    config::{Config, StateBackend},
+    state::{redis::RedisState, MemoryState, Recovery, StateError, StateStore},
+    telemetry::{events, Telemetry},
+};
+
+/// Exponential back-off from 250 ms to 10 s, each wait jittered by ±20 % so that replicas
+/// that lost the store together do not retry in lockstep.
+pub struct Backoff {
+    next: Duration,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        use rand::SeedableRng;
+        let seed = crate::clock::unix_millis() ^ u64::from(std::process::id()) << 32;
+        Self { next: Duration::from_millis(250), rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    pub fn next_wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(10));
+        base.mul_f64(self.rng.random_range(0.8..1.2))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the caller does while a call is being retried.
+pub trait WhileRetrying {
+    /// The first failure of this call: hold the input.
+    fn outage_started(&mut self) -> Result<()>;
+    /// Spend `wait` before the next try (keep the consumer in its group meanwhile).
+    fn wait(&mut self, wait: Duration) -> Result<()>;
+}
+
+/// Start-up: nothing to hold, just sleep.
+pub struct Sleep;
+
+impl WhileRetrying for Sleep {
+    fn outage_started(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn wait(&mut self, wait: Duration) -> Result<()> {
+        thread::sleep(wait);
+        Ok(())
+    }
+}
+
+/// Start-up with a limit: sleep between tries, give up with the setting's name once the limit
+/// would pass (as Kafka does, `runtime.startup_timeout_secs`).
+pub struct SleepUntil {
+    pub deadline: Instant,
+    pub what: String,
+}
+
+impl WhileRetrying for SleepUntil {
+    fn outage_started(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn wait(&mut self, wait: Duration) -> Result<()> {
+        if Instant::now() + wait > self.deadline {
+            bail!("{}: no answer within runtime.startup_timeout_secs; check the address and that the server is up", self.what);
+        }
+        thread::sleep(wait);
+        Ok(())
+    }
+}
+
+/// The configured state store; Redis is retried with back-off until it answers, `stop` is set,
+/// `runtime.startup_timeout_secs` passes, or an error that no retry can fix (a bad URL, an
+/// unreadable CA file) stops the start.
+pub fn open_state(config: &Config, runtime: tokio::runtime::Handle, telemetry: &Telemetry, stop: &AtomicBool) -> Result<Arc<dyn StateStore>> {
+    if config.state.backend == StateBackend::Memory {
+        return Ok(Arc::new(MemoryState::default()));
+    }
+    let mut until = SleepUntil { deadline: Instant::now() + Duration::from_secs(config.runtime.startup_timeout_secs), what: format!("state.redis.url = {:?}", config.state.redis.url) };
+    let (state, _) = call("connect", telemetry, stop, &mut until, || RedisState::connect(&config.state.redis, runtime.clone()))?;
+    Ok(Arc::new(state))
+}
+
+/// Calls the state store until it answers. While it does not: not ready, `hold` told once and
+/// then asked to spend each back-off. Stops on an error that [`StateError::recovery`] says no
+/// retry can fix, and when `stop` is set and the outage has lasted 20 s. Returns the value and
+/// whether the call failed at least once (the input was held).
+pub fn call<T>(op: &str, telemetry: &Telemetry, stop: &AtomicBool, hold: &mut dyn WhileRetrying, mut call: impl FnMut() -> Result<T, StateError>) -> Result<(T, bool)> {
+    let mut backoff = Backoff::new();
+    let mut failed_since: Option<Instant> = None;
+    // Readiness is given back only if this outage took it (not during start-up).
+    let was_ready = telemetry.is_ready();
+    loop {
+        match call() {
+            Ok(v) => {
+                if failed_since.is_some() && was_ready {
+                    telemetry.set_ready(!stop.load(Ordering::SeqCst), "state store answers again");
+                }
+                return Ok((v, failed_since.is_some()));
+            }
+            Err(e) if e.recovery() == Recovery::Stop => return Err(anyhow::Error::new(e).context(format!("state store: {op}"))),
+            Err(e) => {
+                let wait = backoff.next_wait();
+                telemetry.emit(events::StateCallFailed { operation: op, error: &e, retry_in: wait });
+                if failed_since.is_none() {
+                    failed_since = Some(Instant::now());
+                    telemetry.set_ready(false, "state store unreachable");
+                    hold.outage_started()?;
+                }
+                if stop.load(Ordering::SeqCst) && failed_since.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
+                    bail!("stopping while the state store is unreachable ({e}); nothing pending was committed and a restart resumes from the last transaction");
+                }
+                hold.wait(wait)?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds_with_jitter() {
+        let mut b = Backoff::new();
+        let waits: Vec<f64> = (0..10).map(|_| b.next_wait().as_secs_f64()).collect();
+        assert!((0.2..=0.3).contains(&waits[0]), "{waits:?}");
+        assert!((0.4..=0.6).contains(&waits[1]), "{waits:?}");
+        assert!(waits[9] >= 8.0 && waits[9] <= 12.0, "{waits:?}");
+        // Two replicas starting together do not wait the same.
+        let other: Vec<f64> = (0..10).map(|_| Backoff { next: Duration::from_millis(250), rng: rand::SeedableRng::seed_from_u64(7) }.next_wait().as_secs_f64()).collect();
+        assert!(other.iter().zip(&waits).any(|(a, b)| a != b));
+    }
+
+    struct Counting(usize, usize);
+
+    impl WhileRetrying for Counting {
+        fn outage_started(&mut self) -> Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+
+        fn wait(&mut self, _: Duration) -> Result<()> {
+            self.1 += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn retries_what_can_recover_and_stops_on_what_cannot() {
+        let t = Telemetry::new(10, "m", "cpu");
+        let stop = AtomicBool::new(false);
+        let mut hold = Counting(0, 0);
+        let mut left = 2;
+        let (v, held) = call("op", &t, &stop, &mut hold, || {
+            if left == 0 {
+                return Ok(5);
+            }
+            left -= 1;
+            Err(StateError::NoAnswer { target: "r".into(), after: Duration::from_millis(1) })
+        })
+        .unwrap();
+        assert_eq!((v, held, hold.0, hold.1), (5, true, 1, 2));
+        let mut calls = 0;
+        let err = call::<()>("op", &t, &stop, &mut hold, || {
+            calls += 1;
+            Err(StateError::Config { key: "state.redis.url", message: "bad".into() })
+        })
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(format!("{err:#}").contains("state.redis.url"), "{err:#}");
+        assert!(t.render().contains(r#"labelgate_state_errors_total{operation="op"} 2"#));
+    }
+}

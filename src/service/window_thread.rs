@@ -1,0 +1,85 @@
+//! The thread that trains and scores windows, so the loop keeps consuming (and the consumer
+//! stays in its group) while a window trains: jobs go in, (job, scores) come back.
+
+use std::{sync::mpsc, thread};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{EpochHook, Hooks};
+use crate::{
+    config::Config,
+    device,
+    gate::{
+        window::{self, WindowScores},
+        WindowJob,
+    },
+    o2u::{EpochReport, TrainingObserver, WindowError},
+};
+
+/// A finished job: the job back (its data taken) and the window's scores or why it failed.
+pub type Finished = (WindowJob, Result<WindowScores, WindowError>);
+
+pub struct WindowThread {
+    jobs: mpsc::Sender<WindowJob>,
+    results: mpsc::Receiver<Finished>,
+}
+
+/// Forwards each epoch's report to the hook, if there is one.
+struct EpochForwarder(Option<EpochHook>);
+
+impl TrainingObserver for EpochForwarder {
+    fn on_epoch(&mut self, r: &EpochReport) {
+        if let Some(f) = &self.0 {
+            f(r)
+        }
+    }
+}
+
+impl WindowThread {
+    pub fn start(config: &Config, hooks: &Hooks) -> Self {
+        let (job_tx, job_rx) = mpsc::channel::<WindowJob>();
+        let (res_tx, res_rx) = mpsc::channel();
+        let engine = config.engine.clone();
+        let policy = window::WindowPolicy::from_config(&config.gate);
+        let choice = config.runtime.device;
+        let on_epoch = hooks.on_epoch.clone();
+        thread::Builder::new()
+            .name("labelgate-window".into())
+            .spawn(move || {
+                // Kernel threads are set once at start-up (`device::set_cpu_threads` writes the
+                // environment, which must not happen while other threads run).
+                let mut dev = device::select(choice);
+                while let Ok(mut job) = job_rx.recv() {
+                    let data = job.take_data();
+                    // A copy to retry on the CPU if the GPU fails (none is kept on the CPU).
+                    let spare = (!dev.is_cpu()).then(|| data.clone());
+                    let mut result = window::score_window(data, &engine, &policy, &dev, &mut EpochForwarder(on_epoch.clone()));
+                    if let (Err(WindowError::Device(e)), Some(data)) = (&result, spare) {
+                        // Documented fallback: a lost or failing GPU moves training to the CPU for
+                        // the rest of the process (slower, same results); the window is retried.
+                        tracing::error!(window = %job.id, error = %e, "the GPU failed; training on the CPU from now on");
+                        dev = candle_core::Device::Cpu;
+                        result = window::score_window(data, &engine, &policy, &dev, &mut EpochForwarder(on_epoch.clone()));
+                    }
+                    if res_tx.send((job, result)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("window thread");
+        Self { jobs: job_tx, results: res_rx }
+    }
+
+    pub fn submit(&self, job: WindowJob) -> Result<()> {
+        self.jobs.send(job).ok().context("window thread gone")
+    }
+
+    /// The finished window, if one is ready.
+    pub fn try_finished(&self) -> Result<Option<Finished>> {
+        match self.results.try_recv() {
+            Ok(f) => Ok(Some(f)),
+            Err(mpsc::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::TryRecvError::Disconnected) => bail!("window thread stopped"),
+        }
+    }
+}
