@@ -49,14 +49,16 @@ server() {
       >>"$run/label-studio.log" 2>&1 &
     echo $! >"$run/pid"
   )
-  for _ in $(seq 1 240); do
+  # The first start migrates a new SQLite database: about a minute, several on a loaded machine.
+  local limit=${LABEL_STUDIO_START_TIMEOUT:-300}
+  for _ in $(seq 1 $((limit * 2))); do
     if curl -fsS -o /dev/null "$url/health" 2>/dev/null; then return; fi
     if ! kill -0 "$(cat "$run/pid")" 2>/dev/null; then
       echo "label-studio.sh: label-studio exited; log tail ($run/label-studio.log):" >&2; tail -30 "$run/label-studio.log" >&2; exit 1
     fi
     sleep 0.5
   done
-  echo "label-studio.sh: no answer on $url/health within 120 s; log tail:" >&2; tail -30 "$run/label-studio.log" >&2; exit 1
+  echo "label-studio.sh: no answer on $url/health within $limit s (LABEL_STUDIO_START_TIMEOUT); log tail:" >&2; tail -30 "$run/label-studio.log" >&2; exit 1
 }
 
 # A personal access token (JWT refresh token) of the admin, made through a session login as the

@@ -41,6 +41,13 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_string()
 }
 
+/// The suite's Redis as the bridge's ACL user, to watch the task map.
+fn redis_connection() -> redis::Connection {
+    let mut c = redis::Client::open(var("LABELGATE_REDIS_URL")).unwrap().get_connection().unwrap();
+    redis::cmd("AUTH").arg(var("LABELGATE_REDIS_USER")).arg(var("LABELGATE_REDIS_PASSWORD")).query::<()>(&mut c).unwrap();
+    c
+}
+
 /// Topic, Redis prefix and project names of one test run.
 #[derive(Clone)]
 struct Names {
@@ -287,7 +294,8 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
     let started = Instant::now();
     produce(&n.rereview, &records(&suspects[..600]));
 
-    // The bridge dies by SIGKILL mid-import...
+    // The bridge dies by SIGKILL mid-import: while a batch is marked in the task map, between
+    // sending it to Label Studio and recording its task ids...
     let port = free_port();
     let mut first = bridge(&n, port, None, 3600);
     let mut project = None;
@@ -296,10 +304,18 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
         project.is_some_and(|p| studio.task_count(p) >= 150)
     });
     let project = project.unwrap();
+    let mut redis = redis_connection();
+    let importing = format!("labelgate:test:{}:review_bridge:{project}:importing", n.unique);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while redis::cmd("HLEN").arg(&importing).query::<u64>(&mut redis).unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no import in flight to interrupt");
+    }
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     let at_kill = studio.task_count(project);
-    eprintln!("bridge SIGKILLed with {at_kill} tasks in Label Studio");
+    let marked: u64 = redis::cmd("HLEN").arg(&importing).query(&mut redis).unwrap();
+    eprintln!("bridge SIGKILLed mid-import: {at_kill} tasks in Label Studio, {marked} suspects marked as importing");
+    assert!(marked > 0, "the kill left an import to settle");
 
     // ...a new one takes over, and Label Studio restarts under it while suspects keep coming.
     let port = free_port();
@@ -345,6 +361,7 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
     assert_eq!(tasks.len() - unique.len(), 0, "duplicate tasks");
     assert_eq!(missing, 0, "missing tasks");
     assert_eq!(tasks.len(), 1000);
+    assert_eq!(redis::cmd("HLEN").arg(&importing).query::<u64>(&mut redis).unwrap(), 0, "every import mark settled");
     assert!(sample(&m, "labelgate_review_bridge_errors_total{kind=\"label_studio_unreachable\"}").unwrap_or(0.0) >= 1.0, "the outage was counted");
 
     // What a reviewer gets: the item (escaped), pixels as a PNG, the gate's guess as a prediction.
@@ -538,6 +555,18 @@ impl Browser {
         Self { client, _driver: driver }
     }
 
+    /// Runs `script` (asynchronous: it calls its last argument) until it answers other than null.
+    async fn until(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.client.execute_async(script, vec![]).await {
+                Ok(v) if !v.is_null() => return v,
+                Ok(_) | Err(fantoccini::error::CmdError::Standard(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
     async fn wait_css(&self, css: &str) -> fantoccini::elements::Element {
         self.client.wait().at_most(Duration::from_secs(60)).for_element(fantoccini::Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
     }
@@ -620,33 +649,40 @@ fn a_reviewer_in_a_browser_sees_the_item_and_the_gates_guess_and_the_answers_rea
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         b.client.goto(&format!("{base}/projects/{project}/data?task={}", task_of(first))).await.unwrap();
-        // The item: the suspect's pixels, drawn from the PNG data URI the bridge rendered.
-        let image = b.wait_css(".lsf-main-content .labelgate-image, .labelgate-image").await;
-        let (w, h): (u64, u64) = serde_json::from_value(
-            b.client
-                .execute_async(
-                    "const el = arguments[0], done = arguments[1]; const url = getComputedStyle(el).backgroundImage.slice(5, -2); const img = new Image(); img.onload = () => done([img.naturalWidth, img.naturalHeight]); img.onerror = () => done([0, 0]); img.src = url;",
-                    vec![serde_json::to_value(&image).unwrap()],
-                )
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!((w, h), (28, 28), "the item's image decodes to the suspect's 28×28 pixels");
+        // The item: the suspect's pixels, drawn from the PNG data URI the bridge rendered. The
+        // editor re-renders while it loads the prediction, so the checks find their elements
+        // afresh each time instead of holding on to one.
+        b.wait_css(".labelgate-image").await;
+        let size = b
+            .until(
+                "the item's image decoded",
+                "const done = arguments[arguments.length - 1]; const el = document.querySelector('.labelgate-image'); if (!el) { done(null); return; } \
+                 const url = getComputedStyle(el).backgroundImage.slice(5, -2); const img = new Image(); \
+                 img.onload = () => done([img.naturalWidth, img.naturalHeight]); img.onerror = () => done(null); img.src = url;",
+            )
+            .await;
+        assert_eq!(size, json!([28, 28]), "the item's image decodes to the suspect's 28×28 pixels");
         // The gate's guess: its choice is pre-selected from the prediction.
-        let radio = |label: &str| format!("input.ant-radio-input[name=\"{label}\"]");
-        let guess = b.wait_css(&radio(&first.predicted_label)).await;
-        assert!(guess.is_selected().await.unwrap(), "the gate's label {} is pre-selected", first.predicted_label);
+        let checked = |label: &str| format!("const done = arguments[arguments.length - 1]; const el = document.querySelector('input.ant-radio-input[name=\"{label}\"]'); done(el && el.checked ? true : null);");
+        b.until(&format!("the gate's label {} pre-selected", first.predicted_label), &checked(&first.predicted_label)).await;
         let page = b.client.source().await.unwrap();
         assert!(page.contains(&format!("The gate suggests: {}", first.predicted_label)), "the header names the gate's guess");
         std::fs::write(shots.join("review-task.png"), b.client.screenshot().await.unwrap()).unwrap();
-        // The reviewer's choice, then Submit.
-        let choice = b.wait_css(&radio(&chosen)).await;
-        b.client.execute("arguments[0].closest('label').click()", vec![serde_json::to_value(&choice).unwrap()]).await.unwrap();
-        assert!(b.wait_css(&radio(&chosen)).await.is_selected().await.unwrap(), "the reviewer's choice is selected");
-        let submit = b.wait_css("button[data-testid=\"bottombar-submit-button\"]").await;
+        // The reviewer's choice (a click on its label, as a person does), then Submit.
+        b.until(
+            "the reviewer's choice clicked",
+            &format!("const done = arguments[arguments.length - 1]; const el = document.querySelector('input.ant-radio-input[name=\"{chosen}\"]'); if (el) {{ el.closest('label').click(); }} done(el && el.checked ? true : null);"),
+        )
+        .await;
         let t0 = Instant::now();
-        submit.click().await.unwrap();
+        for attempt in 0.. {
+            // A re-render between finding the button and clicking it makes the element stale.
+            match b.wait_css("button[data-testid=\"bottombar-submit-button\"]").await.click().await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => eprintln!("submit click retried: {e}"),
+                Err(e) => panic!("cannot click Submit: {e}"),
+            }
+        }
         let arrived = reader.wait(&first.sample_id, &chosen, Duration::from_secs(20));
         std::fs::write(shots.join("review-submitted.png"), b.client.screenshot().await.unwrap()).unwrap();
         b.client.clone().close().await.unwrap();
