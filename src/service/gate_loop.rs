@@ -18,7 +18,7 @@ use rdkafka::{
 use super::{
     clients::{self, GateContext, RebalanceEvent},
     input, startup, store_retry,
-    store_retry::WhileRetrying,
+    store_retry::HoldInput,
     topics::{self, progress_key},
     transaction,
     window_thread::WindowThread,
@@ -109,36 +109,6 @@ pub fn run_blocking(config: &Config, stop: &AtomicBool, hooks: Hooks, telemetry:
             Phase::Complete => return gate_loop.finish(),
             phase => gate_loop.step(phase)?,
         }
-    }
-}
-
-/// Holds the input while the store is unreachable: pauses it, polls only to stay in the group
-/// (what arrives waits in the stash), and gives up on a rebalance.
-struct HoldInput<'l> {
-    consumer: &'l BaseConsumer<GateContext>,
-    stash: &'l mut Vec<InputMessage>,
-    telemetry: &'l Telemetry,
-}
-
-impl WhileRetrying for HoldInput<'_> {
-    fn outage_started(&mut self) -> Result<()> {
-        self.consumer.pause(&self.consumer.assignment()?)?;
-        Ok(())
-    }
-
-    fn wait(&mut self, wait: Duration) -> Result<()> {
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            let (before, after) = input::poll_batch(self.consumer, Duration::from_millis(100), &mut |e| self.telemetry.emit(events::ConsumerError { error: &e }));
-            self.stash.extend(before);
-            self.stash.extend(after);
-            // Stashed records must not be ingested ahead of an assignment's progress record, and
-            // a revocation invalidates the pending commit: either way, restart.
-            if self.consumer.context().has_rebalance() {
-                anyhow::bail!("a rebalance arrived while the state store was unreachable; a restart resumes from the last committed transaction");
-            }
-        }
-        Ok(())
     }
 }
 

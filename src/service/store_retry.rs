@@ -14,8 +14,12 @@ use std::{
 use anyhow::{bail, Result};
 use rand::RngExt as _;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::{clients::GateContext, input};
 use crate::{
     config::{Config, StateBackend},
+    gate::InputMessage,
     state::{redis::RedisState, MemoryState, Recovery, StateError, StateStore},
     telemetry::{events, Telemetry},
 };
@@ -53,6 +57,36 @@ pub trait WhileRetrying {
     fn outage_started(&mut self) -> Result<()>;
     /// Spend `wait` before the next try (keep the consumer in its group meanwhile).
     fn wait(&mut self, wait: Duration) -> Result<()>;
+}
+
+/// Holds the input while the store is unreachable: pauses it, polls only to stay in the group
+/// (what arrives waits in the stash), and gives up on a rebalance.
+pub(super) struct HoldInput<'l> {
+    pub(super) consumer: &'l BaseConsumer<GateContext>,
+    pub(super) stash: &'l mut Vec<InputMessage>,
+    pub(super) telemetry: &'l Telemetry,
+}
+
+impl WhileRetrying for HoldInput<'_> {
+    fn outage_started(&mut self) -> Result<()> {
+        self.consumer.pause(&self.consumer.assignment()?)?;
+        Ok(())
+    }
+
+    fn wait(&mut self, wait: Duration) -> Result<()> {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            let (before, after) = input::poll_batch(self.consumer, Duration::from_millis(100), &mut |e| self.telemetry.emit(events::ConsumerError { error: &e }));
+            self.stash.extend(before);
+            self.stash.extend(after);
+            // Stashed records must not be ingested ahead of an assignment's progress record, and
+            // a revocation invalidates the pending commit: either way, restart.
+            if self.consumer.context().has_rebalance() {
+                anyhow::bail!("a rebalance arrived while the state store was unreachable; a restart resumes from the last committed transaction");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Start-up: nothing to hold, just sleep.
