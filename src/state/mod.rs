@@ -24,7 +24,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Redis refused or failed the call; the redis crate classifies whether a retry can help.
-    #[error("state store: {source}")]
+    #[error("state store unreachable or failing: {source}")]
     Redis {
         #[from]
         source: ::redis::RedisError,
