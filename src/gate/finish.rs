@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     accuracy::{self, evidence::EvidenceStatus, AccuracyEstimate, Calibration, DeliveryRecord, GoldCalibration, ReviewStats},
-    wire::{self, RereviewMessage, VerdictMessage},
+    wire::{self, Annotation, RereviewMessage, VerdictMessage},
 };
 
 /// A delivery's counts as its records are routed.
@@ -72,22 +72,8 @@ impl Gate {
         if scores.flagged[i] {
             tally.flagged += 1;
             commit.state.suspects.push(SuspectRecord { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), batch_id: a.batch_id.clone(), label: label.clone(), window_id: window_id.into() });
-            commit.outputs.push(Output::Rereview(RereviewMessage {
-                schema_version: wire::SCHEMA_VERSION,
-                sample_id: a.sample_id.clone(),
-                batch_id: a.batch_id.clone(),
-                vendor_id: a.vendor_id.clone(),
-                annotator_id: a.annotator_id.clone(),
-                label,
-                predicted_label: self.config.classes[scores.predicted[i] as usize].clone(),
-                score: scores.scores[i],
-                rank_percentile: scores.percentile[i],
-                window_id: window_id.into(),
-                model_version: self.model_version.clone(),
-                reason: "o2u_high_loss".into(),
-                item: a.item.clone(),
-                image: a.image_shape.map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
-            }));
+            let predicted = self.config.classes[scores.predicted[i] as usize].clone();
+            commit.outputs.push(Output::Rereview(self.rereview(a, label, predicted, (scores.scores[i], scores.percentile[i]), window_id, "o2u_high_loss")));
         } else {
             // The pool is the next windows' control for right labels: a window that could not
             // tell how many of its labels are wrong would bias it, so it adds nothing.
@@ -102,6 +88,27 @@ impl Gate {
             commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: window_id.into(), vendor_id: r.annotation.vendor_id });
         }
         commit.routed += 1;
+    }
+
+    /// One record for re-review: the vendor's label, the gate's guess, (score, rank percentile),
+    /// why, and the item and pixels a reviewer looks at.
+    fn rereview(&self, a: &Annotation, label: String, predicted_label: String, (score, rank_percentile): (f32, f64), window_id: &str, reason: &str) -> RereviewMessage {
+        RereviewMessage {
+            schema_version: wire::SCHEMA_VERSION,
+            sample_id: a.sample_id.clone(),
+            batch_id: a.batch_id.clone(),
+            vendor_id: a.vendor_id.clone(),
+            annotator_id: a.annotator_id.clone(),
+            label,
+            predicted_label,
+            score,
+            rank_percentile,
+            window_id: window_id.into(),
+            model_version: self.model_version.clone(),
+            reason: reason.into(),
+            item: a.item.clone(),
+            image: a.image_shape.map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
+        }
     }
 
     /// The delivery's accuracy from its flags (rows `rows` of the window) and the calibration,
@@ -205,22 +212,7 @@ impl Gate {
             for r in &d.records {
                 let a = &r.annotation;
                 let label = self.config.classes[a.label as usize].clone();
-                commit.outputs.push(Output::Rereview(RereviewMessage {
-                    schema_version: wire::SCHEMA_VERSION,
-                    sample_id: a.sample_id.clone(),
-                    batch_id: a.batch_id.clone(),
-                    vendor_id: a.vendor_id.clone(),
-                    annotator_id: a.annotator_id.clone(),
-                    predicted_label: label.clone(),
-                    label,
-                    score: 0.0,
-                    rank_percentile: 0.0,
-                    window_id: job.id.clone(),
-                    model_version: self.model_version.clone(),
-                    reason: "window_failed".into(),
-                    item: a.item.clone(),
-                    image: a.image_shape.map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
-                }));
+                commit.outputs.push(Output::Rereview(self.rereview(a, label.clone(), label, (0.0, 0.0), &job.id, "window_failed")));
                 done.push(r.pos);
                 commit.routed += 1;
             }
