@@ -170,7 +170,9 @@ pub struct Gate {
     gated: HashSet<String>,
     /// Deliveries in the window now training: a record of one that arrives meanwhile is late,
     /// not the start of a second delivery with the same batch_id (which would get two verdicts).
-    in_window: HashSet<String>,
+    /// Keyed by batch_id, valued by partition: a revoked partition's entries go, so records
+    /// re-read after it comes back open the delivery again instead of being late.
+    in_window: HashMap<String, i32>,
     gated_order: VecDeque<String>,
     dead_letters: Vec<Output>,
     partitions: BTreeMap<i32, PartitionTrack>,
@@ -196,7 +198,7 @@ impl Gate {
             instance,
             deliveries: HashMap::new(),
             gated: HashSet::new(),
-            in_window: HashSet::new(),
+            in_window: HashMap::new(),
             gated_order: VecDeque::new(),
             dead_letters: Vec::new(),
             partitions: BTreeMap::new(),
@@ -305,7 +307,7 @@ impl Gate {
     }
 
     fn add_annotation(&mut self, a: Annotation, msg: &InputMessage, now: Instant) -> Result<bool, (DlqReason, String)> {
-        if self.gated.contains(&a.batch_id) || self.in_window.contains(&a.batch_id) {
+        if self.gated.contains(&a.batch_id) || self.in_window.contains_key(&a.batch_id) {
             return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
         }
         let d = self.delivery(msg.pos.partition, &a.batch_id, &a.vendor_id, now);
@@ -329,7 +331,7 @@ impl Gate {
     }
 
     fn add_batch_end(&mut self, end: wire::BatchEnd, pos: SourcePos, now: Instant) -> Result<bool, (DlqReason, String)> {
-        if self.gated.contains(&end.batch_id) || self.in_window.contains(&end.batch_id) {
+        if self.gated.contains(&end.batch_id) || self.in_window.contains_key(&end.batch_id) {
             return Err((DlqReason::DuplicateBatchEnd, format!("delivery `{}` was already gated", end.batch_id)));
         }
         let d = self.delivery(pos.partition, &end.batch_id, &end.vendor_id, now);
@@ -388,7 +390,7 @@ impl Gate {
                 break;
             }
             let d = self.deliveries.remove(&key).expect("listed");
-            self.in_window.insert(d.batch_id.clone());
+            self.in_window.insert(d.batch_id.clone(), d.partition);
             records += d.records.len();
             deliveries.push(d);
         }

@@ -51,6 +51,7 @@ impl Gate {
             *p != partition
         });
         self.dead_letters.retain(|o| !matches!(o, Output::DeadLetter { pos, .. } if pos.partition == partition));
+        self.in_window.retain(|_, p| *p != partition);
         self.partitions.remove(&partition);
     }
 

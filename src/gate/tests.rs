@@ -267,3 +267,29 @@ fn records_arriving_while_their_delivery_trains_are_late_not_a_second_delivery()
     g.ingest(msg(5, &rec("s5", "b1", "a")), now);
     assert_eq!(g.open_deliveries(), 1);
 }
+
+/// A partition revoked and given back while its window trains is re-read from its committed
+/// offset: those records open the delivery again, they are not late (found by the CI soak: a
+/// replica joining mid-window dead-lettered three whole deliveries as `late_record`).
+#[test]
+fn records_re_read_after_a_partition_comes_back_mid_window_are_not_late() {
+    let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+    let now = Instant::now();
+    g.assign(0, None);
+    let batch_end = r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#;
+    for i in 0..3 {
+        g.ingest(msg(i, &rec(&format!("s{i}"), "b1", "a")), now);
+    }
+    g.ingest(msg(3, batch_end), now);
+    let job = g.take_window().unwrap();
+    g.revoke(0);
+    g.assign(0, None);
+    for i in 0..3 {
+        assert_eq!(g.ingest(msg(i, &rec(&format!("s{i}"), "b1", "a")), now), Ingested::Buffered, "record {i} re-read");
+    }
+    g.ingest(msg(3, batch_end), now);
+    // The stale window is dropped; the re-read delivery stays and forms the next window.
+    g.requeue(job, &[0]);
+    assert_eq!(g.open_deliveries(), 1);
+    assert_eq!(g.take_window().expect("the re-read delivery is due").records(), 3);
+}
