@@ -414,3 +414,55 @@ fn vendor_metrics_scrape_and_redis_outage() {
     Command::new("kill").args(["-TERM", &gate.0.id().to_string()]).status().unwrap();
     assert!(gate.0.wait().unwrap().success(), "SIGTERM exits 0");
 }
+
+/// Redis without persistence loses everything on a SIGKILL. The gate, SIGKILLed too and
+/// restarted on the empty Redis, keeps routing exactly once (the transactions and the progress
+/// topic hold what routing needs), and a late record for a delivery gated before the loss still
+/// goes to the DLQ (gated deliveries are re-read from the verdict topic, not from Redis).
+#[test]
+fn a_redis_restarted_empty_keeps_routing_exactly_once() {
+    let mut config = config("redis-empty", 784);
+    let (redis_port, http_port) = (reserve_port(), reserve_port());
+    config.state.redis.url = format!("redis://127.0.0.1:{redis_port}/0");
+    config.state.redis.username = String::new();
+    config.state.redis.password = None;
+    let mut redis = KillOnDrop(own_redis(redis_port));
+    tokio::runtime::Runtime::new().unwrap().block_on(service::ensure_topics(&config, 2)).unwrap();
+    let mut set = mnist_set(6000);
+    let ds = deliveries(&mut set, &[("before", 0.05, 2), ("after", 0.05, 2)], 1500);
+    let gate = || KillOnDrop(gate_command(&config).env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}")).stderr(Stdio::inherit()).spawn().unwrap());
+    let gated = || {
+        let metrics = http_get(http_port, "/metrics").map(|r| r.1).unwrap_or_default();
+        ["before", "after"].iter().flat_map(|v| ["accept", "reject", "review"].map(|d| sample(&metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0))).sum::<f64>()
+    };
+    let mut first_gate = gate();
+    produce(&config, &messages(&set, &ds[..2]));
+    wait_for("the first two deliveries gated", Duration::from_secs(240), || gated() == 2.0);
+
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    first_gate.0.kill().unwrap();
+    first_gate.0.wait().unwrap();
+    let _redis = KillOnDrop(own_redis(redis_port));
+    let _second_gate = gate();
+    let mut rest = messages(&set, &ds[2..]);
+    rest.truncate(rest.len() - BAD_RECORDS.len());
+    let late = json!({"sample_id": "late-1", "batch_id": ds[0].0, "vendor_id": "before", "label": "1", "features": &set.features[..784]});
+    rest.push((ds[0].0.clone(), late.to_string()));
+    produce(&config, &rest);
+    wait_for("the other two deliveries gated", Duration::from_secs(240), || gated() == 2.0);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let out = read_outputs(&config);
+    check_routed_once(&ds, &out);
+    let mut batches: Vec<&str> = out.verdicts.iter().map(|v| v.batch_id.as_str()).collect();
+    batches.sort();
+    let mut want: Vec<&str> = ds.iter().map(|d| d.0.as_str()).collect();
+    want.sort();
+    assert_eq!(batches, want, "one verdict per delivery");
+    let mut reasons = out.dlq_reasons.clone();
+    reasons.sort();
+    let mut want: Vec<String> = BAD_RECORDS.iter().map(|(_, r)| r.to_string()).chain(["late_record".to_string()]).collect();
+    want.sort();
+    assert_eq!(reasons, want, "each bad record once and the late record in the DLQ");
+}
