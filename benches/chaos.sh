@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 records=200000 deliveries=101 kills=10 mid_kills=5 broker_kill=1 redis_kill=1 replicas=2 deadline=1800
 if [ "${1:-}" = --short ]; then
-  records=20000 deliveries=21 kills=3 mid_kills=1 broker_kill=1 redis_kill=1 replicas=2 deadline=230
+  records=20000 deliveries=21 kills=3 mid_kills=1 broker_kill=1 redis_kill=1 replicas=2 deadline=300
 fi
 records=${CHAOS_RECORDS:-$records} deliveries=${CHAOS_DELIVERIES:-$deliveries} kills=${CHAOS_KILLS:-$kills}
 mid_kills=${CHAOS_MID_KILLS:-$mid_kills} broker_kill=${CHAOS_BROKER_KILL:-$broker_kill}

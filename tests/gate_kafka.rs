@@ -265,8 +265,10 @@ async fn two_replicas_share_the_partitions_and_each_delivery_stays_on_one() {
 async fn a_full_buffer_pauses_consumption_without_losing_records() {
     common::single_thread();
     let mut config = config("backpressure", 784);
-    // Room for 1.5 deliveries: the gate must pause, gate what it holds, and resume.
-    config.gate.max_buffered_records = 1500;
+    // Each delivery (1,000 records) is larger than the buffer (800): the gate reads on past the
+    // bound until the delivery closes and gates it whole, then pauses while closed deliveries
+    // wait for their window, and resumes.
+    config.gate.max_buffered_records = 800;
     config.gate.max_window_records = 1000;
     config.gate.min_window_records = 1000;
     service::ensure_topics(&config, 1).await.unwrap();
@@ -281,6 +283,8 @@ async fn a_full_buffer_pauses_consumption_without_losing_records() {
     // Windows of one delivery are small; check routing, not detection quality.
     check_routed_once(&ds, &out);
     assert_eq!(out.verdicts.len(), ds.len());
+    assert!(out.verdicts.iter().all(|v| v.records == 1000 && v.closed_by == "batch_end"), "every delivery gated whole: {:?}", out.verdicts.iter().map(|v| (v.records, &v.closed_by)).collect::<Vec<_>>());
+    assert!(out.dlq_reasons.iter().all(|r| r != "late_record"), "no record of a delivery dead-lettered");
 }
 
 /// Two vendors through the real binary, Kafka and Redis: Redis goes away mid-run (the gate turns

@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::process::{http_get, reserve_port as free_port, sample, wait_for, KillOnDrop};
+use common::{
+    kafka::{gate_command, test_config},
+    process::{http_get, reserve_port as free_port, sample, wait_for, KillOnDrop},
+};
 use labelgate::wire::RereviewMessage;
 use rdkafka::{
     config::ClientConfig,
@@ -477,45 +480,24 @@ fn answers_reach_the_reviews_topic_once_by_webhook_and_by_poll_with_the_webhook_
 
 /// A config of `n`'s topics (for reading the gate's outputs with the service's own reader).
 fn gate_config(n: &Names) -> labelgate::config::Config {
-    let mut c = labelgate::config::Config::load(None).unwrap();
-    c.kafka.bootstrap_servers = var("LABELGATE_KAFKA_BOOTSTRAP");
+    let mut c = test_config(&n.unique, 784);
     c.kafka.group_id = format!("{}-gate", n.unique);
     c.kafka.instance_id = n.unique.clone();
-    c.kafka.input_topic = format!("{}.in", n.unique);
-    c.kafka.accepted_topic = format!("{}.accepted", n.unique);
+    for (topic, name) in [(&mut c.kafka.input_topic, "in"), (&mut c.kafka.accepted_topic, "accepted"), (&mut c.kafka.verdicts_topic, "verdicts"), (&mut c.kafka.dlq_topic, "dlq"), (&mut c.kafka.progress_topic, "progress")] {
+        *topic = format!("{}.{name}", n.unique);
+    }
     c.kafka.rereview_topic = n.rereview.clone();
-    c.kafka.verdicts_topic = format!("{}.verdicts", n.unique);
-    c.kafka.dlq_topic = format!("{}.dlq", n.unique);
-    c.kafka.progress_topic = format!("{}.progress", n.unique);
     c.kafka.reviews_topic = n.reviews.clone();
+    c.state.redis.key_prefix = format!("labelgate:test:{}:", n.unique);
     c
 }
 
 /// `labelgate run` on `config`'s topics, one window of 3,000 records, metrics on `port`.
-fn gate(config: &labelgate::config::Config, n: &Names, port: u16) -> KillOnDrop {
-    let k = &config.kafka;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelgate"));
-    cmd.args(["run", "--create-topics", "2"])
+fn gate(config: &labelgate::config::Config, port: u16) -> KillOnDrop {
+    let mut cmd = gate_command(config);
+    cmd.args(["--create-topics", "2"])
         .env("LABELGATE_LOG", "info,librdkafka=warn")
-        .env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", &k.bootstrap_servers)
-        .env("LABELGATE__KAFKA__GROUP_ID", &k.group_id)
-        .env("LABELGATE__KAFKA__INSTANCE_ID", &k.instance_id)
-        .env("LABELGATE__KAFKA__INPUT_TOPIC", &k.input_topic)
-        .env("LABELGATE__KAFKA__ACCEPTED_TOPIC", &k.accepted_topic)
-        .env("LABELGATE__KAFKA__REREVIEW_TOPIC", &k.rereview_topic)
-        .env("LABELGATE__KAFKA__VERDICTS_TOPIC", &k.verdicts_topic)
-        .env("LABELGATE__KAFKA__DLQ_TOPIC", &k.dlq_topic)
-        .env("LABELGATE__KAFKA__PROGRESS_TOPIC", &k.progress_topic)
-        .env("LABELGATE__KAFKA__REVIEWS_TOPIC", &k.reviews_topic)
-        .env("LABELGATE__STATE__REDIS__URL", var("LABELGATE_REDIS_URL"))
-        .env("LABELGATE__STATE__REDIS__USERNAME", var("LABELGATE_REDIS_USER"))
-        .env("LABELGATE__STATE__REDIS__PASSWORD", var("LABELGATE_REDIS_PASSWORD"))
-        .env("LABELGATE__STATE__REDIS__KEY_PREFIX", format!("labelgate:test:{}:", n.unique))
         .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{port}"))
-        .env("LABELGATE__GATE__MIN_WINDOW_RECORDS", "3000")
-        .env("LABELGATE__GATE__MAX_WINDOW_RECORDS", "3000")
-        .env("LABELGATE__GATE__MAX_WINDOW_WAIT_SECS", "1")
-        .env("LABELGATE__RUNTIME__THREADS", "1")
         .stderr(Stdio::inherit());
     KillOnDrop(cmd.spawn().unwrap())
 }
@@ -603,7 +585,7 @@ fn a_reviewer_in_a_browser_sees_the_item_and_the_gates_guess_and_the_answers_rea
         messages.push((batch.clone(), json!({"type": "batch_end", "batch_id": batch, "vendor_id": vendor, "count": 1500}).to_string()));
     }
     let gate_port = free_port();
-    let _gate = gate(&config, &n, gate_port);
+    let _gate = gate(&config, gate_port);
     wait_for("the gate ready", Duration::from_secs(120), || http_get(gate_port, "/readyz").is_some_and(|r| r.0 == 200));
     produce(&config.kafka.input_topic, &messages);
     let bridge_port = free_port();
