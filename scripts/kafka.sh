@@ -57,21 +57,10 @@ answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 # The secured broker's CA and certificate (SAN 127.0.0.1), as one PEM key + chain for Kafka's PEM
 # keystore, and its passwords; all in the run dir, which only this user can read.
 secure_material() {
-  command -v openssl >/dev/null || { echo "kafka.sh: openssl is needed for start-secure" >&2; exit 1; }
-  mkdir -p "$run/tls"
-  (
-    cd "$run/tls"
-    openssl req -x509 -new -nodes -newkey rsa:2048 -sha256 -days 365 -subj "/CN=labelgate test Kafka CA" \
-      -keyout ca.key -out ca.crt
-    openssl req -new -nodes -newkey rsa:2048 -sha256 -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
-    # Clients check the name they dialled against the SAN, not the CN.
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n' > server.ext
-    openssl x509 -req -sha256 -days 365 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-      -extfile server.ext -out server.crt
-    # Kafka's PEM keystore wants an unencrypted PKCS#8 key followed by the certificate chain.
-    openssl pkcs8 -topk8 -nocrypt -in server.key -out server.pk8
-    cat server.pk8 server.crt > server.pem
-  ) >"$run/tls/openssl.log" 2>&1 || { echo "kafka.sh: openssl failed" >&2; cat "$run/tls/openssl.log" >&2; exit 1; }
+  test_certs "$run/tls" "labelgate test Kafka CA" serverAuth,clientAuth kafka.sh
+  # Kafka's PEM keystore wants an unencrypted PKCS#8 key followed by the certificate chain.
+  openssl pkcs8 -topk8 -nocrypt -in "$run/tls/server.key" -out "$run/tls/server.pk8"
+  cat "$run/tls/server.pk8" "$run/tls/server.crt" > "$run/tls/server.pem"
   # Letters and hex: no quoting in JAAS lines or librdkafka settings, and never read as a number
   # from an environment variable.
   admin_password=${KAFKA_ADMIN_PASSWORD:-pw$(openssl rand -hex 16)}

@@ -18,18 +18,7 @@ cli() { REDISCLI_AUTH=$password redis-cli -h 127.0.0.1 -p "$port" --user labelga
 
 certs() {
   [ -f "$run/tls/server.crt" ] && return
-  command -v openssl >/dev/null || { echo "redis.sh: openssl is needed for REDIS_TLS_PORT" >&2; exit 1; }
-  mkdir -p "$run/tls"
-  (
-    cd "$run/tls"
-    openssl req -x509 -new -nodes -newkey rsa:2048 -sha256 -days 365 -subj "/CN=labelgate test CA" \
-      -keyout ca.key -out ca.crt
-    openssl req -new -nodes -newkey rsa:2048 -sha256 -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
-    # Clients check the name they dialled against the SAN, not the CN.
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > server.ext
-    openssl x509 -req -sha256 -days 365 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-      -extfile server.ext -out server.crt
-  ) >"$run/tls/openssl.log" 2>&1 || { echo "redis.sh: openssl failed" >&2; cat "$run/tls/openssl.log" >&2; exit 1; }
+  test_certs "$run/tls" "labelgate test CA" serverAuth redis.sh
 }
 
 start() {

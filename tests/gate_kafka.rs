@@ -115,6 +115,32 @@ fn check_routed_once(ds: &[(String, String, Vec<usize>)], out: &Outputs) {
     assert_eq!(seen.len(), expected, "every record routed: accepted {} + rereview {}", out.accepted.len(), out.rereview.len());
 }
 
+fn check_one_verdict_each(ds: &[(String, String, Vec<usize>)], out: &Outputs) {
+    let mut batches: Vec<&str> = out.verdicts.iter().map(|v| v.batch_id.as_str()).collect();
+    batches.sort();
+    let mut want: Vec<&str> = ds.iter().map(|d| d.0.as_str()).collect();
+    want.sort();
+    assert_eq!(batches, want, "one verdict per delivery");
+}
+
+/// Verdicts counted in `/metrics` over `vendors`, whatever the decision.
+fn deliveries_gated(metrics: &str, vendors: &[&str]) -> f64 {
+    vendors
+        .iter()
+        .flat_map(|v| ["accept", "reject", "review"].map(|d| sample(metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0)))
+        .sum()
+}
+
+/// A Redis of the test's own (no persistence, without the suite's ACL user) for `config`: its
+/// port, to start it again, and the running server.
+fn with_own_redis(config: &mut Config) -> (u16, KillOnDrop) {
+    let port = reserve_port();
+    config.state.redis.url = format!("redis://127.0.0.1:{port}/0");
+    config.state.redis.username = String::new();
+    config.state.redis.password = None;
+    (port, KillOnDrop(own_redis(port)))
+}
+
 fn check_exactly_once(set: &LabelledSet, ds: &[(String, String, Vec<usize>)], out: &Outputs) {
     check_routed_once(ds, out);
     let mut reasons = out.dlq_reasons.clone();
@@ -122,11 +148,7 @@ fn check_exactly_once(set: &LabelledSet, ds: &[(String, String, Vec<usize>)], ou
     let mut want: Vec<String> = BAD_RECORDS.iter().map(|(_, r)| r.to_string()).collect();
     want.sort();
     assert_eq!(reasons, want, "each bad record in the DLQ once, with its reason");
-    let mut batches: Vec<&str> = out.verdicts.iter().map(|v| v.batch_id.as_str()).collect();
-    batches.sort();
-    let mut want: Vec<&str> = ds.iter().map(|d| d.0.as_str()).collect();
-    want.sort();
-    assert_eq!(batches, want, "one verdict per delivery");
+    check_one_verdict_each(ds, out);
     // Injected noise dominates the re-review topic.
     let index: HashMap<&str, usize> = set.sample_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
     let noisy = set.is_noisy().unwrap();
@@ -294,12 +316,8 @@ async fn a_full_buffer_pauses_consumption_without_losing_records() {
 #[test]
 fn vendor_metrics_scrape_and_redis_outage() {
     let mut config = config("metrics", 784);
-    let (redis_port, http_port) = (reserve_port(), reserve_port());
-    // A Redis of this test's own, without the suite's ACL user.
-    config.state.redis.url = format!("redis://127.0.0.1:{redis_port}/0");
-    config.state.redis.username = String::new();
-    config.state.redis.password = None;
-    let mut redis = KillOnDrop(own_redis(redis_port));
+    let http_port = reserve_port();
+    let (redis_port, mut redis) = with_own_redis(&mut config);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(service::ensure_topics(&config, 2)).unwrap();
     let mut set = mnist_set(6000);
@@ -330,11 +348,7 @@ fn vendor_metrics_scrape_and_redis_outage() {
     let mut metrics = String::new();
     wait_for("four deliveries gated", Duration::from_secs(240), || {
         metrics = http_get(http_port, "/metrics").map(|r| r.1).unwrap_or_default();
-        ["steady", "slipping"]
-            .iter()
-            .flat_map(|v| ["accept", "reject", "review"].map(|d| sample(&metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0)))
-            .sum::<f64>()
-            == 4.0
+        deliveries_gated(&metrics, &["steady", "slipping"]) == 4.0
             // The gauges follow the window's commit.
             && ["steady", "slipping"].iter().all(|v| sample(&metrics, &format!("labelgate_vendor_label_accuracy_ratio{{vendor=\"{v}\"}}")).is_some())
     });
@@ -426,19 +440,13 @@ fn vendor_metrics_scrape_and_redis_outage() {
 #[test]
 fn a_redis_restarted_empty_keeps_routing_exactly_once() {
     let mut config = config("redis-empty", 784);
-    let (redis_port, http_port) = (reserve_port(), reserve_port());
-    config.state.redis.url = format!("redis://127.0.0.1:{redis_port}/0");
-    config.state.redis.username = String::new();
-    config.state.redis.password = None;
-    let mut redis = KillOnDrop(own_redis(redis_port));
+    let http_port = reserve_port();
+    let (redis_port, mut redis) = with_own_redis(&mut config);
     tokio::runtime::Runtime::new().unwrap().block_on(service::ensure_topics(&config, 2)).unwrap();
     let mut set = mnist_set(6000);
     let ds = deliveries(&mut set, &[("before", 0.05, 2), ("after", 0.05, 2)], 1500);
     let gate = || KillOnDrop(gate_command(&config).env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}")).stderr(Stdio::inherit()).spawn().unwrap());
-    let gated = || {
-        let metrics = http_get(http_port, "/metrics").map(|r| r.1).unwrap_or_default();
-        ["before", "after"].iter().flat_map(|v| ["accept", "reject", "review"].map(|d| sample(&metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0))).sum::<f64>()
-    };
+    let gated = || deliveries_gated(&http_get(http_port, "/metrics").map(|r| r.1).unwrap_or_default(), &["before", "after"]);
     let mut first_gate = gate();
     produce(&config, &messages(&set, &ds[..2]));
     wait_for("the first two deliveries gated", Duration::from_secs(240), || gated() == 2.0);
@@ -459,11 +467,7 @@ fn a_redis_restarted_empty_keeps_routing_exactly_once() {
 
     let out = read_outputs(&config);
     check_routed_once(&ds, &out);
-    let mut batches: Vec<&str> = out.verdicts.iter().map(|v| v.batch_id.as_str()).collect();
-    batches.sort();
-    let mut want: Vec<&str> = ds.iter().map(|d| d.0.as_str()).collect();
-    want.sort();
-    assert_eq!(batches, want, "one verdict per delivery");
+    check_one_verdict_each(&ds, &out);
     let mut reasons = out.dlq_reasons.clone();
     reasons.sort();
     let mut want: Vec<String> = BAD_RECORDS.iter().map(|(_, r)| r.to_string()).chain(["late_record".to_string()]).collect();
