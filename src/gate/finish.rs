@@ -205,10 +205,9 @@ impl Gate {
         commit.state.window_id = job.id.clone();
         commit.state.pool_capacity_per_class = self.pool.capacity_per_class();
         let mut done = Vec::new();
-        let sla_of = |g: &Gate, v: &str| g.config.sla(v);
         for d in job.deliveries {
             let records = d.records.len();
-            let sla = sla_of(self, &d.vendor_id);
+            let sla = self.config.sla(&d.vendor_id);
             for r in &d.records {
                 let a = &r.annotation;
                 let label = self.config.classes[a.label as usize].clone();
