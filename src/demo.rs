@@ -227,13 +227,14 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
 
 /// The progress bar follows each window's epochs.
 fn progress_hooks(hooks: Hooks, bar: &ProgressBar, config: &Config) -> Hooks {
-    let engine = config.engine.clone();
+    // Windows whose labels overlap train stage 1 longer (`gate.agreement_min_stage1_steps`).
+    let engine = crate::o2u::O2uConfig { min_stage1_steps: config.engine.min_stage1_steps.max(config.gate.agreement_min_stage1_steps), ..config.engine.clone() };
     Hooks {
         on_window_start: Some(Arc::new({
             let bar = bar.clone();
             move |id: &str, records: usize, deliveries: usize| {
-                // Small windows train stage 1 longer (`engine.min_stage1_steps`; the pool's rows
-                // are not known here, so this is the most it can be).
+                // Small windows train stage 1 longer; the pool's rows and the labels' overlap are
+                // not known here, so this is the most it can be.
                 bar.set_length((engine.stage1_epochs_for(records) + engine.stage2_epochs()) as u64);
                 bar.set_position(0);
                 bar.set_message(format!("window {id}: {records} records, {deliveries} deliveries"));

@@ -116,6 +116,10 @@ pub struct GateConfig {
     pub min_evidence_rows: usize,
     /// Mini-batches each cross-fitting network trains for at least.
     pub crossfit_min_steps: usize,
+    /// Mini-batches stage 1 trains for at least in a window whose labels overlap (agreement sets
+    /// its share): the labels of one item cannot all be memorised, so a longer fit learns how far
+    /// they agree.
+    pub agreement_min_stage1_steps: usize,
     /// Longest `sample_id`, `batch_id`, `vendor_id` or `annotator_id` (bytes); longer: DLQ `field_too_long`.
     pub max_id_length: usize,
     /// Longest label or gold label (bytes); longer: DLQ `field_too_long`.

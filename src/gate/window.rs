@@ -118,6 +118,8 @@ pub struct WindowPolicy {
     pub evidence: EvidencePolicy,
     /// Mini-batches each cross-fitting network trains for at least.
     pub crossfit_min_steps: usize,
+    /// Mini-batches stage 1 runs for at least in a window whose labels overlap.
+    pub agreement_min_stage1_steps: usize,
 }
 
 impl WindowPolicy {
@@ -134,6 +136,7 @@ impl WindowPolicy {
                 z: crate::stats::z_for(g.confidence),
             },
             crossfit_min_steps: g.crossfit_min_steps,
+            agreement_min_stage1_steps: g.agreement_min_stage1_steps,
         }
     }
 }
@@ -150,18 +153,28 @@ pub fn score_window(
     let shape = InputShape::Vector { dim: data.dim };
     Standardizer::standardize_in_place(&mut data.features, shape);
     let samples = Samples { features: &data.features, labels: &data.labels, shape, classes: data.classes };
-    let outcome = o2u::score(samples, None, config, device, observer)?;
+    let rows = data.labels.len();
+    let (training, earlier) = with_earlier_labels(&data);
+    // Where agreement will set the share, stage 1 trains longer: the labels of one item cannot
+    // all be memorised, so the longer fit learns how far they agree rather than their noise.
+    let agreeing = matches!(policy.noise_rate, suspects::NoiseRate::Auto) && LabelIndex::new(&data, earlier.iter().copied()).coverage >= policy.min_overlap_share.max(f64::MIN_POSITIVE);
+    let engine = O2uConfig { min_stage1_steps: if agreeing { config.min_stage1_steps.max(policy.agreement_min_stage1_steps) } else { config.min_stage1_steps }, ..config.clone() };
+    let training = training.as_ref().map_or(samples, |(features, labels)| Samples { features, labels, ..samples });
+    let mut outcome = o2u::score(training, None, &engine, device, observer)?;
+    // Earlier labels are scored by this window's network, on the same scale as its own labels.
+    let earlier_scores = outcome.scores.split_off(rows);
+    outcome.predicted.truncate(rows);
     let pending = data.pending;
-    let pool_rows = data.labels.len() - pending;
+    let pool_rows = rows - pending;
     let pending_scores = &outcome.scores[..pending];
     let mut p_wrong = None;
-    let mut revised = Vec::new();
+    let mut earlier_judged = Vec::new();
     let evidence = match policy.noise_rate {
         suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
         suspects::NoiseRate::Auto => {
-            let (agreement, coverage, posterior) = agreement_reading(&data, pending_scores, policy);
+            let (agreement, coverage, posterior) = agreement_reading(&data, pending_scores, &earlier, &earlier_scores, policy);
             if let Some(all) = posterior {
-                revised = data.prior_labels.iter().cloned().zip(all[pending..].iter().map(|&p| p as f32)).collect();
+                earlier_judged = earlier.iter().map(|&i| data.prior_labels[i].clone()).zip(earlier_scores.iter().copied()).collect();
                 p_wrong = Some(all[..pending].to_vec());
             }
             // A window too small to split still gets the other readings; the missing fit makes
@@ -192,6 +205,7 @@ pub fn score_window(
     }
     let k = ((evidence.wrong_share * pending as f64).round() as usize).min(pending);
     let flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
+    let revised = revise_earlier_labels(earlier_judged, k.checked_sub(1).map(|last| pending_scores[order[last]]));
     let pool_control = flag_error_rates(&outcome.scores, pending, &order[..k], &evidence, policy);
     let all_order = suspects::rank_descending(&outcome.scores);
     let total = outcome.scores.len();
@@ -238,23 +252,86 @@ fn flag_error_rates(scores: &[f32], pending: usize, flagged: &[usize], evidence:
     GoldCalibration::from_counts(wrong_flagged, wrong, pool_flagged, pool_rows)
 }
 
+/// Dense item and vendor indices of the window's labels, then the earlier labels of its samples
+/// (those in `earlier`, indices into `prior_labels`), and the share of the window's own labels
+/// whose item another vendor labelled too: how much agreement there is to go on.
+struct LabelIndex {
+    item: Vec<usize>,
+    items: usize,
+    vendor: Vec<usize>,
+    vendors: usize,
+    coverage: f64,
+}
+
+impl LabelIndex {
+    fn new(data: &WindowData, earlier: impl Iterator<Item = usize> + Clone) -> Self {
+        let prior = |i: usize| &data.prior_labels[i];
+        let ids = data.sample_ids.iter().map(String::as_str).chain(earlier.clone().map(|i| prior(i).sample_id.as_str()));
+        let vendors = data.vendors.iter().map(String::as_str).chain(earlier.map(|i| prior(i).vendor_id.as_str()));
+        let (item, items) = agreement::index_of(ids);
+        let (vendor, vendor_count) = agreement::index_of(vendors);
+        let coverage = agreement::overlap_shares(&item, &vendor, items, data.pending);
+        LabelIndex { item, items, vendor, vendors: vendor_count, coverage }
+    }
+}
+
+/// The rows the network trains on: the window's records and pool, then each earlier label of a
+/// sample in the window once more, with that sample's features from this window (a sample_id
+/// names one item, so its features do not depend on who labelled it). The labels of one item
+/// cannot all be fitted when they disagree, so the network learns which of them the features
+/// and the other labels support; and the earlier labels get scores on this window's scale. At
+/// most as many extra rows as the window has records: past that, the earlier labels are left out
+/// of this window and keep their values. Returns the rows (`None`: just the window's) and, per
+/// extra row, its index in `prior_labels`.
+fn with_earlier_labels(data: &WindowData) -> (Option<(Vec<f32>, Vec<u32>)>, Vec<usize>) {
+    let mut first_row = std::collections::HashMap::new();
+    for (row, id) in data.sample_ids.iter().enumerate() {
+        first_row.entry(id.as_str()).or_insert(row);
+    }
+    let earlier: Vec<(usize, usize)> = data.prior_labels.iter().enumerate().filter_map(|(i, p)| first_row.get(p.sample_id.as_str()).map(|&row| (i, row))).take(data.pending).collect();
+    if earlier.is_empty() {
+        return (None, Vec::new());
+    }
+    let (mut features, mut labels) = (data.features.clone(), data.labels.clone());
+    for &(i, row) in &earlier {
+        features.extend_from_slice(&data.features[row * data.dim..(row + 1) * data.dim]);
+        labels.push(data.prior_labels[i].label);
+    }
+    (Some((features, labels)), earlier.into_iter().map(|(i, _)| i).collect())
+}
+
+/// Each earlier label this window judged again moves halfway to this window's flag (flagged when
+/// its score here reaches the lowest flagged score of the window's own labels, `threshold`), so
+/// every window that saw the label counts and the latest, which saw the most labels of its item,
+/// counts most. Judging in flags, as the window's own labels are, keeps the scores ranking the
+/// labels and agreement setting how many: a revision by the agreement model's posterior instead
+/// ranked the music-genre vendors worse (docs/benchmarks.md §6).
+fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>) -> Vec<(PriorLabel, f32)> {
+    judged
+        .into_iter()
+        .map(|(label, score)| {
+            let flag = threshold.is_some_and(|t| score >= t) as u8 as f32;
+            let value = (label.p_wrong + flag) / 2.0;
+            (label, value)
+        })
+        .collect()
+}
+
 /// The joint agreement model over this window's labels and the earlier labels of the same
-/// sample_ids, when enough of the window's labels share a sample_id with another vendor's.
-/// Returns the reading (wrong share of this window's labels), the coverage, and every label's
-/// probability of being wrong (this window's first, then the earlier ones).
-fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<Vec<f64>>) {
+/// sample_ids (`earlier`, scored by this window's network: `earlier_scores`), when enough of the
+/// window's labels share a sample_id with another vendor's. Returns the reading (wrong share of
+/// this window's labels), the coverage, and every label's probability of being wrong (this
+/// window's first, then the earlier ones).
+fn agreement_reading(data: &WindowData, pending_scores: &[f32], earlier: &[usize], earlier_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<Vec<f64>>) {
     let pending = data.pending;
-    let ids = data.sample_ids.iter().map(String::as_str).chain(data.prior_labels.iter().map(|p| p.sample_id.as_str()));
-    let vendors = data.vendors.iter().map(String::as_str).chain(data.prior_labels.iter().map(|p| p.vendor_id.as_str()));
-    let (item, items) = agreement::index_of(ids);
-    let (vendor, vendor_count) = agreement::index_of(vendors);
-    let coverage = agreement::overlap_shares(&item, &vendor, items, pending);
+    let index = LabelIndex::new(data, earlier.iter().copied());
+    let coverage = index.coverage;
     if coverage < policy.min_overlap_share.max(f64::MIN_POSITIVE) {
         return (None, coverage, None);
     }
-    let labels: Vec<u32> = data.labels[..pending].iter().copied().chain(data.prior_labels.iter().map(|p| p.label)).collect();
-    let scores: Vec<f32> = pending_scores.iter().copied().chain(data.prior_labels.iter().map(|p| p.score)).collect();
-    let obs = agreement::Observations { item: &item, annotator: &vendor, label: &labels, score: &scores, items, annotators: vendor_count, classes: data.classes };
+    let labels: Vec<u32> = data.labels[..pending].iter().copied().chain(earlier.iter().map(|&i| data.prior_labels[i].label)).collect();
+    let scores: Vec<f32> = pending_scores.iter().chain(earlier_scores).copied().collect();
+    let obs = agreement::Observations { item: &index.item, annotator: &index.vendor, label: &labels, score: &scores, items: index.items, annotators: index.vendors, classes: data.classes };
     let Some(fit) = agreement::fit(&obs) else { return (None, coverage, None) };
     let p = &fit.p_correct[..pending];
     let n = pending.max(1) as f64;
@@ -265,4 +342,58 @@ fn agreement_reading(data: &WindowData, pending_scores: &[f32], policy: &WindowP
     let half = (policy.evidence.z * sd).max(0.02) / coverage.sqrt();
     let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: (share - half).max(0.0), ci_high: (share + half).min(1.0) };
     (Some(reading), coverage, Some(fit.p_correct.iter().map(|q| 1.0 - q).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prior(sample_id: &str, vendor_id: &str, label: u32, p_wrong: f32) -> PriorLabel {
+        PriorLabel { sample_id: sample_id.into(), vendor_id: vendor_id.into(), label, score: 0.0, batch_id: "old".into(), p_wrong }
+    }
+
+    /// Two records (samples a and b) and one pool row, two features each.
+    fn window(prior_labels: Vec<PriorLabel>) -> WindowData {
+        WindowData {
+            features: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            labels: vec![0, 1, 1],
+            pending: 2,
+            dim: 2,
+            classes: 3,
+            sample_ids: vec!["a".into(), "b".into()],
+            vendors: vec!["v1".into(), "v1".into()],
+            prior_labels,
+        }
+    }
+
+    #[test]
+    fn earlier_labels_train_with_their_samples_features_from_this_window() {
+        let data = window(vec![prior("b", "v2", 2, 0.0), prior("gone", "v2", 0, 0.0), prior("a", "v3", 1, 1.0)]);
+        let (rows, earlier) = with_earlier_labels(&data);
+        let (features, labels) = rows.expect("two earlier labels of the window's samples");
+        assert_eq!(earlier, vec![0, 2], "a sample not in the window adds no row");
+        assert_eq!(labels, vec![0, 1, 1, 2, 1]);
+        assert_eq!(&features[6..], &[3.0, 4.0, 1.0, 2.0], "b's features, then a's");
+        let index = LabelIndex::new(&data, earlier.iter().copied());
+        assert_eq!(index.coverage, 1.0, "both of the window's labels share their item with another vendor");
+        assert_eq!(LabelIndex::new(&data, std::iter::empty()).coverage, 0.0);
+    }
+
+    #[test]
+    fn no_earlier_labels_means_no_copy_and_at_most_one_extra_row_per_record() {
+        assert!(with_earlier_labels(&window(Vec::new())).0.is_none());
+        let many: Vec<PriorLabel> = (0..5).map(|v| prior("a", &format!("v{}", v + 2), 0, 0.0)).collect();
+        let (rows, earlier) = with_earlier_labels(&window(many));
+        assert_eq!(earlier.len(), 2, "capped at the window's two records");
+        assert_eq!(rows.unwrap().1.len(), 5);
+    }
+
+    #[test]
+    fn a_judged_again_label_moves_halfway_to_this_windows_flag() {
+        let judged = vec![(prior("a", "v2", 0, 0.0), 0.9), (prior("b", "v2", 0, 1.0), 0.1), (prior("c", "v2", 0, 0.5), 0.5)];
+        let revised: Vec<f32> = revise_earlier_labels(judged.clone(), Some(0.5)).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(revised, vec![0.5, 0.5, 0.75], "flagged at or above the threshold");
+        let unflagged: Vec<f32> = revise_earlier_labels(judged, None).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(unflagged, vec![0.0, 0.5, 0.25], "a window that flags nothing flags no earlier label either");
+    }
 }
