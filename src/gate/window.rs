@@ -159,7 +159,7 @@ pub fn score_window(
     // all be memorised, so the longer fit learns how far they agree rather than their noise.
     let agreeing = matches!(policy.noise_rate, suspects::NoiseRate::Auto) && LabelIndex::new(&data, earlier.iter().copied()).coverage >= policy.min_overlap_share.max(f64::MIN_POSITIVE);
     let engine = O2uConfig { min_stage1_steps: if agreeing { config.min_stage1_steps.max(policy.agreement_min_stage1_steps) } else { config.min_stage1_steps }, ..config.clone() };
-    let training = training.as_ref().map_or(samples, |(features, labels)| Samples { features, labels, ..samples });
+    let training = training.as_ref().map_or(samples, |rows| Samples { features: &rows.features, labels: &rows.labels, ..samples });
     let mut outcome = o2u::score(training, None, &engine, device, observer)?;
     // Earlier labels are scored by this window's network, on the same scale as its own labels.
     let earlier_scores = outcome.scores.split_off(rows);
@@ -283,7 +283,13 @@ impl LabelIndex {
 /// most as many extra rows as the window has records: past that, the earlier labels are left out
 /// of this window and keep their values. Returns the rows (`None`: just the window's) and, per
 /// extra row, its index in `prior_labels`.
-fn with_earlier_labels(data: &WindowData) -> (Option<(Vec<f32>, Vec<u32>)>, Vec<usize>) {
+/// Training rows with their labels, `dim` features each.
+struct TrainingRows {
+    features: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+fn with_earlier_labels(data: &WindowData) -> (Option<TrainingRows>, Vec<usize>) {
     let mut first_row = std::collections::HashMap::new();
     for (row, id) in data.sample_ids.iter().enumerate() {
         first_row.entry(id.as_str()).or_insert(row);
@@ -297,7 +303,7 @@ fn with_earlier_labels(data: &WindowData) -> (Option<(Vec<f32>, Vec<u32>)>, Vec<
         features.extend_from_slice(&data.features[row * data.dim..(row + 1) * data.dim]);
         labels.push(data.prior_labels[i].label);
     }
-    (Some((features, labels)), earlier.into_iter().map(|(i, _)| i).collect())
+    (Some(TrainingRows { features, labels }), earlier.into_iter().map(|(i, _)| i).collect())
 }
 
 /// Each earlier label this window judged again moves halfway to this window's flag (flagged when
@@ -370,7 +376,7 @@ mod tests {
     fn earlier_labels_train_with_their_samples_features_from_this_window() {
         let data = window(vec![prior("b", "v2", 2, 0.0), prior("gone", "v2", 0, 0.0), prior("a", "v3", 1, 1.0)]);
         let (rows, earlier) = with_earlier_labels(&data);
-        let (features, labels) = rows.expect("two earlier labels of the window's samples");
+        let TrainingRows { features, labels } = rows.expect("two earlier labels of the window's samples");
         assert_eq!(earlier, vec![0, 2], "a sample not in the window adds no row");
         assert_eq!(labels, vec![0, 1, 1, 2, 1]);
         assert_eq!(&features[6..], &[3.0, 4.0, 1.0, 2.0], "b's features, then a's");
@@ -385,7 +391,7 @@ mod tests {
         let many: Vec<PriorLabel> = (0..5).map(|v| prior("a", &format!("v{}", v + 2), 0, 0.0)).collect();
         let (rows, earlier) = with_earlier_labels(&window(many));
         assert_eq!(earlier.len(), 2, "capped at the window's two records");
-        assert_eq!(rows.unwrap().1.len(), 5);
+        assert_eq!(rows.unwrap().labels.len(), 5);
     }
 
     #[test]
