@@ -1,5 +1,6 @@
-//! One O2U-Net window: train on the pending records plus the reference pool, score everything,
-//! and flag pending records. Pure computation; runs on its own thread.
+//! One O2U-Net window: train on the pending records, the reference pool and the earlier labels of
+//! the same samples, score everything, and flag pending records (and judge the earlier labels
+//! again). Pure computation; runs on its own thread.
 
 use candle_core::Device;
 
