@@ -143,6 +143,10 @@ impl WindowPolicy {
 }
 
 const CROSSFIT_FOLDS: usize = 2;
+/// Bounds a window's training rows at five times its records (plus the pool). A song of the
+/// music-genre crowd has about four labels; a bound of one extra row per record left a third of a
+/// late window's earlier labels out and ranked the vendors worse (docs/benchmarks.md §6).
+const MAX_EARLIER_ROWS_PER_RECORD: usize = 4;
 
 pub fn score_window(
     mut data: WindowData,
@@ -281,8 +285,8 @@ impl LabelIndex {
 /// names one item, so its features do not depend on who labelled it). The labels of one item
 /// cannot all be fitted when they disagree, so the network learns which of them the features
 /// and the other labels support; and the earlier labels get scores on this window's scale. At
-/// most as many extra rows as the window has records: past that, the earlier labels are left out
-/// of this window and keep their values. Returns the rows (`None`: just the window's) and, per
+/// most `MAX_EARLIER_ROWS_PER_RECORD` extra rows per record: past that, the earlier labels are left
+/// out of this window and keep their values. Returns the rows (`None`: just the window's) and, per
 /// extra row, its index in `prior_labels`.
 /// Training rows with their labels, `dim` features each.
 struct TrainingRows {
@@ -295,7 +299,18 @@ fn with_earlier_labels(data: &WindowData) -> (Option<TrainingRows>, Vec<usize>) 
     for (row, id) in data.sample_ids.iter().enumerate() {
         first_row.entry(id.as_str()).or_insert(row);
     }
-    let earlier: Vec<(usize, usize)> = data.prior_labels.iter().enumerate().filter_map(|(i, p)| first_row.get(p.sample_id.as_str()).map(|&row| (i, row))).take(data.pending).collect();
+    // Per record row, its sample's earlier labels; taken round by round (every sample's first,
+    // then every sample's second, ...), so that the bound leaves out the most-labelled items'
+    // extra labels, not whole items.
+    let mut by_row: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, p) in data.prior_labels.iter().enumerate() {
+        if let Some(&row) = first_row.get(p.sample_id.as_str()) {
+            by_row.entry(row).or_default().push(i);
+        }
+    }
+    let most = by_row.values().map(Vec::len).max().unwrap_or(0);
+    let earlier: Vec<(usize, usize)> =
+        (0..most).flat_map(|round| by_row.iter().filter_map(move |(&row, labels)| labels.get(round).map(|&i| (i, row)))).take(MAX_EARLIER_ROWS_PER_RECORD * data.pending).collect();
     if earlier.is_empty() {
         return (None, Vec::new());
     }
@@ -378,21 +393,24 @@ mod tests {
         let data = window(vec![prior("b", "v2", 2, 0.0), prior("gone", "v2", 0, 0.0), prior("a", "v3", 1, 1.0)]);
         let (rows, earlier) = with_earlier_labels(&data);
         let TrainingRows { features, labels } = rows.expect("two earlier labels of the window's samples");
-        assert_eq!(earlier, vec![0, 2], "a sample not in the window adds no row");
-        assert_eq!(labels, vec![0, 1, 1, 2, 1]);
-        assert_eq!(&features[6..], &[3.0, 4.0, 1.0, 2.0], "b's features, then a's");
+        assert_eq!(earlier, vec![2, 0], "in the order of the window's rows; a sample not in the window adds none");
+        assert_eq!(labels, vec![0, 1, 1, 1, 2]);
+        assert_eq!(&features[6..], &[1.0, 2.0, 3.0, 4.0], "a's features, then b's");
         let index = LabelIndex::new(&data, earlier.iter().copied());
         assert_eq!(index.coverage, 1.0, "both of the window's labels share their item with another vendor");
         assert_eq!(LabelIndex::new(&data, std::iter::empty()).coverage, 0.0);
     }
 
     #[test]
-    fn no_earlier_labels_means_no_copy_and_at_most_one_extra_row_per_record() {
+    fn no_earlier_labels_means_no_copy_and_the_extra_rows_are_bounded_fairly() {
         assert!(with_earlier_labels(&window(Vec::new())).0.is_none());
-        let many: Vec<PriorLabel> = (0..5).map(|v| prior("a", &format!("v{}", v + 2), 0, 0.0)).collect();
+        // Twelve earlier labels of a, one of b: the bound (8 for two records) keeps b's.
+        let mut many: Vec<PriorLabel> = (0..12).map(|v| prior("a", &format!("v{}", v + 2), 0, 0.0)).collect();
+        many.push(prior("b", "v2", 2, 0.0));
         let (rows, earlier) = with_earlier_labels(&window(many));
-        assert_eq!(earlier.len(), 2, "capped at the window's two records");
-        assert_eq!(rows.unwrap().labels.len(), 5);
+        assert_eq!(earlier.len(), 2 * MAX_EARLIER_ROWS_PER_RECORD, "bounded by the window's two records");
+        assert!(earlier.contains(&12), "every sample's first earlier label before any sample's second");
+        assert_eq!(rows.unwrap().labels.len(), 3 + 2 * MAX_EARLIER_ROWS_PER_RECORD);
     }
 
     #[test]
