@@ -83,7 +83,7 @@ impl Gate {
             }
         }
         let p_wrong = scores.p_wrong.as_ref().map_or(scores.flagged[i] as u8 as f32, |p| p[i] as f32);
-        commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i], batch_id: a.batch_id.clone(), p_wrong });
+        commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i], batch_id: a.batch_id.clone(), p_wrong, gated_p_wrong: None });
         if !scores.flagged[i] {
             commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: window_id.into(), vendor_id: r.annotation.vendor_id });
         }
@@ -288,6 +288,7 @@ fn scale_label_p_wrong(commit: &mut Commit, records: usize, estimate: AccuracyEs
     let wrong = (1.0 - estimate.accuracy) * records as f64;
     for l in &mut commit.state.labels[own] {
         l.p_wrong = if weights > 0.0 { (l.p_wrong as f64 * wrong / weights) as f32 } else { (wrong / records as f64) as f32 };
+        l.gated_p_wrong = Some(l.p_wrong);
     }
 }
 

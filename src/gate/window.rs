@@ -39,16 +39,23 @@ pub struct PriorLabel {
     pub sample_id: String,
     pub vendor_id: String,
     pub label: u32,
-    /// Its O2U score in its own window (loss minus that epoch's mean, so windows compare).
+    /// Its O2U score in its own window (loss minus that epoch's mean). Kept for the record: a
+    /// later window scores the label again with its own network.
     pub score: f32,
     /// The delivery it came in.
     #[serde(default)]
     pub batch_id: String,
     /// How much it counts as wrong in its delivery's estimate: the agreement model's posterior,
-    /// else 1 when it was flagged and 0 when not. A later window that judges it again revises
+    /// else 1 when it was flagged and 0 when not, scaled so that a delivery's labels sum to its
+    /// estimated wrong count. A later window that judges it again sets a new value and revises
     /// its delivery by the difference.
     #[serde(default)]
     pub p_wrong: f32,
+    /// Its `p_wrong` when its own delivery was gated: a revision starts from it, so a window
+    /// replayed after a crash lands on the value its first run wrote (none in labels stored
+    /// before this field: their `p_wrong` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gated_p_wrong: Option<f32>,
 }
 
 impl WindowData {
@@ -95,8 +102,9 @@ pub struct WindowScores {
     /// Per pending row, when agreement set the share: the joint model's probability that the
     /// label is wrong. A delivery's estimate is then their sum, not its flag count.
     pub p_wrong: Option<Vec<f64>>,
-    /// Earlier windows' labels that this window's agreement model judged again, with their new
-    /// `p_wrong` (their old one is what they came with).
+    /// Earlier windows' labels that this window judged again (when agreement set its share),
+    /// with their new `p_wrong` from this window's flag for them (their old one is what they
+    /// came with).
     pub revised: Vec<(PriorLabel, f32)>,
     pub final_loss: f64,
     pub training_seconds: f64,
@@ -280,6 +288,12 @@ impl LabelIndex {
     }
 }
 
+/// Training rows with their labels, `dim` features each.
+struct TrainingRows {
+    features: Vec<f32>,
+    labels: Vec<u32>,
+}
+
 /// The rows the network trains on: the window's records and pool, then each earlier label of a
 /// sample in the window once more, with that sample's features from this window (a sample_id
 /// names one item, so its features do not depend on who labelled it). The labels of one item
@@ -288,12 +302,6 @@ impl LabelIndex {
 /// most `MAX_EARLIER_ROWS_PER_RECORD` extra rows per record: past that, the earlier labels are left
 /// out of this window and keep their values. Returns the rows (`None`: just the window's) and, per
 /// extra row, its index in `prior_labels`.
-/// Training rows with their labels, `dim` features each.
-struct TrainingRows {
-    features: Vec<f32>,
-    labels: Vec<u32>,
-}
-
 fn with_earlier_labels(data: &WindowData) -> (Option<TrainingRows>, Vec<usize>) {
     let mut first_row = std::collections::HashMap::new();
     for (row, id) in data.sample_ids.iter().enumerate() {
@@ -322,10 +330,11 @@ fn with_earlier_labels(data: &WindowData) -> (Option<TrainingRows>, Vec<usize>) 
     (Some(TrainingRows { features, labels }), earlier.into_iter().map(|(i, _)| i).collect())
 }
 
-/// Each earlier label this window judged again moves halfway to this window's flag (flagged when
-/// its score here reaches the lowest flagged score of the window's own labels, `threshold`), so
-/// every window that saw the label counts and the latest, which saw the most labels of its item,
-/// counts most. Judging in flags, as the window's own labels are, keeps the scores ranking the
+/// Each earlier label this window judged again is set halfway between its value when its delivery
+/// was gated and this window's flag for it (flagged when its score here reaches the lowest
+/// flagged score of the window's own labels, `threshold`): the first judgment and the latest,
+/// which saw the most labels of its item, count alike, and a replayed window writes the same
+/// value again rather than moving it twice. Judging in flags, as the window's own labels are, keeps the scores ranking the
 /// labels and agreement setting how many: a revision by the agreement model's posterior instead
 /// ranked the music-genre vendors worse (docs/benchmarks.md §6).
 fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>) -> Vec<(PriorLabel, f32)> {
@@ -333,7 +342,7 @@ fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>)
         .into_iter()
         .map(|(label, score)| {
             let flag = threshold.is_some_and(|t| score >= t) as u8 as f32;
-            let value = (label.p_wrong + flag) / 2.0;
+            let value = (label.gated_p_wrong.unwrap_or(label.p_wrong) + flag) / 2.0;
             (label, value)
         })
         .collect()
@@ -371,7 +380,7 @@ mod tests {
     use super::*;
 
     fn prior(sample_id: &str, vendor_id: &str, label: u32, p_wrong: f32) -> PriorLabel {
-        PriorLabel { sample_id: sample_id.into(), vendor_id: vendor_id.into(), label, score: 0.0, batch_id: "old".into(), p_wrong }
+        PriorLabel { sample_id: sample_id.into(), vendor_id: vendor_id.into(), label, score: 0.0, batch_id: "old".into(), p_wrong, gated_p_wrong: None }
     }
 
     /// Two records (samples a and b) and one pool row, two features each.
@@ -414,11 +423,15 @@ mod tests {
     }
 
     #[test]
-    fn a_judged_again_label_moves_halfway_to_this_windows_flag() {
+    fn a_judged_again_label_goes_halfway_from_its_gated_value_to_this_windows_flag() {
         let judged = vec![(prior("a", "v2", 0, 0.0), 0.9), (prior("b", "v2", 0, 1.0), 0.1), (prior("c", "v2", 0, 0.5), 0.5)];
         let revised: Vec<f32> = revise_earlier_labels(judged.clone(), Some(0.5)).into_iter().map(|(_, v)| v).collect();
         assert_eq!(revised, vec![0.5, 0.5, 0.75], "flagged at or above the threshold");
         let unflagged: Vec<f32> = revise_earlier_labels(judged, None).into_iter().map(|(_, v)| v).collect();
         assert_eq!(unflagged, vec![0.0, 0.5, 0.25], "a window that flags nothing flags no earlier label either");
+        // Revised once already (gated at 0, now 0.5): judged flagged again, or the same window
+        // replayed, it stays at 0.5 instead of moving on to 0.75.
+        let once = PriorLabel { gated_p_wrong: Some(0.0), ..prior("a", "v2", 0, 0.5) };
+        assert_eq!(revise_earlier_labels(vec![(once, 0.9)], Some(0.5))[0].1, 0.5);
     }
 }

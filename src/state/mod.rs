@@ -255,9 +255,9 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         deliveries: vec![record(&b1, &v, base, 0.9), record(&b2, &v, base + 1_000, 0.7)],
         suspects: vec![SuspectRecord { sample_id: id("s1"), vendor_id: v.clone(), batch_id: b1.clone(), label: "cat".into(), window_id: "w1".into() }],
         labels: vec![
-            PriorLabel { sample_id: id("s1"), vendor_id: v.clone(), label: 0, score: 1.5, batch_id: b1.clone(), p_wrong: 1.0 },
-            PriorLabel { sample_id: id("s1"), vendor_id: id("other"), label: 1, score: -0.5, batch_id: id("b9"), p_wrong: 0.25 },
-            PriorLabel { sample_id: id("s2"), vendor_id: v.clone(), label: 1, score: 0.0, batch_id: b1.clone(), p_wrong: 0.0 },
+            PriorLabel { sample_id: id("s1"), vendor_id: v.clone(), label: 0, score: 1.5, batch_id: b1.clone(), p_wrong: 1.0, gated_p_wrong: Some(1.0) },
+            PriorLabel { sample_id: id("s1"), vendor_id: id("other"), label: 1, score: -0.5, batch_id: id("b9"), p_wrong: 0.25, gated_p_wrong: None },
+            PriorLabel { sample_id: id("s2"), vendor_id: v.clone(), label: 1, score: 0.0, batch_id: b1.clone(), p_wrong: 0.0, gated_p_wrong: Some(0.0) },
         ],
         revisions: vec![],
     };

@@ -10,8 +10,8 @@
 //! | `suspect:{sample_id}` | hash | vendor → routed suspect JSON | retention |
 //! | `reviewed:{sample_id}` | hash | vendor → final label (review idempotency) | retention |
 //! | `vendor:{vendor}:reviews` | hash | `reviewed`, `confirmed_wrong` counters | never |
-//! | `labels:{sample_id}` | hash | vendor → `{"label","score","batch_id","p_wrong"}` of its gated label | retention |
-//! | `revised:{batch_id}` | string (float) | later agreement's change to the delivery's expected wrong count | retention |
+//! | `labels:{sample_id}` | hash | vendor → `{"label","score","batch_id","p_wrong","gated_p_wrong"}` of its gated label | retention |
+//! | `revised:{batch_id}` | string (float) | later windows' change to the delivery's expected wrong count | retention |
 
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ struct StoredLabel {
     batch_id: String,
     #[serde(default)]
     p_wrong: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gated_p_wrong: Option<f32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -195,7 +197,7 @@ impl StateStore for RedisState {
         }
         for l in &w.labels {
             let key = self.key(&["labels", &l.sample_id]);
-            let stored = StoredLabel { label: l.label, score: l.score, batch_id: l.batch_id.clone(), p_wrong: l.p_wrong };
+            let stored = StoredLabel { label: l.label, score: l.score, batch_id: l.batch_id.clone(), p_wrong: l.p_wrong, gated_p_wrong: l.gated_p_wrong };
             pipe.hset(&key, &l.vendor_id, serde_json::to_string(&stored).expect("serialisable")).ignore();
             pipe.expire(&key, self.retention_secs as i64).ignore();
         }
@@ -296,7 +298,7 @@ impl StateStore for RedisState {
             for (id, by_vendor) in chunk.iter().zip(found) {
                 for (vendor_id, body) in by_vendor {
                     let stored: StoredLabel = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["labels", id]), source: e })?;
-                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score, batch_id: stored.batch_id, p_wrong: stored.p_wrong });
+                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score, batch_id: stored.batch_id, p_wrong: stored.p_wrong, gated_p_wrong: stored.gated_p_wrong });
                 }
             }
         }
