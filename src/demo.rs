@@ -227,8 +227,8 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
 
 /// The progress bar follows each window's epochs.
 fn progress_hooks(hooks: Hooks, bar: &ProgressBar, config: &Config) -> Hooks {
-    // Windows whose labels overlap train stage 1 longer (`gate.agreement_min_stage1_steps`).
-    let engine = crate::o2u::O2uConfig { min_stage1_steps: config.engine.min_stage1_steps.max(config.gate.agreement_min_stage1_steps), ..config.engine.clone() };
+    // Windows whose labels overlap train stage 1 longer: allow for the longest.
+    let engine = crate::gate::window::WindowPolicy::from_config(&config.gate).engine_for(&config.engine, true);
     Hooks {
         on_window_start: Some(Arc::new({
             let bar = bar.clone();

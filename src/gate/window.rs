@@ -148,6 +148,19 @@ impl WindowPolicy {
             agreement_min_stage1_steps: g.agreement_min_stage1_steps,
         }
     }
+
+    /// Whether agreement sets the share of a window whose labels overlap by `coverage`.
+    pub fn agreement_applies(&self, coverage: f64) -> bool {
+        matches!(self.noise_rate, suspects::NoiseRate::Auto) && coverage >= self.min_overlap_share.max(f64::MIN_POSITIVE)
+    }
+
+    /// The engine settings for a window: where agreement sets the share, stage 1 trains longer
+    /// (the labels of one item cannot all be memorised, so the longer fit learns how far they
+    /// agree rather than their noise).
+    pub fn engine_for(&self, config: &O2uConfig, agreeing: bool) -> O2uConfig {
+        let min_stage1_steps = if agreeing { config.min_stage1_steps.max(self.agreement_min_stage1_steps) } else { config.min_stage1_steps };
+        O2uConfig { min_stage1_steps, ..config.clone() }
+    }
 }
 
 const CROSSFIT_FOLDS: usize = 2;
@@ -168,10 +181,8 @@ pub fn score_window(
     let samples = Samples { features: &data.features, labels: &data.labels, shape, classes: data.classes };
     let rows = data.labels.len();
     let (training, earlier) = with_earlier_labels(&data);
-    // Where agreement will set the share, stage 1 trains longer: the labels of one item cannot
-    // all be memorised, so the longer fit learns how far they agree rather than their noise.
-    let agreeing = matches!(policy.noise_rate, suspects::NoiseRate::Auto) && LabelIndex::new(&data, earlier.iter().copied()).coverage >= policy.min_overlap_share.max(f64::MIN_POSITIVE);
-    let engine = O2uConfig { min_stage1_steps: if agreeing { config.min_stage1_steps.max(policy.agreement_min_stage1_steps) } else { config.min_stage1_steps }, ..config.clone() };
+    let index = LabelIndex::new(&data, earlier.iter().copied());
+    let engine = policy.engine_for(config, policy.agreement_applies(index.coverage));
     let training = training.as_ref().map_or(samples, |rows| Samples { features: &rows.features, labels: &rows.labels, ..samples });
     let mut outcome = o2u::score(training, None, &engine, device, observer)?;
     // Earlier labels are scored by this window's network, on the same scale as its own labels.
@@ -185,7 +196,7 @@ pub fn score_window(
     let evidence = match policy.noise_rate {
         suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
         suspects::NoiseRate::Auto => {
-            let (agreement, coverage, posterior) = agreement_reading(&data, pending_scores, &earlier, &earlier_scores, policy);
+            let (agreement, coverage, posterior) = agreement_reading(&data, &index, pending_scores, &earlier, &earlier_scores, policy);
             if let Some(all) = posterior {
                 earlier_judged = earlier.iter().map(|&i| data.prior_labels[i].clone()).zip(earlier_scores.iter().copied()).collect();
                 p_wrong = Some(all[..pending].to_vec());
@@ -334,9 +345,9 @@ fn with_earlier_labels(data: &WindowData) -> (Option<TrainingRows>, Vec<usize>) 
 /// was gated and this window's flag for it (flagged when its score here reaches the lowest
 /// flagged score of the window's own labels, `threshold`): the first judgment and the latest,
 /// which saw the most labels of its item, count alike, and a replayed window writes the same
-/// value again rather than moving it twice. Judging in flags, as the window's own labels are, keeps the scores ranking the
-/// labels and agreement setting how many: a revision by the agreement model's posterior instead
-/// ranked the music-genre vendors worse (docs/benchmarks.md §6).
+/// value again rather than moving it twice. Judging in flags, as the window's own labels are,
+/// keeps the scores ranking the labels and agreement setting how many: a revision by the
+/// agreement model's posterior instead ranked the music-genre vendors worse (docs/benchmarks.md §6).
 fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>) -> Vec<(PriorLabel, f32)> {
     judged
         .into_iter()
@@ -349,15 +360,15 @@ fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>)
 }
 
 /// The joint agreement model over this window's labels and the earlier labels of the same
-/// sample_ids (`earlier`, scored by this window's network: `earlier_scores`), when enough of the
-/// window's labels share a sample_id with another vendor's. Returns the reading (wrong share of
+/// sample_ids (`earlier`, indexed with the window's labels in `index`, scored by this window's
+/// network: `earlier_scores`), when enough of the window's labels share a sample_id with another
+/// vendor's. Returns the reading (wrong share of
 /// this window's labels), the coverage, and every label's probability of being wrong (this
 /// window's first, then the earlier ones).
-fn agreement_reading(data: &WindowData, pending_scores: &[f32], earlier: &[usize], earlier_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<Vec<f64>>) {
+fn agreement_reading(data: &WindowData, index: &LabelIndex, pending_scores: &[f32], earlier: &[usize], earlier_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<Vec<f64>>) {
     let pending = data.pending;
-    let index = LabelIndex::new(data, earlier.iter().copied());
     let coverage = index.coverage;
-    if coverage < policy.min_overlap_share.max(f64::MIN_POSITIVE) {
+    if !policy.agreement_applies(coverage) {
         return (None, coverage, None);
     }
     let labels: Vec<u32> = data.labels[..pending].iter().copied().chain(earlier.iter().map(|&i| data.prior_labels[i].label)).collect();
