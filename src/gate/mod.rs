@@ -407,7 +407,8 @@ impl Gate {
             sample_ids.push(r.annotation.sample_id.clone());
             vendors.push(r.annotation.vendor_id.clone());
         }
-        for (label, f) in self.pool.samples() {
+        let own_items: std::collections::HashSet<u64> = deliveries.iter().flat_map(|d| &d.records).map(|r| pool::feature_key(&r.annotation.features)).collect();
+        for (label, f) in self.pool.samples_except(&own_items) {
             features.extend_from_slice(f);
             labels.push(label);
         }

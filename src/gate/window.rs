@@ -229,6 +229,10 @@ pub fn score_window(
     }
     let k = ((evidence.wrong_share * pending as f64).round() as usize).min(pending);
     let flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
+    // A window that cannot tell how many of its own labels are wrong does not judge earlier ones.
+    if !evidence.status.supports_a_decision() {
+        earlier_judged.clear();
+    }
     let revised = revise_earlier_labels(earlier_judged, k.checked_sub(1).map(|last| pending_scores[order[last]]));
     let pool_control = flag_error_rates(&outcome.scores, pending, &order[..k], &evidence, policy);
     let all_order = suspects::rank_descending(&outcome.scores);

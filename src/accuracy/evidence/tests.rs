@@ -51,6 +51,17 @@ fn agreement_decides_even_when_the_features_are_weak() {
     assert_eq!((e.status, e.wrong_share), (EvidenceStatus::Consistent, 0.3));
 }
 
+#[test]
+fn agreement_over_few_shared_items_needs_a_network_that_learned_on_enough_rows() {
+    let rs = vec![reading(Estimator::ScoreMixture, 0.3), reading(Estimator::Agreement, 0.25)];
+    let low = AGREEMENT_CARRIES_COVERAGE / 2.0;
+    let cold = combine(rs.clone(), fit(0.1), 300, 0, low, &POLICY);
+    assert_eq!((cold.status, cold.wrong_share_ci_low, cold.wrong_share_ci_high), (EvidenceStatus::Insufficient, 0.0, 1.0), "cold start: 300 rows, nothing learned");
+    assert_eq!(combine(rs.clone(), fit(0.5), 300, 0, low, &POLICY).status, EvidenceStatus::Insufficient, "learned, but on 300 rows");
+    assert_eq!(combine(rs.clone(), fit(0.1), 3000, 0, low, &POLICY).status, EvidenceStatus::Insufficient, "enough rows, nothing learned");
+    assert_eq!(combine(rs, fit(0.5), 3000, 0, low, &POLICY).status, EvidenceStatus::Consistent);
+}
+
 /// Synthetic window: right labels score low, wrong ones high, the pool holds right labels
 /// only; the pool control must recover the window's wrong share whatever its class mix.
 #[test]
