@@ -16,7 +16,8 @@ use crate::{
 };
 
 /// The training set of one window: the first `pending` rows are the records being gated, the
-/// rest come from the reference pool.
+/// rest come from the reference pool (less the window's own items, see
+/// [`super::pool::ReferencePool::samples_except`]).
 #[derive(Clone)]
 pub struct WindowData {
     pub features: Vec<f32>,
@@ -410,6 +411,37 @@ mod tests {
             vendors: vec!["v1".into(), "v1".into()],
             prior_labels,
         }
+    }
+
+    /// Forty records of two well-separated classes by vendor v1; v2 labelled `shared` of the
+    /// same samples in an earlier window (agreeing with v1).
+    fn overlapping_window(shared: usize) -> WindowData {
+        let (mut features, mut labels) = (Vec::new(), Vec::new());
+        for i in 0..40 {
+            let class = (i % 2) as u32;
+            features.extend([class as f32 * 4.0 + (i % 5) as f32 * 0.1, class as f32 * 4.0 - (i % 3) as f32 * 0.1]);
+            labels.push(class);
+        }
+        let sample_ids: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+        let prior_labels = (0..shared).map(|i| prior(&sample_ids[i], "v2", labels[i], 0.0)).collect();
+        WindowData { features, labels, pending: 40, dim: 2, classes: 2, vendors: vec!["v1".into(); 40], sample_ids, prior_labels }
+    }
+
+    #[test]
+    fn a_window_whose_agreement_rests_on_few_shared_items_and_forty_rows_judges_no_earlier_label() {
+        let config = crate::config::Config::defaults();
+        let policy = WindowPolicy::from_config(&config.gate);
+        let engine = O2uConfig { stage1_epochs: 2, ..config.engine.clone() };
+        // 10 of 40 labels shared: agreement applies (≥ min_overlap_share) but does not carry the
+        // share alone, and 40 rows are far below min_evidence_rows.
+        let few = score_window(overlapping_window(10), &engine, &policy, &Device::Cpu, &mut o2u::Silent).unwrap();
+        assert_eq!(few.noise_rate_from, NoiseRateFrom::Agreement);
+        assert_eq!(few.evidence.status, EvidenceStatus::Insufficient);
+        assert!(few.revised.is_empty(), "an insufficient window revised {} earlier labels", few.revised.len());
+        // 30 of 40 shared: agreement carries the share, and the earlier labels are judged again.
+        let many = score_window(overlapping_window(30), &engine, &policy, &Device::Cpu, &mut o2u::Silent).unwrap();
+        assert_eq!(many.evidence.status, EvidenceStatus::Consistent);
+        assert_eq!(many.revised.len(), 30);
     }
 
     #[test]
