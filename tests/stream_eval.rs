@@ -45,9 +45,9 @@ fn crowd_labels_streamed_in_small_windows_still_rank_the_vendors() {
     // Each worker a vendor, a song's labels spread over three 1,000-record windows: later windows
     // train on the earlier labels of their songs, and the gauge ranks the 21 workers with ≥ 20
     // labels, from a full reference pool and from an empty one (where the pool fills with the
-    // same songs' accepted labels, which a window leaves out). Before earlier labels were trained
-    // on this read ρ 0.67 / 0.57, and before the pool left out the window's own songs 0.83 / 0.77
-    // (docs/benchmarks.md §6).
+    // same songs' accepted labels, which a window leaves out). With the full pool this read ρ
+    // 0.67 before earlier labels were trained on and 0.819 before the pool left out the window's
+    // own songs (docs/benchmarks.md §6).
     common::single_thread();
     let config = Config::load(None).unwrap();
     for pool in [PoolStart::Full, PoolStart::Empty] {

@@ -401,13 +401,14 @@ impl Gate {
         let mut features = Vec::with_capacity((records + self.pool.len()) * dim);
         let mut labels = Vec::with_capacity(records + self.pool.len());
         let (mut sample_ids, mut vendors) = (Vec::with_capacity(records), Vec::with_capacity(records));
+        let mut own_items = std::collections::HashSet::with_capacity(records);
         for r in deliveries.iter().flat_map(|d| &d.records) {
             features.extend_from_slice(&r.annotation.features);
             labels.push(r.annotation.label);
             sample_ids.push(r.annotation.sample_id.clone());
             vendors.push(r.annotation.vendor_id.clone());
+            own_items.insert(pool::feature_key(&r.annotation.features));
         }
-        let own_items: std::collections::HashSet<u64> = deliveries.iter().flat_map(|d| &d.records).map(|r| pool::feature_key(&r.annotation.features)).collect();
         for (label, f) in self.pool.samples_except(&own_items) {
             features.extend_from_slice(f);
             labels.push(label);

@@ -293,3 +293,19 @@ fn records_re_read_after_a_partition_comes_back_mid_window_are_not_late() {
     assert_eq!(g.open_deliveries(), 1);
     assert_eq!(g.take_window().expect("the re-read delivery is due").records(), 3);
 }
+
+#[test]
+fn a_window_trains_on_the_pool_less_its_own_items() {
+    let now = Instant::now();
+    let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+    // One pooled copy of the item the delivery labels (features [1, 2]) and one other item.
+    assert_eq!(g.restore_pool([(0, vec![1.0, 2.0]), (1, vec![7.0, 8.0])]), 2);
+    for (i, id) in ["s1", "s2"].iter().enumerate() {
+        g.ingest(msg(i as i64, &rec(id, "b1", "a")), now);
+    }
+    g.ingest(msg(2, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":2}"#), now);
+    let job = g.take_window().unwrap();
+    assert_eq!(job.data.pending, 2);
+    assert_eq!(job.data.labels, vec![0, 0, 1], "the two records, then only the other item's pool row");
+    assert_eq!(&job.data.features[4..], &[7.0, 8.0]);
+}

@@ -246,11 +246,11 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, rows: usize, pool_
     let learned = fit.is_some_and(|f| f.lift >= policy.min_model_lift);
     if let Some(a) = readings.iter().find(|r| r.estimator == Estimator::Agreement) {
         // Where most labels have no other vendor's label, the joint model judges them by their
-        // scores alone: then the network must have learned, on enough rows, as without agreement.
-        if agreement_coverage < AGREEMENT_CARRIES_COVERAGE && (!learned || rows < policy.min_evidence_rows) {
-            return base(EvidenceStatus::Insufficient, a.wrong_share, 0.0, 1.0, Vec::new());
+        // scores alone: then the network must have learned, on enough rows, as without agreement
+        // (below, which a window failing either check reaches only to be found insufficient).
+        if agreement_coverage >= AGREEMENT_CARRIES_COVERAGE || (learned && rows >= policy.min_evidence_rows) {
+            return base(EvidenceStatus::Consistent, a.wrong_share, a.ci_low, a.ci_high, Vec::new());
         }
-        return base(EvidenceStatus::Consistent, a.wrong_share, a.ci_low, a.ci_high, Vec::new());
     }
     let points: Vec<f64> = readings.iter().map(|r| r.wrong_share).collect();
     let median = median(&points);

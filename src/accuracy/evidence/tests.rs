@@ -57,9 +57,16 @@ fn agreement_over_few_shared_items_needs_a_network_that_learned_on_enough_rows()
     let low = AGREEMENT_CARRIES_COVERAGE / 2.0;
     let cold = combine(rs.clone(), fit(0.1), 300, 0, low, &POLICY);
     assert_eq!((cold.status, cold.wrong_share_ci_low, cold.wrong_share_ci_high), (EvidenceStatus::Insufficient, 0.0, 1.0), "cold start: 300 rows, nothing learned");
-    assert_eq!(combine(rs.clone(), fit(0.5), 300, 0, low, &POLICY).status, EvidenceStatus::Insufficient, "learned, but on 300 rows");
+    assert!(!cold.may_feed_pool(), "a network that learned nothing must not seed the pool");
+    let small = combine(rs.clone(), fit(0.5), 300, 0, low, &POLICY);
+    assert_eq!(small.status, EvidenceStatus::Insufficient, "learned, but on 300 rows");
+    assert!(small.may_feed_pool(), "only too small, readings agree: it may seed the pool, or small windows never get one");
     assert_eq!(combine(rs.clone(), fit(0.1), 3000, 0, low, &POLICY).status, EvidenceStatus::Insufficient, "enough rows, nothing learned");
-    assert_eq!(combine(rs, fit(0.5), 3000, 0, low, &POLICY).status, EvidenceStatus::Consistent);
+    assert_eq!(combine(rs.clone(), None, 3000, 0, low, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit");
+    assert_eq!(combine(rs.clone(), fit(0.5), 3000, 0, low, &POLICY).status, EvidenceStatus::Consistent);
+    // Most labels shared: agreement carries the share, whatever the network.
+    let shared = combine(rs, None, 300, 0, AGREEMENT_CARRIES_COVERAGE, &POLICY);
+    assert_eq!((shared.status, shared.wrong_share), (EvidenceStatus::Consistent, 0.25));
 }
 
 /// Synthetic window: right labels score low, wrong ones high, the pool holds right labels
