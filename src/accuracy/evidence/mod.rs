@@ -23,7 +23,8 @@
 //! the features); its interval widens as 1/√coverage. Where fewer than
 //! [`AGREEMENT_CARRIES_COVERAGE`] of the labels share their item with another vendor, most of them
 //! are judged by their scores, so agreement decides only if the network also passes the two
-//! checks below (learned, enough rows); else the evidence is `insufficient`. Otherwise the network must first show that
+//! checks below (learned, enough rows); else the evidence is `insufficient`. Otherwise (no
+//! agreement) the network must first show that
 //! it learned something: its out-of-fold accuracy on the window's records must beat always
 //! answering the most frequent label by `min_model_lift` of the possible gain; if not, no
 //! estimator can tell how many labels are wrong and the evidence is `insufficient` (interval
