@@ -317,6 +317,9 @@ impl<'a> GateLoop<'a> {
         // State first, then the transaction: a crash between them replays the window, and every
         // state write is idempotent.
         self.with_state("save_window", |s| s.save_window(&commit.state))?;
+        // The gauges follow the stored state before the verdicts are counted, so a scrape that
+        // sees a verdict sees the gauge that includes it.
+        self.refresh_vendor_gauges(&vendors);
         self.summary.windows += 1;
         self.commit(&commit)?;
         let timing = WindowTiming {
@@ -327,7 +330,6 @@ impl<'a> GateLoop<'a> {
             producing_seconds: trained.elapsed().as_secs_f64(),
         };
         self.telemetry.emit(events::WindowCommitted { window_id: &window_id, timing: &timing, final_loss: scores.final_loss, evidence: &scores.evidence });
-        self.refresh_vendor_gauges(&vendors);
         self.summary.window_timings.push(timing);
         Ok(())
     }
