@@ -5,6 +5,7 @@
 mod review_bridge;
 mod secret;
 mod sections;
+mod unknown_keys;
 mod validate;
 
 use std::{fmt, path::Path};
@@ -109,19 +110,40 @@ impl Config {
         if let Err(e) = figment.extract::<Sections>() {
             problems.extend(describe("", e));
         }
+        /// The section, or its problems: those of the parse, and any unknown key the parse's
+        /// first error hid.
         fn section<T: DeserializeOwned>(figment: &Figment, name: &str, problems: &mut Vec<String>) -> Option<T> {
-            figment.focus(name).extract::<T>().map_err(|e| problems.extend(describe(name, e))).ok()
+            let e = match figment.focus(name).extract::<T>() {
+                Ok(section) => return Some(section),
+                Err(e) => e,
+            };
+            problems.extend(describe(name, e));
+            add_hidden(problems, unknown_keys::unknown_keys::<T>(figment, name));
+            None
+        }
+        /// Problems not yet reported under their key.
+        fn add_hidden(problems: &mut Vec<String>, hidden: Vec<String>) {
+            for h in hidden {
+                let key = &h[..h.find(':').unwrap_or(h.len())];
+                if !problems.iter().any(|p| p.starts_with(key) && p[key.len()..].starts_with(':')) {
+                    problems.push(h);
+                }
+            }
         }
         let kafka: Option<KafkaConfig> = section(&figment, "kafka", &mut problems);
         let gate: Option<GateConfig> = section(&figment, "gate", &mut problems);
         let engine: Option<O2uConfig> = section(&figment, "engine", &mut problems);
         let runtime: Option<RuntimeConfig> = section(&figment, "runtime", &mut problems);
         let state: Option<StateConfig> = section(&figment, "state", &mut problems);
+        if state.is_none() {
+            add_hidden(&mut problems, unknown_keys::unknown_keys::<RedisConfig>(&figment, "state.redis"));
+        }
         let metrics: Option<MetricsConfig> = section(&figment, "metrics", &mut problems);
         let review_bridge: Option<BridgeConfig> = section(&figment, "review_bridge", &mut problems);
         problems.extend(kafka.iter().flat_map(validate::kafka));
         problems.extend(gate.iter().flat_map(validate::gate));
         problems.extend(engine.iter().flat_map(|e| e.validate().into_iter().map(|e| format!("engine.{e}"))));
+        problems.extend(runtime.iter().flat_map(validate::runtime));
         problems.extend(state.iter().flat_map(validate::state));
         problems.extend(metrics.iter().flat_map(validate::metrics));
         match (kafka, gate, engine, runtime, state, metrics, review_bridge) {

@@ -140,6 +140,9 @@ pub struct RuntimeConfig {
     pub threads: usize,
     /// How long start-up waits for Kafka and for Redis (each, with back-off) before it gives up.
     pub startup_timeout_secs: u64,
+    /// `/healthz` turns 503 when records wait and nothing is consumed or committed for this long
+    /// (or no partition is assigned) while the broker answers; a blocked loop gets twice this.
+    pub stall_timeout_secs: u64,
 }
 
 mod noise_rate_text {

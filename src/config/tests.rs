@@ -68,3 +68,17 @@ fn problems_in_different_sections_are_all_reported() {
     }
     assert!(text.contains("LABELGATE__RUNTIME__DEVICE"), "{text}");
 }
+
+#[test]
+fn a_wrong_type_does_not_hide_an_unknown_key_in_the_same_section() {
+    let text = with("[gate]\nfeature_dim = \"many\"\nfeature_dimension = 3\n[state.redis]\ntimeout_ms = \"soon\"\nurll = \"redis://x\"\n").unwrap_err().to_string();
+    for key in ["gate.feature_dim", "gate.feature_dimension: unknown key", "state.redis.timeout_ms", "state.redis.urll: unknown key"] {
+        assert!(text.contains(key), "{key} missing in {text}");
+    }
+}
+
+#[test]
+fn a_stall_bound_too_short_to_be_safe_is_refused() {
+    let text = with("[runtime]\nstall_timeout_secs = 3\n").unwrap_err().to_string();
+    assert!(text.contains("runtime.stall_timeout_secs = 3"), "{text}");
+}

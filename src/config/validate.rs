@@ -1,7 +1,15 @@
 //! Checks that serde cannot make: ranges, relations between keys, URLs. One function per section,
 //! so that a section that fails to parse does not hide the problems of the others.
 
-use super::{GateConfig, KafkaConfig, MetricsConfig, StateBackend, StateConfig};
+use super::{GateConfig, KafkaConfig, MetricsConfig, RuntimeConfig, StateBackend, StateConfig};
+
+pub fn runtime(r: &RuntimeConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if r.stall_timeout_secs < 10 {
+        p.push(format!("runtime.stall_timeout_secs = {}: use 10 or more (a shorter bound restarts a gate that is only busy), e.g. 30", r.stall_timeout_secs));
+    }
+    p
+}
 
 pub fn gate(g: &GateConfig) -> Vec<String> {
     let mut p = Vec::new();

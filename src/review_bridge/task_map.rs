@@ -30,7 +30,7 @@ pub struct Memory {
 }
 
 fn unavailable(e: redis::RedisError) -> StateError {
-    StateError::Redis { source: e }
+    StateError::from_redis(e)
 }
 
 impl TaskMap {

@@ -2,22 +2,31 @@
 //! rebalance and lag context), the reviews consumer and the transactional producer.
 
 use std::{
-    sync::{atomic::AtomicI64, atomic::Ordering, Mutex},
+    sync::{atomic::Ordering, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use rdkafka::{
+    client::Client,
     config::ClientConfig,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
-    producer::{BaseProducer, BaseRecord, Producer},
+    producer::{BaseProducer, BaseRecord, Producer, ProducerContext},
     types::RDKafkaErrorCode,
     ClientContext,
 };
 
-use super::startup::QuietLogs;
-use crate::config::Config;
+use super::startup::{QuietClient, QuietLogs};
+use crate::{
+    config::Config,
+    telemetry::{events, Telemetry},
+};
+
+/// The transactional producer of every output.
+pub type OutputProducer = BaseProducer<QuietClient>;
+/// The consumer of the reviews topic.
+pub type ReviewsConsumer = BaseConsumer<QuietClient>;
 
 /// How long the producer waits for the transaction coordinator on each call.
 pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,14 +63,12 @@ pub enum RebalanceEvent {
     Revoked(Vec<i32>),
 }
 
-/// The input consumer's context: rebalance events for the loop, and consumer lag for the metrics.
+/// The input consumer's context: rebalance events for the loop, and whether every broker is down.
 pub struct GateContext {
     topic: String,
     /// librdkafka's logs and errors, said once a minute; whether every broker is down.
     pub quiet: QuietLogs,
     events: Mutex<Vec<RebalanceEvent>>,
-    /// Records behind the high watermark over the assigned input partitions (librdkafka stats).
-    lag: AtomicI64,
 }
 
 impl GateContext {
@@ -71,10 +78,6 @@ impl GateContext {
 
     pub fn take_rebalances(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *self.events.lock().unwrap())
-    }
-
-    pub fn lag(&self) -> i64 {
-        self.lag.load(Ordering::Relaxed)
     }
 
     /// Whether the brokers answer (as of the last error or statistics).
@@ -96,12 +99,6 @@ impl ClientContext for GateContext {
         if statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP") {
             self.quiet.all_brokers_down.store(false, Ordering::Relaxed);
         }
-        let lag: i64 = statistics
-            .topics
-            .get(&self.topic)
-            .map(|t| t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| p.consumer_lag).sum())
-            .unwrap_or(0);
-        self.lag.store(lag, Ordering::Relaxed);
     }
 }
 
@@ -124,7 +121,7 @@ impl ConsumerContext for GateContext {
 /// The input consumer, subscribed: read-committed, offsets committed only in transactions.
 pub fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
     let k = &config.kafka;
-    let context = GateContext { topic: k.input_topic.clone(), quiet: QuietLogs::default(), events: Mutex::new(Vec::new()), lag: Default::default() };
+    let context = GateContext { topic: k.input_topic.clone(), quiet: QuietLogs::default(), events: Mutex::new(Vec::new()) };
     let mut consumer_config = client_config(config);
     consumer_config
         .set("group.id", &k.group_id)
@@ -137,7 +134,8 @@ pub fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
         .set("fetch.message.max.bytes", (k.max_message_bytes + 65_536).max(8 << 20).to_string())
         .set("fetch.queue.backoff.ms", "5")
         .set("queued.max.messages.kbytes", "262144")
-        // Consumer lag for the metrics comes from librdkafka's statistics.
+        // librdkafka's statistics say when a broker is up again after all were down (the lag
+        // gauge comes from the monitor's watermark queries, which do not depend on this client).
         .set("statistics.interval.ms", "5000")
         // Static membership: a replica that restarts under its name gets its partitions back at
         // once instead of waiting out its dead self's session (40–60 s before); a replica that
@@ -155,34 +153,34 @@ pub fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
 
 /// The reviews consumer: its own group, offsets committed after each review is stored (the store
 /// counts a replayed review once, so at-least-once delivery here is enough).
-pub(super) fn reviews_consumer(config: &Config) -> Result<BaseConsumer> {
-    let consumer: BaseConsumer = client_config(config)
+pub(super) fn reviews_consumer(config: &Config) -> Result<ReviewsConsumer> {
+    let consumer: ReviewsConsumer = client_config(config)
         .set("group.id", format!("{}-reviews", config.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .create()
+        .create_with_context(QuietClient::default())
         .context("reviews consumer")?;
     consumer.subscribe(&[&config.kafka.reviews_topic]).context("subscribe to the reviews topic")?;
     Ok(consumer)
 }
 
 /// The producer of every output, with its transactions initialised under this replica's name.
-pub(super) fn transactional_producer(config: &Config, instance: &str) -> Result<BaseProducer> {
+pub(super) fn transactional_producer(config: &Config, instance: &str) -> Result<OutputProducer> {
     let k = &config.kafka;
-    let producer: BaseProducer = client_config(config)
+    let producer: OutputProducer = client_config(config)
         .set("transactional.id", format!("{}-{}", k.transactional_id_prefix, instance))
         .set("transaction.timeout.ms", "60000")
         .set("enable.idempotence", "true")
         .set("message.max.bytes", (k.max_message_bytes + 65_536).to_string())
-        .create()
+        .create_with_context(QuietClient::default())
         .context("transactional producer")?;
     producer.init_transactions(TXN_TIMEOUT).context("init_transactions: is the broker reachable and does it support transactions?")?;
     Ok(producer)
 }
 
 /// Sends `record`, serving the producer's queue while it is full; any other error is returned.
-pub fn send_retrying_when_full(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+pub fn send_retrying_when_full<C: ProducerContext>(producer: &BaseProducer<C>, mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -193,6 +191,19 @@ pub fn send_retrying_when_full(producer: &BaseProducer, mut record: BaseRecord<'
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// Stops the gate if `client` has raised a fatal error (librdkafka marks them: a consumer fenced
+/// by another with its `group.instance.id`, a producer fenced by its `transactional.id`). The
+/// client cannot go on, and a new one in this process would have to rebuild the window in flight
+/// and the buffer; a restart rebuilds both from the last committed transaction in about a second.
+pub(super) fn stop_if_fatal<C: ClientContext>(name: &'static str, client: &Client<C>, telemetry: &Telemetry) -> Result<()> {
+    let Some((code, reason)) = client.fatal_error() else { return Ok(()) };
+    let code = format!("{code:?}");
+    telemetry.emit(events::KafkaClientFatal { client: name, code: &code, reason: &reason });
+    anyhow::bail!(
+        "the Kafka {name} raised a fatal error ({code}: {reason}) and cannot go on; exiting so that the supervisor restarts the gate, which rejoins under kafka.instance_id and resumes from the last committed transaction"
+    )
 }
 
 #[cfg(test)]

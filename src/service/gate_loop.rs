@@ -12,11 +12,11 @@ use std::{
 use anyhow::Result;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    producer::BaseProducer,
+    producer::Producer,
 };
 
 use super::{
-    clients::{self, GateContext, RebalanceEvent},
+    clients::{self, GateContext, OutputProducer, RebalanceEvent, ReviewsConsumer},
     input, startup, store_retry,
     store_retry::HoldInput,
     topics::{self, progress_key},
@@ -30,7 +30,11 @@ use crate::{
     gate::{Commit, Gate, InputMessage},
     o2u::WindowError,
     state::{StateError, StateStore},
-    telemetry::{events, Telemetry, WindowTiming},
+    telemetry::{
+        events,
+        health::HealthLimits,
+        Telemetry, WindowTiming,
+    },
 };
 
 /// How often every known vendor's gauges are refreshed from the store.
@@ -41,6 +45,24 @@ const END_CHECK: Duration = Duration::from_secs(1);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often dead letters of records outside any window are flushed.
 const DEAD_LETTER_FLUSH: Duration = Duration::from_millis(500);
+/// How often the loop publishes its partitions and positions for the Kafka monitor.
+const POSITIONS_EVERY: Duration = Duration::from_secs(1);
+
+/// The bounds of readiness and liveness (see [`crate::telemetry::health`]); the stall bound is
+/// `runtime.stall_timeout_secs`.
+fn health_limits(config: &Config) -> HealthLimits {
+    let stall = Duration::from_secs(config.runtime.stall_timeout_secs);
+    HealthLimits {
+        // The monitor asks every second with a 2 s timeout: two missed answers in a row.
+        broker_silence: Duration::from_secs(5),
+        // A commit takes well under a second; ten seconds blocked is a broker that hangs.
+        loop_stall_ready: Duration::from_secs(10),
+        // Twice the stall bound: a step may wait on one transaction timeout (30 s) and more.
+        loop_stall: stall * 2,
+        no_progress: stall,
+        unassigned: stall,
+    }
+}
 
 /// Where the loop is between start and exit (typed as Vector types its Kafka source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +102,9 @@ pub struct GateLoop<'a> {
     pub(super) summary: RunSummary,
     /// Input polled while the store was unreachable, ingested first when the loop goes on.
     stash: Vec<InputMessage>,
-    producer: BaseProducer,
+    producer: OutputProducer,
     pub(super) consumer: BaseConsumer<GateContext>,
-    pub(super) reviews: BaseConsumer,
+    pub(super) reviews: ReviewsConsumer,
     window_thread: WindowThread,
     parsers: rayon::ThreadPool,
     window: WindowInFlight,
@@ -96,6 +118,7 @@ pub struct GateLoop<'a> {
     last_flush: Instant,
     last_end_check: Instant,
     last_vendor_refresh: Instant,
+    last_positions: Instant,
     /// Vendors this replica has seen, refreshed now and then (their gauges age out and other
     /// replicas gate the same vendors).
     pub(super) known_vendors: BTreeSet<String>,
@@ -153,8 +176,10 @@ impl<'a> GateLoop<'a> {
             last_flush: Instant::now(),
             last_end_check: Instant::now(),
             last_vendor_refresh: Instant::now(),
+            last_positions: Instant::now(),
             known_vendors: BTreeSet::new(),
         })
+        .inspect(|_| telemetry.health().watch(health_limits(config), Instant::now()))
     }
 
     fn phase(&self) -> Phase {
@@ -168,6 +193,10 @@ impl<'a> GateLoop<'a> {
     /// One round of the loop.
     fn step(&mut self, phase: Phase) -> Result<()> {
         self.held_by_store = false;
+        let now = Instant::now();
+        self.telemetry.health().beat(now);
+        self.stop_if_a_client_failed()?;
+        let (consumed, transactions) = (self.summary.consumed, self.summary.transactions);
         let (before, after) = self.poll_input(phase);
         self.ingest(before);
         self.apply_rebalances()?;
@@ -181,8 +210,19 @@ impl<'a> GateLoop<'a> {
         self.finish_window_if_trained()?;
         self.flush_dead_letters(phase)?;
         self.apply_backpressure()?;
+        if (self.summary.consumed, self.summary.transactions) != (consumed, transactions) {
+            self.telemetry.health().progressed(Instant::now());
+        }
         self.report();
         Ok(())
+    }
+
+    /// A client that raised a fatal error cannot go on: the gate exits (see
+    /// [`clients::stop_if_fatal`]).
+    fn stop_if_a_client_failed(&self) -> Result<()> {
+        clients::stop_if_fatal("input consumer", self.consumer.client(), self.telemetry)?;
+        clients::stop_if_fatal("reviews consumer", self.reviews.client(), self.telemetry)?;
+        clients::stop_if_fatal("transactional producer", self.producer.client(), self.telemetry)
     }
 
     /// The next input batch, after anything stashed during a store outage. Draining polls
@@ -206,7 +246,13 @@ impl<'a> GateLoop<'a> {
     }
 
     fn apply_rebalances(&mut self) -> Result<()> {
-        for event in self.consumer.context().take_rebalances() {
+        let events = self.consumer.context().take_rebalances();
+        if !events.is_empty() {
+            // Readiness follows the new assignment at once.
+            self.last_positions = Instant::now();
+            self.publish_positions();
+        }
+        for event in events {
             match event {
                 RebalanceEvent::Revoked(parts) => {
                     self.telemetry.emit(events::PartitionsRevoked { partitions: &parts });
@@ -285,6 +331,7 @@ impl<'a> GateLoop<'a> {
         let prior = self.with_state("sample_labels", |s| s.sample_labels(&sample_ids))?;
         job.data.attach_prior_labels(prior);
         self.window = WindowInFlight::Training { started: Instant::now(), revoked: Vec::new() };
+        self.telemetry.health().set_window_in_flight(true);
         self.window_thread.submit(job)
     }
 
@@ -293,6 +340,7 @@ impl<'a> GateLoop<'a> {
         let WindowInFlight::Training { started, revoked } = std::mem::replace(&mut self.window, WindowInFlight::Idle) else {
             anyhow::bail!("a window finished while none was in flight");
         };
+        self.telemetry.health().set_window_in_flight(false);
         let trained = Instant::now();
         if !revoked.is_empty() {
             // Its records may now belong to another replica: put back what is still ours.
@@ -397,7 +445,7 @@ impl<'a> GateLoop<'a> {
     fn report(&mut self) {
         let kafka_up = self.consumer.context().kafka_up();
         let ready = self.assigned_once && kafka_up && self.phase() == Phase::Consuming;
-        if ready != self.telemetry.is_ready() {
+        if ready != self.telemetry.loop_says_ready() {
             let why = match (self.assigned_once, kafka_up) {
                 (false, _) => "waiting for the group to assign partitions",
                 (_, false) => "Kafka unreachable: every broker is down",
@@ -407,12 +455,31 @@ impl<'a> GateLoop<'a> {
             self.telemetry.set_ready(ready, why);
         }
         self.telemetry.set_buffered(self.gate.buffered());
-        self.telemetry.set_consumer_lag(self.consumer.context().lag());
+        if self.last_positions.elapsed() >= POSITIONS_EVERY {
+            self.last_positions = Instant::now();
+            self.publish_positions();
+        }
         if self.last_vendor_refresh.elapsed() >= VENDOR_REFRESH {
             self.last_vendor_refresh = Instant::now();
             let vendors: Vec<String> = self.known_vendors.iter().cloned().collect();
             self.refresh_vendor_gauges(&vendors);
         }
+    }
+
+    /// The assigned input partitions and this consumer's position in each, for the monitor's lag
+    /// and health checks (local calls: no broker request).
+    fn publish_positions(&self) {
+        let topic = &self.config.kafka.input_topic;
+        let (Ok(assignment), Ok(positions)) = (self.consumer.assignment(), self.consumer.position()) else { return };
+        let published = assignment
+            .elements_for_topic(topic)
+            .iter()
+            .map(|e| {
+                let p = e.partition();
+                (p, positions.find_partition(topic, p).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0).unwrap_or(-1))
+            })
+            .collect();
+        self.telemetry.health().set_positions(published, Instant::now());
     }
 
     /// The last dead letters, then leave the group.

@@ -12,11 +12,14 @@
 //! - [`store_retry`]: state-store calls retried with back-off while the input is held;
 //! - [`startup`]: waiting for Kafka at start-up, errors that name the setting, quiet client logs;
 //! - [`reviews`]: reviews from the reviews topic into the store, and the vendor gauges;
+//! - [`monitor`]: a thread of its own that asks the brokers whether they answer and how far the
+//!   input is ahead of the loop, for readiness, liveness and the lag gauge;
 //! - [`gate_loop`]: the loop that ties them together, one named step at a time.
 
 mod clients;
 mod gate_loop;
 mod input;
+mod monitor;
 mod reviews;
 mod startup;
 mod store_retry;
@@ -137,6 +140,8 @@ pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()
         .await?)
     };
     let stop = Arc::new(AtomicBool::new(false));
+    // Stops when dropped, as this function returns.
+    let _monitor = monitor::start(&config, telemetry.clone())?;
     let worker = {
         let (stop, telemetry, runtime) = (stop.clone(), telemetry.clone(), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || {
@@ -149,6 +154,7 @@ pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()
         result = &mut worker => result.context("gate thread panicked")?,
         _ = shutdown => {
             telemetry.set_ready(false, "draining: shutdown requested, finishing the window in flight");
+            telemetry.health().set_phase(crate::telemetry::health::LoopPhase::Draining);
             stop.store(true, Ordering::SeqCst);
             worker.await.context("gate thread panicked")?
         }

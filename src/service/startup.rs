@@ -1,11 +1,10 @@
-//! Start-up against Kafka: the broker is awaited with back-off up to
+//! Start-up against Kafka: the broker is awaited with back-off for the whole of
 //! `runtime.startup_timeout_secs` (as Redis is), what cannot be fixed by waiting (a refused
 //! password, a TLS failure) stops at once, and every error names the setting to look at.
 //! Also the clients' log callback, which says each repeated librdkafka complaint once a minute
 //! instead of hundreds of times.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Mutex,
@@ -18,43 +17,27 @@ use rdkafka::{
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, Consumer, ConsumerContext},
     error::KafkaError,
+    producer::ProducerContext,
     types::RDKafkaErrorCode,
     ClientContext,
 };
 
 use super::{clients::client_config, store_retry::Backoff};
-use crate::config::Config;
-
-/// How often the same librdkafka complaint is logged again.
-const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+use crate::{config::Config, telemetry::throttle::Throttle};
 
 /// librdkafka's logs and errors, each said once a minute at most; remembers the last failure
 /// that waiting cannot fix.
 #[derive(Default)]
 pub struct QuietLogs {
-    last_said: Mutex<HashMap<String, Instant>>,
+    said: Throttle,
     fatal: Mutex<Option<String>>,
     /// Set when librdkafka reports every broker down; cleared by the caller when one is up.
     pub all_brokers_down: AtomicBool,
 }
 
 impl QuietLogs {
-    fn first_in_a_while(&self, what: &str) -> bool {
-        let mut said = self.last_said.lock().unwrap();
-        let now = Instant::now();
-        match said.get(what) {
-            Some(t) if now.duration_since(*t) < REPEAT_LOG_EVERY => false,
-            _ => {
-                said.insert(what.to_string(), now);
-                true
-            }
-        }
-    }
-
     pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        // The key drops digits (ports, counts, times) so one complaint stays one complaint.
-        let key: String = format!("{fac}:{message}").chars().filter(|c| !c.is_ascii_digit()).take(120).collect();
-        if !self.first_in_a_while(&key) {
+        if !self.said.first_in_a_while(&format!("{fac}:{message}")) {
             return;
         }
         match level {
@@ -77,8 +60,12 @@ impl QuietLogs {
         } else if code == Some(RDKafkaErrorCode::SSL) {
             *self.fatal.lock().unwrap() = Some(format!("kafka.client.\"ssl.ca.location\" / \"security.protocol\": the TLS handshake failed ({reason}); check the CA file and that the broker speaks TLS on kafka.bootstrap_servers"));
         }
-        if self.first_in_a_while(&format!("error:{error}")) {
-            tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error");
+        if self.said.first_in_a_while(&format!("error:{error}")) {
+            if code == Some(RDKafkaErrorCode::Fatal) {
+                tracing::error!(target: "librdkafka", error = %error, reason, "fatal Kafka client error: the gate stops");
+            } else {
+                tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error");
+            }
         }
     }
 
@@ -88,11 +75,12 @@ impl QuietLogs {
     }
 }
 
-/// The start-up probe's context: logs quietly, remembers fatal failures.
+/// The context of every client but the input consumer (which has rebalances of its own): logs
+/// quietly, remembers failures that waiting cannot fix.
 #[derive(Default)]
-struct Probe(QuietLogs);
+pub struct QuietClient(pub QuietLogs);
 
-impl ClientContext for Probe {
+impl ClientContext for QuietClient {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         self.0.log(level, fac, message)
     }
@@ -102,13 +90,26 @@ impl ClientContext for Probe {
     }
 }
 
-impl ConsumerContext for Probe {}
+impl ConsumerContext for QuietClient {}
+
+impl ProducerContext for QuietClient {
+    type DeliveryOpaque = ();
+
+    /// A failed delivery fails the transaction's commit, which stops the gate; nothing to do here.
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// What is left of a start-up limit: `None` once it has passed. Each retry sleeps at most this,
+/// so the last try comes at the limit, not a back-off step before it.
+pub(super) fn left_of(limit: Duration, started: Instant) -> Option<Duration> {
+    limit.checked_sub(started.elapsed()).filter(|d| !d.is_zero())
+}
 
 /// Waits until a broker answers a metadata request, retrying with back-off up to
 /// `runtime.startup_timeout_secs` (or until `stop`). Fails at once on refused credentials or a
 /// failed TLS handshake.
 pub fn wait_for_kafka(config: &Config, stop: &AtomicBool) -> Result<()> {
-    let probe: BaseConsumer<Probe> = client_config(config).create_with_context(Probe::default())?;
+    let probe: BaseConsumer<QuietClient> = client_config(config).create_with_context(QuietClient::default())?;
     let limit = Duration::from_secs(config.runtime.startup_timeout_secs);
     let started = Instant::now();
     let mut backoff = Backoff::new();
@@ -122,14 +123,14 @@ pub fn wait_for_kafka(config: &Config, stop: &AtomicBool) -> Result<()> {
         if let Some(fatal) = probe.context().0.fatal() {
             bail!(fatal);
         }
-        let wait = backoff.next_wait();
-        if stop.load(Ordering::SeqCst) || started.elapsed() + wait > limit {
+        let Some(left) = left_of(limit, started).filter(|_| !stop.load(Ordering::SeqCst)) else {
             bail!(
-                "kafka.bootstrap_servers = {:?}: no broker answered within {} s (last error: {error}); check the address and that the broker is up (the wait is runtime.startup_timeout_secs)",
+                "kafka.bootstrap_servers = {:?}: no broker answered within runtime.startup_timeout_secs = {} s (last error: {error}); check the address and that the broker is up",
                 config.kafka.bootstrap_servers,
-                started.elapsed().as_secs()
+                limit.as_secs()
             );
-        }
+        };
+        let wait = backoff.next_wait().min(left);
         tracing::warn!(bootstrap_servers = ?config.kafka.bootstrap_servers, error = %error, retry_in_ms = wait.as_millis() as u64, "Kafka not answering yet; retrying");
         std::thread::sleep(wait);
     }
@@ -163,10 +164,12 @@ pub fn retry_while_settling<T>(what: &str, config: &Config, mut f: impl FnMut() 
                             | RDKafkaErrorCode::BrokerTransportFailure
                     )
                 );
-                let wait = backoff.next_wait();
-                if !settling || started.elapsed() + wait > limit {
-                    bail!("{what}: {e:#} (kafka.bootstrap_servers = {:?})", config.kafka.bootstrap_servers);
-                }
+                let left = left_of(limit, started);
+                let (true, Some(left)) = (settling, left) else {
+                    let waited = if settling { format!(" (still failing after runtime.startup_timeout_secs = {} s)", limit.as_secs()) } else { String::new() };
+                    bail!("{what}: {e:#}{waited} (kafka.bootstrap_servers = {:?})", config.kafka.bootstrap_servers);
+                };
+                let wait = backoff.next_wait().min(left);
                 tracing::warn!(what, error = format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "Kafka not ready yet; retrying");
                 std::thread::sleep(wait);
             }

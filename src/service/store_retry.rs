@@ -24,8 +24,13 @@ use crate::{
     telemetry::{events, Telemetry},
 };
 
-/// Exponential back-off from 250 ms to 10 s, each wait jittered by ±20 % so that replicas
-/// that lost the store together do not retry in lockstep.
+/// Exponential back-off from 250 ms to [`BACKOFF_CAP`], each wait jittered by ±20 % so that
+/// replicas that lost the store together do not retry in lockstep.
+/// The longest wait between tries: a server that answers again is used within this (a 10 s cap
+/// left the gate idle up to 11 s after Redis came back), and one request from each replica every
+/// 2 s costs a server nothing.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
 pub struct Backoff {
     next: Duration,
     rng: rand_chacha::ChaCha8Rng,
@@ -40,7 +45,7 @@ impl Backoff {
 
     pub fn next_wait(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(10));
+        self.next = (self.next * 2).min(BACKOFF_CAP);
         base.mul_f64(self.rng.random_range(0.8..1.2))
     }
 }
@@ -76,6 +81,9 @@ impl WhileRetrying for HoldInput<'_> {
     fn wait(&mut self, wait: Duration) -> Result<()> {
         let until = Instant::now() + wait;
         while Instant::now() < until {
+            // The loop is alive, waiting out the outage; a consumer that failed fatally ends it.
+            self.telemetry.health().beat(Instant::now());
+            super::clients::stop_if_fatal("input consumer", self.consumer.client(), self.telemetry)?;
             let (before, after) = input::poll_batch(self.consumer, Duration::from_millis(100), &mut |e| self.telemetry.emit(events::ConsumerError { error: &e }));
             self.stash.extend(before);
             self.stash.extend(after);
@@ -107,6 +115,7 @@ impl WhileRetrying for Sleep {
 /// would pass (as Kafka does, `runtime.startup_timeout_secs`).
 pub struct SleepUntil {
     pub deadline: Instant,
+    pub limit: Duration,
     pub what: String,
 }
 
@@ -115,11 +124,13 @@ impl WhileRetrying for SleepUntil {
         Ok(())
     }
 
+    /// Sleeps at most until the deadline, so the last try comes at the limit.
     fn wait(&mut self, wait: Duration) -> Result<()> {
-        if Instant::now() + wait > self.deadline {
-            bail!("{}: no answer within runtime.startup_timeout_secs; check the address and that the server is up", self.what);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("{}: no answer within runtime.startup_timeout_secs = {} s; check the address and that the server is up", self.what, self.limit.as_secs());
         }
-        thread::sleep(wait);
+        thread::sleep(wait.min(left));
         Ok(())
     }
 }
@@ -131,7 +142,8 @@ pub fn open_state(config: &Config, runtime: tokio::runtime::Handle, telemetry: &
     if config.state.backend == StateBackend::Memory {
         return Ok(Arc::new(MemoryState::default()));
     }
-    let mut until = SleepUntil { deadline: Instant::now() + Duration::from_secs(config.runtime.startup_timeout_secs), what: format!("state.redis.url = {:?}", config.state.redis.url) };
+    let limit = Duration::from_secs(config.runtime.startup_timeout_secs);
+    let mut until = SleepUntil { deadline: Instant::now() + limit, limit, what: format!("state.redis.url = {:?}", config.state.redis.url) };
     let (state, _) = call("connect", telemetry, stop, &mut until, || RedisState::connect(&config.state.redis, runtime.clone()))?;
     Ok(Arc::new(state))
 }
@@ -144,10 +156,13 @@ pub fn call<T>(op: &str, telemetry: &Telemetry, stop: &AtomicBool, hold: &mut dy
     let mut backoff = Backoff::new();
     let mut failed_since: Option<Instant> = None;
     // Readiness is given back only if this outage took it (not during start-up).
-    let was_ready = telemetry.is_ready();
+    let was_ready = telemetry.loop_says_ready();
     loop {
         match call() {
             Ok(v) => {
+                if failed_since.is_some() {
+                    telemetry.health().set_store_outage(false);
+                }
                 if failed_since.is_some() && was_ready {
                     telemetry.set_ready(!stop.load(Ordering::SeqCst), "state store answers again");
                 }
@@ -159,6 +174,7 @@ pub fn call<T>(op: &str, telemetry: &Telemetry, stop: &AtomicBool, hold: &mut dy
                 telemetry.emit(events::StateCallFailed { operation: op, error: &e, retry_in: wait });
                 if failed_since.is_none() {
                     failed_since = Some(Instant::now());
+                    telemetry.health().set_store_outage(true);
                     telemetry.set_ready(false, "state store unreachable");
                     hold.outage_started()?;
                 }
@@ -176,12 +192,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_ten_seconds_with_jitter() {
+    fn backoff_doubles_to_its_cap_with_jitter() {
         let mut b = Backoff::new();
         let waits: Vec<f64> = (0..10).map(|_| b.next_wait().as_secs_f64()).collect();
         assert!((0.2..=0.3).contains(&waits[0]), "{waits:?}");
         assert!((0.4..=0.6).contains(&waits[1]), "{waits:?}");
-        assert!(waits[9] >= 8.0 && waits[9] <= 12.0, "{waits:?}");
+        assert!(waits[9] >= 1.6 && waits[9] <= 2.4, "{waits:?}");
         // Two replicas starting together do not wait the same.
         let other: Vec<f64> = (0..10).map(|_| Backoff { next: Duration::from_millis(250), rng: rand::SeedableRng::seed_from_u64(7) }.next_wait().as_secs_f64()).collect();
         assert!(other.iter().zip(&waits).any(|(a, b)| a != b));

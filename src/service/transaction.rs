@@ -6,19 +6,19 @@ use anyhow::{Context as _, Result};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::{Header, OwnedHeaders},
-    producer::{BaseProducer, BaseRecord, Producer},
+    producer::{BaseRecord, Producer},
     Offset, TopicPartitionList,
 };
 
 use super::{
-    clients::{send_retrying_when_full, GateContext, TXN_TIMEOUT},
+    clients::{send_retrying_when_full, GateContext, OutputProducer, TXN_TIMEOUT},
     topics::progress_key,
     Hooks, RunSummary,
 };
 use crate::{
     config::Config,
     gate::{Commit, Output},
-    telemetry::{events, Telemetry},
+    telemetry::{events, Escaped, Telemetry},
     wire::headers,
 };
 
@@ -48,14 +48,17 @@ pub fn records_for_commit(config: &Config, commit: &Commit) -> Result<Vec<Outgoi
             Output::Rereview(r) => record(&k.rereview_topic, Some(r.batch_id.clone().into_bytes()), serde_json::to_vec(r)?, OwnedHeaders::new()),
             Output::Verdict(v) => record(&k.verdicts_topic, Some(v.batch_id.clone().into_bytes()), serde_json::to_vec(v)?, OwnedHeaders::new()),
             Output::DeadLetter { key, payload, headers: original, dropped, reason, message, pos } => {
-                // The record's own headers first, then the gate's.
+                // The record's own headers first, kept as they came (a replay needs them whole),
+                // then the gate's, whose message may quote an id: escaped, so no control byte
+                // reaches a header reader's terminal.
+                let message = Escaped::text(message);
                 let mut h = OwnedHeaders::new_with_capacity(original.len() + 7);
                 for (name, value) in original {
                     h = h.insert(Header { key: name, value: Some(value.as_slice()) });
                 }
                 h = h
                     .insert(Header { key: headers::ERROR_CLASS, value: Some(reason.as_str()) })
-                    .insert(Header { key: headers::ERROR_MESSAGE, value: Some(message.as_str()) })
+                    .insert(Header { key: headers::ERROR_MESSAGE, value: Some(&*message) })
                     .insert(Header { key: headers::SOURCE_TOPIC, value: Some(k.input_topic.as_str()) })
                     .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&pos.partition.to_string()) })
                     .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&pos.offset.to_string()) });
@@ -70,7 +73,7 @@ pub fn records_for_commit(config: &Config, commit: &Commit) -> Result<Vec<Outgoi
 }
 
 /// Sends the records, the commit's progress records and its input offsets in one transaction.
-pub fn send_in_transaction(config: &Config, producer: &BaseProducer, consumer: &BaseConsumer<GateContext>, commit: &Commit, records: &[OutgoingRecord]) -> Result<()> {
+pub fn send_in_transaction(config: &Config, producer: &OutputProducer, consumer: &BaseConsumer<GateContext>, commit: &Commit, records: &[OutgoingRecord]) -> Result<()> {
     let k = &config.kafka;
     let result = (|| -> Result<()> {
         producer.begin_transaction()?;
@@ -131,7 +134,7 @@ pub fn count_committed(commit: &Commit, summary: &mut RunSummary, hooks: &Hooks,
 }
 
 /// A commit, start to end: its records, the transaction, the counts.
-pub fn commit(config: &Config, producer: &BaseProducer, consumer: &BaseConsumer<GateContext>, commit: &Commit, summary: &mut RunSummary, hooks: &Hooks, telemetry: &Telemetry) -> Result<()> {
+pub fn commit(config: &Config, producer: &OutputProducer, consumer: &BaseConsumer<GateContext>, commit: &Commit, summary: &mut RunSummary, hooks: &Hooks, telemetry: &Telemetry) -> Result<()> {
     let records = records_for_commit(config, commit)?;
     send_in_transaction(config, producer, consumer, commit, &records)?;
     count_committed(commit, summary, hooks, telemetry);

@@ -25,10 +25,10 @@ use crate::{
 pub enum StateError {
     /// Redis refused or failed the call; the redis crate classifies whether a retry can help.
     #[error("state store unreachable or failing: {source}")]
-    Redis {
-        #[from]
-        source: ::redis::RedisError,
-    },
+    Redis { source: ::redis::RedisError },
+    /// Redis refused the credentials (`WRONGPASS`, `NOAUTH`): waiting cannot fix them.
+    #[error("state.redis.username / state.redis.password: Redis refused the credentials ({source}); check the user and the password (LABELGATE__STATE__REDIS__USERNAME, LABELGATE__STATE__REDIS__PASSWORD)")]
+    Refused { source: ::redis::RedisError },
     /// Nothing answered within the timeout (an unreachable host, a stalled server).
     #[error("state store: no answer from {target} within {after:?}")]
     NoAnswer { target: String, after: std::time::Duration },
@@ -54,6 +54,12 @@ pub enum Recovery {
 }
 
 impl StateError {
+    /// A Redis error, told apart: refused credentials are [`StateError::Refused`].
+    pub fn from_redis(source: ::redis::RedisError) -> Self {
+        let refused = source.kind() == ::redis::ErrorKind::AuthenticationFailed || matches!(source.code(), Some("WRONGPASS" | "NOAUTH"));
+        if refused { StateError::Refused { source } } else { StateError::Redis { source } }
+    }
+
     pub fn recovery(&self) -> Recovery {
         match self {
             // NoRetry covers permanent refusals (an ACL without the command, a script error, a
@@ -63,7 +69,7 @@ impl StateError {
                 _ => Recovery::Retry,
             },
             StateError::NoAnswer { .. } => Recovery::Retry,
-            StateError::Corrupt { .. } | StateError::Config { .. } => Recovery::Stop,
+            StateError::Corrupt { .. } | StateError::Config { .. } | StateError::Refused { .. } => Recovery::Stop,
         }
     }
 }

@@ -64,7 +64,7 @@ return 0
 "#;
 
 fn unavailable(e: redis::RedisError) -> StateError {
-    StateError::Redis { source: e }
+    StateError::from_redis(e)
 }
 
 impl RedisState {

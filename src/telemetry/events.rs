@@ -1,11 +1,12 @@
 //! The gate's events, one struct each with named fields; `emit` writes the event's metrics and
-//! its log line. Untrusted strings (vendor and batch ids) are logged with `?`, so that a newline,
-//! a NUL or an escape sequence in them is written escaped (`"a\nb"`) and cannot forge a line;
-//! they are never spliced into the message.
+//! its log line. Fields carry their own types, so the JSON log has numbers as numbers, strings
+//! quoted once and an absent value left out. Untrusted strings (vendor and batch ids) are logged
+//! as [`Escaped`], so that a newline, a NUL or an escape sequence in them is written escaped
+//! (`a\nb`) and cannot forge a line; they are never spliced into the message.
 
 use std::{fmt, time::Duration};
 
-use super::{unix_seconds, Telemetry, WindowTiming};
+use super::{unix_seconds, Escaped, Telemetry, WindowTiming};
 use crate::{accuracy::evidence::WindowEvidence, wire::{DlqReason, VerdictMessage}};
 
 /// One thing that happened, reported through [`Telemetry::emit`].
@@ -51,8 +52,8 @@ impl Event for DeliveryGated<'_> {
         t.deliveries.with_label_values(&[vendor.as_str(), decision]).inc();
         t.delivery_suspects.with_label_values(&[vendor.as_str()]).observe(v.rereview as f64 / v.records.max(1) as f64);
         tracing::info!(
-            batch_id = ?v.batch_id, vendor = ?v.vendor_id, records = v.records, rereview = v.rereview,
-            estimated_accuracy = ?v.estimated_accuracy, decision, decided_by = v.decided_by.as_str(), review_reason = ?v.review_reason,
+            batch_id = %Escaped(&v.batch_id), vendor = %Escaped(&v.vendor_id), records = v.records, rereview = v.rereview,
+            estimated_accuracy = v.estimated_accuracy, decision, decided_by = v.decided_by.as_str(), review_reason = v.review_reason.as_deref(),
             "delivery gated"
         );
     }
@@ -106,7 +107,7 @@ pub struct VendorNotRefreshed<'a> {
 
 impl Event for VendorNotRefreshed<'_> {
     fn emit(self, _: &Telemetry) {
-        tracing::warn!(vendor = ?self.vendor, error = %self.error, "vendor gauges not refreshed");
+        tracing::warn!(vendor = %Escaped(self.vendor), error = %self.error, "vendor gauges not refreshed");
     }
 }
 
@@ -192,10 +193,14 @@ impl Event for WindowCommitted<'_> {
         let readings = evidence.readings.iter().map(|r| format!("{}={:.3}", r.estimator.name(), r.wrong_share)).collect::<Vec<_>>().join(" ");
         let lift = evidence.model_fit.map(|f| f.lift);
         let window = self.window_id;
-        tracing::info!(window, ?timing, final_loss = self.final_loss, noise_share, evidence = evidence.status.name(), %readings, ?lift, "window committed");
+        tracing::info!(
+            window, records = timing.records, deliveries = timing.deliveries, waiting_seconds = timing.waiting_seconds, training_seconds = timing.training_seconds,
+            producing_seconds = timing.producing_seconds, final_loss = self.final_loss, noise_share, evidence = evidence.status.name(), %readings, lift,
+            "window committed"
+        );
         if !evidence.status.supports_a_decision() {
             tracing::warn!(
-                window, evidence = evidence.status.name(), %readings, ?lift,
+                window, evidence = evidence.status.name(), %readings, lift,
                 "the window's wrong-label share is not identifiable from this evidence; its deliveries go to review"
             );
         }
@@ -214,7 +219,7 @@ pub struct WindowFailed<'a> {
 impl Event for WindowFailed<'_> {
     fn emit(self, t: &Telemetry) {
         t.windows_failed.with_label_values(&[self.kind]).inc();
-        tracing::error!(window = self.window_id, records = self.records, kind = self.kind, why = ?self.why, "window failed; its records went to re-review (window_failed)");
+        tracing::error!(window = self.window_id, records = self.records, kind = self.kind, why = %Escaped(self.why), "window failed; its records went to re-review (window_failed)");
     }
 }
 
@@ -228,7 +233,10 @@ pub struct StateCallFailed<'a> {
 impl Event for StateCallFailed<'_> {
     fn emit(self, t: &Telemetry) {
         t.state_errors.with_label_values(&[self.operation]).inc();
-        tracing::warn!(operation = self.operation, error = %self.error, retry_in_ms = self.retry_in.as_millis() as u64, "state store call failed; retrying");
+        let error = self.error.to_string();
+        if t.throttle.first_in_a_while(&format!("state: {} {error}", self.operation)) {
+            tracing::warn!(operation = self.operation, error, retry_in_ms = self.retry_in.as_millis() as u64, "state store call failed; retrying (said once a minute; labelgate_state_errors_total counts each)");
+        }
     }
 }
 
@@ -240,7 +248,10 @@ pub struct ConsumerError<'a> {
 impl Event for ConsumerError<'_> {
     fn emit(self, t: &Telemetry) {
         t.consumer_errors.inc();
-        tracing::warn!(error = %self.error, "consumer error");
+        let error = self.error.to_string();
+        if t.throttle.first_in_a_while(&format!("consumer error: {error}")) {
+            tracing::warn!(error, "consumer error (said once a minute; labelgate_consumer_errors_total counts each)");
+        }
     }
 }
 
@@ -309,12 +320,58 @@ impl Event for PoolRestored {
 
 /// The loop ended cleanly.
 pub struct GateStopped<'a> {
-    pub summary: &'a dyn fmt::Debug,
+    pub summary: &'a crate::service::RunSummary,
 }
 
 impl Event for GateStopped<'_> {
     fn emit(self, _: &Telemetry) {
-        tracing::info!(summary = ?self.summary, "gate stopped");
+        let s = self.summary;
+        let dead_letters: u64 = s.dead_letters.values().sum();
+        tracing::info!(
+            consumed = s.consumed, accepted = s.accepted, rereview = s.rereview, dead_letters, verdicts = s.verdicts, windows = s.windows,
+            transactions = s.transactions, pauses = s.pauses, "gate stopped"
+        );
+    }
+}
+
+/// Readiness changed, as judged outside the loop (the loop's word and the monitor's checks).
+pub struct ReadinessChanged<'a> {
+    pub ready: &'a Result<(), String>,
+}
+
+impl Event for ReadinessChanged<'_> {
+    fn emit(self, _: &Telemetry) {
+        match self.ready {
+            Ok(()) => tracing::info!("ready"),
+            Err(why) => tracing::warn!(why = why.as_str(), "not ready"),
+        }
+    }
+}
+
+/// Liveness changed: the gate stopped making progress where it could, or makes it again.
+pub struct LivenessChanged<'a> {
+    pub live: &'a Result<(), String>,
+}
+
+impl Event for LivenessChanged<'_> {
+    fn emit(self, _: &Telemetry) {
+        match self.live {
+            Ok(()) => tracing::info!("healthy"),
+            Err(why) => tracing::error!(why = why.as_str(), "unhealthy: /healthz answers 503 until the gate makes progress again"),
+        }
+    }
+}
+
+/// A Kafka client reported an error it cannot recover from: the gate exits.
+pub struct KafkaClientFatal<'a> {
+    pub client: &'static str,
+    pub code: &'a str,
+    pub reason: &'a str,
+}
+
+impl Event for KafkaClientFatal<'_> {
+    fn emit(self, _: &Telemetry) {
+        tracing::error!(client = self.client, code = self.code, reason = %Escaped(self.reason), "fatal Kafka client error: the gate exits for its supervisor to restart it");
     }
 }
 
@@ -338,13 +395,8 @@ mod tests {
         }
     }
 
-    /// A vendor id with a newline, a NUL and an escape sequence stays on its one log line.
-    #[test]
-    fn untrusted_ids_cannot_forge_log_lines() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-        let verdict = VerdictMessage {
+    fn verdict() -> VerdictMessage {
+        VerdictMessage {
             schema_version: 1,
             batch_id: "b\n2026-01-01 INFO forged".into(),
             vendor_id: "v\u{0}\u{1b}[31m".into(),
@@ -367,11 +419,63 @@ mod tests {
             evidence: None,
             window_id: "w".into(),
             model_version: "m".into(),
-        };
+        }
+    }
+
+    /// A vendor id with a newline, a NUL and an escape sequence stays on its one log line.
+    #[test]
+    fn untrusted_ids_cannot_forge_log_lines() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let verdict = verdict();
         tracing::subscriber::with_default(subscriber, || Telemetry::new(10, "m", "cpu").emit(DeliveryGated { verdict: &verdict }));
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text:?}");
         assert!(!text.contains('\u{0}') && !text.contains('\u{1b}'), "{text:?}");
         assert!(text.contains(r"b\n2026-01-01 INFO forged"), "{text:?}");
+    }
+
+    /// The JSON log carries each field as its JSON type: numbers as numbers, strings quoted once,
+    /// an absent figure left out (never the text "None").
+    #[test]
+    fn the_delivery_gated_event_logs_json_values() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+        let mut abstained = verdict();
+        (abstained.batch_id, abstained.estimated_accuracy, abstained.review_reason) = ("b-2".into(), None, None);
+        tracing::subscriber::with_default(subscriber, || {
+            let t = Telemetry::new(10, "m", "cpu");
+            t.emit(DeliveryGated { verdict: &verdict() });
+            t.emit(DeliveryGated { verdict: &abstained });
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let fields = &lines[0]["fields"];
+        assert_eq!(fields["batch_id"], serde_json::json!("b\\n2026-01-01 INFO forged"), "{fields}");
+        assert_eq!(fields["vendor"], serde_json::json!("v\\0\\u{1b}[31m"), "{fields}");
+        assert_eq!(fields["records"], serde_json::json!(1));
+        assert_eq!(fields["estimated_accuracy"], serde_json::json!(1.0));
+        assert_eq!(fields["review_reason"], serde_json::json!("interval_spans_sla"));
+        assert_eq!(fields["decision"], serde_json::json!("review"));
+        let fields = &lines[1]["fields"];
+        assert_eq!(fields["batch_id"], serde_json::json!("b-2"), "{fields}");
+        assert!(fields.get("estimated_accuracy").is_none() && fields.get("review_reason").is_none(), "{fields}");
+        assert!(!text.contains("None") && !text.contains("Some("), "{text}");
+    }
+
+    /// Vendor ids with terminal escapes, a bell and a NUL reach /metrics escaped: no byte below
+    /// 0x20 but the line breaks, and each vendor keeps a series of its own.
+    #[test]
+    fn metric_label_values_carry_no_control_bytes() {
+        let t = Telemetry::new(10, "m", "cpu");
+        for vendor in ["evil\u{1b}[2J\u{7}", "nul\u{0}byte", "plain"] {
+            t.emit(RecordRouted { vendor: Some(vendor), outcome: "accepted" });
+        }
+        let text = t.render();
+        assert!(!text.bytes().any(|b| b < 0x20 && b != b'\n'), "{text:?}");
+        assert!(text.contains(r#"vendor="evil\\u{1b}[2J\\u{7}""#), "{text}");
+        assert!(text.contains(r#"vendor="nul\\0byte""#), "{text}");
     }
 }

@@ -1,8 +1,10 @@
-//! `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz` (200 only
-//! while the gate consumes and commits; 503 while starting, draining, or when Kafka or Redis is
-//! unreachable).
+//! `/metrics` (Prometheus text format), `/healthz` (200 while the gate makes progress where its
+//! dependencies let it) and `/readyz` (200 only while the gate consumes and commits; 503 while
+//! starting, draining, with no partitions, a stalled loop, or Kafka or Redis unreachable). Both
+//! are judged here, on the server's own task, from traces the loop leaves (see [`super::health`]);
+//! a 503 says why in its body.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
 
@@ -12,12 +14,18 @@ async fn metrics(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], t.render())
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(t): State<Arc<Telemetry>>) -> (StatusCode, String) {
+    match t.liveness(Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+    }
 }
 
-async fn readyz(State(t): State<Arc<Telemetry>>) -> (StatusCode, &'static str) {
-    if t.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+async fn readyz(State(t): State<Arc<Telemetry>>) -> (StatusCode, String) {
+    match t.readiness(Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
 }
 
 pub fn router(telemetry: Arc<Telemetry>) -> Router {

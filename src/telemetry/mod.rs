@@ -6,7 +6,9 @@
 //! vendor is the only unbounded label and is capped. The one-page spec is docs/metrics.md.
 
 pub mod events;
+pub mod health;
 pub mod http;
+pub mod throttle;
 
 use std::{
     collections::HashSet,
@@ -14,6 +16,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Mutex,
     },
+    time::Instant,
 };
 
 use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -25,8 +28,15 @@ pub const OTHER_VENDOR: &str = "_other";
 
 pub struct Telemetry {
     registry: Registry,
+    /// The loop's own word on readiness, and why.
     ready: AtomicBool,
+    ready_why: Mutex<String>,
+    /// The checks judged outside the loop (readiness and liveness).
+    health: health::Health,
     ready_gauge: IntGauge,
+    healthy_gauge: IntGauge,
+    /// Repeated complaints of events that an outage makes frequent.
+    pub(crate) throttle: throttle::Throttle,
     vendors: Mutex<HashSet<String>>,
     max_vendors: usize,
     vendor_overflow: IntCounter,
@@ -70,7 +80,11 @@ impl Telemetry {
         info.with_label_values(&[env!("CARGO_PKG_VERSION"), model, device]).set(1);
         let t = Self {
             ready: AtomicBool::new(false),
-            ready_gauge: register(&r, IntGauge::new("labelgate_ready", "1 when consuming and committing; 0 while starting, draining or when Redis or Kafka is unreachable.").unwrap()),
+            ready_why: Mutex::new("starting".into()),
+            health: health::Health::default(),
+            throttle: throttle::Throttle::default(),
+            ready_gauge: register(&r, IntGauge::new("labelgate_ready", "1 when consuming and committing (what /readyz answers); 0 while starting, draining, with no partitions, a stalled loop, or Redis or Kafka unreachable.").unwrap()),
+            healthy_gauge: register(&r, IntGauge::new("labelgate_healthy", "1 while the gate makes progress where its dependencies let it (what /healthz answers).").unwrap()),
             vendors: Mutex::new(HashSet::new()),
             max_vendors,
             vendor_overflow: register(&r, IntCounter::new("labelgate_vendor_series_overflow_total", "Events of vendors beyond metrics.max_vendor_series, reported as vendor=\"_other\".").unwrap()),
@@ -129,6 +143,8 @@ impl Telemetry {
 
     /// The vendor label for `vendor`: itself while under the cap, else `_other` (counted).
     fn vendor_label(&self, vendor: &str) -> String {
+        // A label value reaches terminals and scrapers: no raw control bytes.
+        let vendor = &*Escaped::text(vendor);
         let mut seen = self.vendors.lock().unwrap();
         if seen.contains(vendor) {
             return vendor.to_string();
@@ -147,17 +163,46 @@ impl Telemetry {
     }
 
     pub fn render(&self) -> String {
+        // The gauges say what the endpoints would say now.
+        let now = Instant::now();
+        self.ready_gauge.set(self.readiness(now).is_ok() as i64);
+        self.healthy_gauge.set(self.liveness(now).is_ok() as i64);
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
         String::from_utf8(buf).expect("utf-8")
     }
 
+    /// What `/readyz` answers: the loop's own word, then the checks judged outside it.
+    pub fn readiness(&self, now: Instant) -> Result<(), String> {
+        if !self.loop_says_ready() {
+            return Err(self.ready_why.lock().unwrap().clone());
+        }
+        self.health.readiness(now)
+    }
+
     pub fn is_ready(&self) -> bool {
+        self.readiness(Instant::now()).is_ok()
+    }
+
+    /// What `/healthz` answers.
+    pub fn liveness(&self, now: Instant) -> Result<(), String> {
+        self.health.liveness(now)
+    }
+
+    pub fn health(&self) -> &health::Health {
+        &self.health
+    }
+
+    /// The loop's own word, without the outside checks.
+    pub fn loop_says_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// The loop's own word on readiness. Where the outside checks watch (the gate), the Kafka
+    /// monitor logs the combined changes; elsewhere (the review bridge) this does.
     pub fn set_ready(&self, ready: bool, why: &str) {
-        if self.ready.swap(ready, Ordering::SeqCst) != ready {
+        *self.ready_why.lock().unwrap() = why.to_string();
+        if self.ready.swap(ready, Ordering::SeqCst) != ready && !self.health.is_watched() {
             if ready {
                 tracing::info!(why, "ready");
             } else {
@@ -178,6 +223,33 @@ impl Telemetry {
 
     pub fn set_consumer_lag(&self, records: i64) {
         self.consumer_lag.set(records.max(0));
+    }
+}
+
+/// An untrusted string for a log field or a label value: control characters (newline, NUL, ESC,
+/// DEL …) written as escapes (`\n`, `\u{1b}`), everything else as it is.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if c.is_control() {
+                for e in c.escape_debug() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Escaped<'_> {
+    /// The escaped text, borrowed where nothing needed escaping.
+    pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
+        if s.chars().any(char::is_control) { Escaped(s).to_string().into() } else { s.into() }
     }
 }
 

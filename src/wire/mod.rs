@@ -270,11 +270,12 @@ impl Schema {
         if image.shape.len() != 3 || image.shape.contains(&0) {
             return Err(bad(format!("shape {:?}: expected [height, width, channels]", image.shape)));
         }
+        // Undecodable pixels are a bad image, whatever the shape says.
+        let bytes = base64::engine::general_purpose::STANDARD.decode(image.data_b64.as_bytes()).map_err(|e| bad(format!("data_b64: {e}")))?;
         let expected: usize = image.shape.iter().product();
         if expected != self.feature_dim {
             return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {expected} values, expected {}", self.feature_dim)));
         }
-        let bytes = base64::engine::general_purpose::STANDARD.decode(image.data_b64.as_bytes()).map_err(|e| bad(format!("data_b64: {e}")))?;
         if bytes.len() != expected {
             return Err(bad(format!("{} bytes of pixels for shape {:?} ({expected})", bytes.len(), image.shape)));
         }

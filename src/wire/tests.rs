@@ -44,6 +44,8 @@ fn each_kind_of_bad_input_has_its_reason() {
     assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,NaN]}"#), DlqReason::InvalidJson);
     assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","features":[1,2,1e309]}"#), DlqReason::NonFiniteFeature);
     assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{"shape":[1,3,1],"data_b64":"!!!!"}}"#), DlqReason::InvalidImage);
+    // Bad base64 is a bad image even where the shape does not match the features either.
+    assert_eq!(reason(r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{"shape":[28,28,1],"data_b64":"not base64!"}}"#), DlqReason::InvalidImage);
 }
 
 #[test]

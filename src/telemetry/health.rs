@@ -1,0 +1,334 @@
+//! Readiness and liveness, judged when asked from time-stamped traces that the gate loop and its
+//! Kafka monitor leave, so a loop that is blocked cannot hold `/readyz` or `/healthz` at 200:
+//! neither answer is written by the loop.
+//!
+//! | check | fails when | answer |
+//! | --- | --- | --- |
+//! | the loop's own word | starting, draining, a state-store outage, every broker down | not ready |
+//! | broker answers | the monitor's metadata request got no answer for [`HealthLimits::broker_silence`] | not ready |
+//! | loop steps | no step for [`HealthLimits::loop_stall_ready`] | not ready |
+//! | partitions | none assigned | not ready |
+//! | loop blocked | no step for [`HealthLimits::loop_stall`] while a broker answers | unhealthy |
+//! | unassigned | no partition for [`HealthLimits::unassigned`] while a broker answers | unhealthy |
+//! | no progress | records behind, no window training, no store outage, nothing consumed or committed for [`HealthLimits::no_progress`], while a broker answers | unhealthy |
+//!
+//! A dependency that is down makes the gate not ready, never unhealthy: a restart cannot bring a
+//! broker back. Liveness fails only where the dependencies answer and the gate still does nothing.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        Mutex, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+/// The bounds of the checks; set once, when the gate loop starts watching itself.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthLimits {
+    /// Kafka counts as up only if a broker answered the monitor within this.
+    pub broker_silence: Duration,
+    /// Ready only while the loop stepped within this (a commit blocked on a hung broker).
+    pub loop_stall_ready: Duration,
+    /// Unhealthy when the loop has not stepped for this long while a broker answers.
+    pub loop_stall: Duration,
+    /// Unhealthy when records wait and nothing was consumed or committed for this long.
+    pub no_progress: Duration,
+    /// Unhealthy when no input partition was assigned for this long while a broker answers
+    /// (longer than a session timeout, so a rebalance after a broker restart fits in it).
+    pub unassigned: Duration,
+}
+
+/// A lag reading older than this says nothing about now.
+const LAG_FRESH: Duration = Duration::from_secs(10);
+
+/// Where the loop is, as far as health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LoopPhase {
+    Starting = 0,
+    Consuming = 1,
+    Draining = 2,
+}
+
+/// The traces and the two judgements. Times are milliseconds since `origin`, plus one (0 = never).
+pub struct Health {
+    origin: Instant,
+    limits: OnceLock<HealthLimits>,
+    phase: AtomicU8,
+    loop_beat: AtomicU64,
+    progress: AtomicU64,
+    broker_answered: AtomicU64,
+    assigned: AtomicUsize,
+    unassigned_since: AtomicU64,
+    lag: AtomicI64,
+    behind: AtomicBool,
+    lag_at: AtomicU64,
+    window_in_flight: AtomicBool,
+    store_outage: AtomicBool,
+    /// The assigned input partitions and the loop's position in each (-1: none yet).
+    positions: Mutex<Vec<(i32, i64)>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new(Instant::now())
+    }
+}
+
+impl Health {
+    pub fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            limits: OnceLock::new(),
+            phase: AtomicU8::new(LoopPhase::Starting as u8),
+            loop_beat: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
+            broker_answered: AtomicU64::new(0),
+            assigned: AtomicUsize::new(0),
+            unassigned_since: AtomicU64::new(0),
+            lag: AtomicI64::new(0),
+            behind: AtomicBool::new(false),
+            lag_at: AtomicU64::new(0),
+            window_in_flight: AtomicBool::new(false),
+            store_outage: AtomicBool::new(false),
+            positions: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_millis() as u64 + 1
+    }
+
+    /// How long ago a stamp was (`None`: never).
+    fn age(&self, stamp: &AtomicU64, now: Instant) -> Option<Duration> {
+        match stamp.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(Duration::from_millis(self.stamp(now).saturating_sub(s))),
+        }
+    }
+
+    /// From now on the checks apply (the gate loop has started; the review bridge never calls it).
+    pub fn watch(&self, limits: HealthLimits, now: Instant) {
+        let _ = self.limits.set(limits);
+        self.unassigned_since.store(self.stamp(now), Ordering::Relaxed);
+        self.loop_beat.store(self.stamp(now), Ordering::Relaxed);
+        self.progress.store(self.stamp(now), Ordering::Relaxed);
+        self.phase.store(LoopPhase::Consuming as u8, Ordering::Relaxed);
+    }
+
+    pub fn is_watched(&self) -> bool {
+        self.limits.get().is_some()
+    }
+
+    pub fn set_phase(&self, phase: LoopPhase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    fn phase(&self) -> LoopPhase {
+        match self.phase.load(Ordering::Relaxed) {
+            1 => LoopPhase::Consuming,
+            2 => LoopPhase::Draining,
+            _ => LoopPhase::Starting,
+        }
+    }
+
+    /// The loop stepped (or, waiting out a store outage, is still alive).
+    pub fn beat(&self, now: Instant) {
+        self.loop_beat.store(self.stamp(now), Ordering::Relaxed);
+    }
+
+    /// Records were consumed or a transaction committed.
+    pub fn progressed(&self, now: Instant) {
+        self.progress.store(self.stamp(now), Ordering::Relaxed);
+    }
+
+    /// A broker answered the monitor.
+    pub fn broker_answered(&self, now: Instant) {
+        self.broker_answered.store(self.stamp(now), Ordering::Relaxed);
+    }
+
+    /// The input partitions assigned now and the loop's position in each.
+    pub fn set_positions(&self, positions: Vec<(i32, i64)>, now: Instant) {
+        let was = self.assigned.swap(positions.len(), Ordering::Relaxed);
+        if positions.is_empty() && was > 0 {
+            self.unassigned_since.store(self.stamp(now), Ordering::Relaxed);
+        }
+        *self.positions.lock().unwrap() = positions;
+    }
+
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        self.positions.lock().unwrap().clone()
+    }
+
+    /// The monitor's reading: records behind the high watermarks, and whether any partition is
+    /// behind by more than the one offset a transaction marker takes.
+    pub fn set_lag(&self, records: i64, behind: bool, now: Instant) {
+        self.lag.store(records, Ordering::Relaxed);
+        self.behind.store(behind, Ordering::Relaxed);
+        self.lag_at.store(self.stamp(now), Ordering::Relaxed);
+    }
+
+    pub fn lag(&self) -> i64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+
+    pub fn set_window_in_flight(&self, training: bool) {
+        self.window_in_flight.store(training, Ordering::Relaxed);
+    }
+
+    pub fn set_store_outage(&self, down: bool) {
+        self.store_outage.store(down, Ordering::Relaxed);
+    }
+
+    fn broker_up(&self, limits: &HealthLimits, now: Instant) -> bool {
+        self.age(&self.broker_answered, now).is_some_and(|a| a <= limits.broker_silence)
+    }
+
+    /// The monitor's checks for readiness (the loop's own word is judged by the caller).
+    pub fn readiness(&self, now: Instant) -> Result<(), String> {
+        let Some(limits) = self.limits.get() else { return Ok(()) };
+        if self.phase() != LoopPhase::Consuming {
+            return Ok(());
+        }
+        if !self.broker_up(limits, now) {
+            return Err(match self.age(&self.broker_answered, now) {
+                Some(a) => format!("Kafka: no broker has answered for {} s", a.as_secs()),
+                None => "Kafka: no broker has answered yet".into(),
+            });
+        }
+        let beat = self.age(&self.loop_beat, now).unwrap_or_default();
+        if beat > limits.loop_stall_ready {
+            return Err(format!("the gate loop has not stepped for {} s", beat.as_secs()));
+        }
+        if self.assigned.load(Ordering::Relaxed) == 0 {
+            return Err("no input partitions assigned".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the gate makes progress where it could: `Err` names what is stuck.
+    pub fn liveness(&self, now: Instant) -> Result<(), String> {
+        let Some(limits) = self.limits.get() else { return Ok(()) };
+        if self.phase() != LoopPhase::Consuming || !self.broker_up(limits, now) {
+            return Ok(());
+        }
+        let beat = self.age(&self.loop_beat, now).unwrap_or_default();
+        if beat > limits.loop_stall {
+            return Err(format!("the gate loop has not stepped for {} s while the broker answers", beat.as_secs()));
+        }
+        let unassigned = self.age(&self.unassigned_since, now).unwrap_or_default();
+        if self.assigned.load(Ordering::Relaxed) == 0 && unassigned > limits.unassigned {
+            return Err(format!("no input partitions assigned for {} s while the broker answers", unassigned.as_secs()));
+        }
+        let lag_fresh = self.age(&self.lag_at, now).is_some_and(|a| a <= LAG_FRESH);
+        let waiting_on_work = self.window_in_flight.load(Ordering::Relaxed) || self.store_outage.load(Ordering::Relaxed);
+        let idle = self.age(&self.progress, now).unwrap_or_default();
+        if lag_fresh && self.behind.load(Ordering::Relaxed) && !waiting_on_work && idle > limits.no_progress {
+            return Err(format!("{} input records behind and nothing consumed or committed for {} s", self.lag(), idle.as_secs()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HealthLimits = HealthLimits {
+        broker_silence: Duration::from_secs(5),
+        loop_stall_ready: Duration::from_secs(10),
+        loop_stall: Duration::from_secs(60),
+        no_progress: Duration::from_secs(30),
+        unassigned: Duration::from_secs(30),
+    };
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    /// A watched gate at t0 + 1 s with a broker that answered, one partition, nothing behind.
+    fn consuming() -> (Health, Instant) {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.watch(LIMITS, t0);
+        h.broker_answered(at(t0, 1));
+        h.set_positions(vec![(0, 10)], at(t0, 1));
+        h.set_lag(0, false, at(t0, 1));
+        h.beat(at(t0, 1));
+        (h, t0)
+    }
+
+    #[test]
+    fn unwatched_health_is_always_live_and_ready() {
+        let h = Health::default();
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert_eq!((h.readiness(later), h.liveness(later)), (Ok(()), Ok(())));
+    }
+
+    #[test]
+    fn a_silent_broker_takes_readiness_but_not_liveness() {
+        let (h, t0) = consuming();
+        assert_eq!(h.readiness(at(t0, 5)), Ok(()));
+        let err = h.readiness(at(t0, 7)).unwrap_err();
+        assert!(err.contains("no broker has answered for 6 s"), "{err}");
+        // The loop is blocked in a commit on the hung broker: not ready, still live.
+        assert_eq!(h.liveness(at(t0, 200)), Ok(()));
+    }
+
+    #[test]
+    fn a_blocked_loop_is_unready_then_unhealthy_while_the_broker_answers() {
+        let (h, t0) = consuming();
+        for s in 2..=70 {
+            h.broker_answered(at(t0, s));
+        }
+        assert!(h.readiness(at(t0, 12)).unwrap_err().contains("not stepped for 11 s"));
+        assert_eq!(h.liveness(at(t0, 60)), Ok(()));
+        assert!(h.liveness(at(t0, 62)).unwrap_err().contains("not stepped for 61 s"));
+    }
+
+    #[test]
+    fn records_behind_with_nothing_consumed_is_unhealthy_unless_a_window_or_the_store_explains_it() {
+        let (h, t0) = consuming();
+        for s in 2..=40 {
+            h.broker_answered(at(t0, s));
+            h.beat(at(t0, s));
+        }
+        h.set_lag(4_645, true, at(t0, 40));
+        let err = h.liveness(at(t0, 40)).unwrap_err();
+        assert!(err.contains("4645 input records behind") && err.contains("for 40 s"), "{err}");
+        h.set_window_in_flight(true);
+        assert_eq!(h.liveness(at(t0, 40)), Ok(()));
+        h.set_window_in_flight(false);
+        h.set_store_outage(true);
+        assert_eq!(h.liveness(at(t0, 40)), Ok(()));
+        h.set_store_outage(false);
+        h.progressed(at(t0, 39));
+        assert_eq!(h.liveness(at(t0, 40)), Ok(()));
+        // One offset behind (a transaction marker) is not behind.
+        h.set_lag(1, false, at(t0, 40));
+        assert_eq!(h.liveness(at(t0, 80)), Ok(()), "stale lag and no partition behind");
+    }
+
+    #[test]
+    fn an_empty_assignment_is_unready_at_once_and_unhealthy_after_its_bound() {
+        let (h, t0) = consuming();
+        h.set_positions(vec![], at(t0, 2));
+        for s in 2..=40 {
+            h.broker_answered(at(t0, s));
+            h.beat(at(t0, s));
+        }
+        assert_eq!(h.readiness(at(t0, 3)).unwrap_err(), "no input partitions assigned");
+        assert_eq!(h.liveness(at(t0, 31)), Ok(()));
+        assert!(h.liveness(at(t0, 33)).unwrap_err().contains("no input partitions assigned for 31 s"));
+        h.set_positions(vec![(1, -1)], at(t0, 40));
+        assert_eq!((h.readiness(at(t0, 40)), h.liveness(at(t0, 40))), (Ok(()), Ok(())));
+    }
+
+    #[test]
+    fn draining_is_neither_judged_unready_by_the_monitor_nor_unhealthy() {
+        let (h, t0) = consuming();
+        h.set_phase(LoopPhase::Draining);
+        assert_eq!((h.readiness(at(t0, 500)), h.liveness(at(t0, 500))), (Ok(()), Ok(())));
+    }
+}
