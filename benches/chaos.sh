@@ -24,16 +24,7 @@ records=${CHAOS_RECORDS:-$records} deliveries=${CHAOS_DELIVERIES:-$deliveries} k
 mid_kills=${CHAOS_MID_KILLS:-$mid_kills} broker_kill=${CHAOS_BROKER_KILL:-$broker_kill}
 redis_kill=${CHAOS_REDIS_KILL:-$redis_kill} replicas=${CHAOS_REPLICAS:-$replicas} deadline=${CHAOS_DEADLINE_SECS:-$deadline}
 
-kafka_port=${KAFKA_PORT:-19092}
-bootstrap=${LABELGATE_KAFKA_BOOTSTRAP:-127.0.0.1:$kafka_port}
-kafka_port=${bootstrap##*:}
-krun=${KAFKA_RUN_DIR:-/tmp/labelgate-kafka-$kafka_port}
-redis_port=${REDIS_PORT:-16379}
-redis_url=${LABELGATE_REDIS_URL:-redis://127.0.0.1:$redis_port/0}
-redis_user=${LABELGATE_REDIS_USER:-labelgate}
-redis_password=${LABELGATE_REDIS_PASSWORD:-${REDIS_PASSWORD:-labelgate-test}}
-rrun=${REDIS_RUN_DIR:-/tmp/labelgate-redis-$redis_port}
-libs=${LABELGATE_CACHE:-$HOME/.cache/labelgate}/kafka-${KAFKA_VERSION:-4.1.1}/libs
+. benches/soak_lib.sh
 metrics_port=${CHAOS_METRICS_PORT:-29464}
 id=chaos$(date +%s)
 out=${CHAOS_OUT:-$(pwd)/target/chaos/$id}
@@ -47,11 +38,8 @@ log() { echo "chaos.sh [$(( $(date +%s) - start_s ))s] $*" >&2; }
 now() { date +%s.%N; }
 elapsed() { echo "$(now) - $1" | bc; }
 
-# Topics: the input one allows 4 MiB records (the gate's own limit is 1 MiB), the rest the gate makes.
 t=$id
-java -Xmx128m -cp "$libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --create \
-  --topic "$t.annotations" --partitions 4 --replication-factor 1 --config max.message.bytes=4194304 >"$out/topics.log" 2>&1 \
-  || { echo "chaos.sh: cannot create the input topic; see $out/topics.log" >&2; cat "$out/topics.log" >&2; exit 1; }
+create_input_topic "$t.annotations" "$out" || exit 1
 python3 benches/chaos.py gen "$out" "$records" "$deliveries" "$id" > "$out/gen.json"
 log "input: $(cat "$out/gen.json")"
 produce() { kcat -P -b "$bootstrap" -t "$t.annotations" -K $'\t' -X message.max.bytes=4194304 -X linger.ms=50 "$@"; }
@@ -71,22 +59,6 @@ declare -A pid=() dead_routed=()
 # The gates this script started are stopped however it ends.
 cleanup() { local p; for p in "${pid[@]}"; do [ -z "$p" ] || kill -9 "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-gate_env() {
-  local name=$1 port=$2
-  # exec: in the background this function is a subshell, and $! must be the gate itself.
-  exec env LABELGATE_LOG=info LABELGATE__KAFKA__BOOTSTRAP_SERVERS="$bootstrap" LABELGATE__KAFKA__GROUP_ID="$t" \
-    LABELGATE__KAFKA__INSTANCE_ID="$t-$name" LABELGATE__KAFKA__TRANSACTIONAL_ID_PREFIX="$t-$name" \
-    LABELGATE__KAFKA__INPUT_TOPIC="$t.annotations" LABELGATE__KAFKA__ACCEPTED_TOPIC="$t.accepted" \
-    LABELGATE__KAFKA__REREVIEW_TOPIC="$t.rereview" LABELGATE__KAFKA__VERDICTS_TOPIC="$t.verdicts" \
-    LABELGATE__KAFKA__DLQ_TOPIC="$t.dlq" LABELGATE__KAFKA__PROGRESS_TOPIC="$t.progress" \
-    LABELGATE__KAFKA__REVIEWS_TOPIC="$t.reviews" \
-    LABELGATE__STATE__REDIS__URL="$redis_url" LABELGATE__STATE__REDIS__USERNAME="$redis_user" \
-    LABELGATE__STATE__REDIS__PASSWORD="$redis_password" LABELGATE__STATE__REDIS__KEY_PREFIX="labelgate:$t:" \
-    LABELGATE__GATE__FEATURE_DIM=32 LABELGATE__GATE__MIN_WINDOW_RECORDS=3000 LABELGATE__GATE__MAX_WINDOW_RECORDS=6000 \
-    LABELGATE__GATE__MAX_WINDOW_WAIT_SECS=1 LABELGATE__GATE__DELIVERY_TIMEOUT_SECS=5 LABELGATE__GATE__CROSSFIT_MIN_STEPS=50 \
-    LABELGATE__ENGINE__STAGE1_EPOCHS=2 LABELGATE__ENGINE__MIN_STAGE1_STEPS=50 LABELGATE__RUNTIME__THREADS=1 \
-    LABELGATE__METRICS__LISTEN="127.0.0.1:$port" "${@:3}"
-}
 port_of() { if [ "$1" = A ]; then echo "$metrics_port"; else echo $((metrics_port + 1)); fi; }
 start_gate() {
   local name=$1
@@ -94,15 +66,9 @@ start_gate() {
   # The output topics are made once, by the first start (a later start while the broker is down
   # would fail on the admin request instead of waiting for Kafka).
   local create=(); [ -n "${pid[$name]+set}" ] || [ "$name" != A ] || create=(--create-topics 4)
-  gate_env "$name" "$(port_of "$name")" ./target/release/labelgate run "${create[@]}" >>"$out/gate-$name.log" 2>&1 &
+  gate_env "$t" "$name" "$(port_of "$name")" ./target/release/labelgate run "${create[@]}" >>"$out/gate-$name.log" 2>&1 &
   pid[$name]=$!
   dead_routed[$name]=${dead_routed[$name]:-0}
-}
-# metric PORT NAME: the sum of its series, -1 when /metrics does not answer.
-metric() {
-  local body
-  body=$(curl -sf --max-time 1 "http://127.0.0.1:$1/metrics" 2>/dev/null) || { echo -1; return; }
-  awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d\n", s }' <<<"$body"
 }
 # routed_of NAME: what the running process NAME has routed (the last answer kept in a file, as this
 # runs in command substitutions).
@@ -269,12 +235,7 @@ sleep 3; wait_idle || true
 kill -TERM "${pid[A]}"; wait "${pid[A]}" || true
 run_s=$(( $(date +%s) - start_s ))
 
-dump() { kcat -C -b "$bootstrap" -X isolation.level=read_committed -X fetch.message.max.bytes=8388608 -o beginning -e -q -t "$1" -f "$2"; }
-dump "$t.annotations" '%p\t%o\t%S\t%k\t%s\n' > "$out/input.dump"
-dump "$t.accepted" '%s\n' > "$out/accepted.dump"
-dump "$t.rereview" '%s\n' > "$out/rereview.dump"
-dump "$t.dlq" '%h\t%S\n' > "$out/dlq.dump"
-dump "$t.verdicts" '%s\n' > "$out/verdicts.dump"
+dump_outputs "$t" "$out"
 rc=0
 python3 benches/chaos.py verify "$out" > "$out/verify.json" || rc=1
 printf '%s\n' "${resume_rows[@]}" > "$out/resumes.txt"

@@ -27,7 +27,7 @@ pub enum StateError {
     #[error("state store unreachable or failing: {source}")]
     Redis { source: ::redis::RedisError },
     /// Redis refused the credentials (`WRONGPASS`, `NOAUTH`): waiting cannot fix them.
-    #[error("state.redis.username / state.redis.password: Redis refused the credentials ({source}); check the user and the password (LABELGATE__STATE__REDIS__USERNAME, LABELGATE__STATE__REDIS__PASSWORD)")]
+    #[error("state.redis.username / state.redis.password: Redis refused the credentials; check the user and the password (LABELGATE__STATE__REDIS__USERNAME, LABELGATE__STATE__REDIS__PASSWORD)")]
     Refused { source: ::redis::RedisError },
     /// Nothing answered within the timeout (an unreachable host, a stalled server).
     #[error("state store: no answer from {target} within {after:?}")]

@@ -225,7 +225,7 @@ impl Health {
         let waiting_on_work = self.window_in_flight.load(Ordering::Relaxed) || self.store_outage.load(Ordering::Relaxed);
         let idle = self.age(&self.progress, now).unwrap_or_default();
         if lag_fresh && self.behind.load(Ordering::Relaxed) && !waiting_on_work && idle > limits.no_progress {
-            return Err(format!("{} input records behind and nothing consumed or committed for {} s", self.lag(), idle.as_secs()));
+            return Err(format!("{} input records behind and nothing consumed or committed for {} s (the loop stepped {:.1} s ago)", self.lag(), idle.as_secs(), beat.as_secs_f64()));
         }
         Ok(())
     }
