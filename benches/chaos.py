@@ -100,14 +100,14 @@ def gen(out, records, deliveries, run_id):
     b(bb, J(rec(f"{bb}-vm2", vendor_id="evil\n\u0000\u001b[2J")), "vendor_mismatch")
     b(bb, J({"type": "batch_end", "batch_id": bb, "vendor_id": "vendor-bad", "count": good}), "marker")
     valid_by_batch[bb] = good
-    # ... and a valid delivery from a vendor whose id rings the bell and clears the screen (its
-    # /metrics label values must carry them escaped).
+    lines = bad + lines
+    # ... and, last, a valid delivery from a vendor whose id rings the bell and clears the screen
+    # (the /metrics label values of the process that gates it must carry them escaped).
     hb, hv = f"{run_id}-hostile", "evil-\u001b[2J\u0007\u0000-vendor"
     for i in range(20):
-        b(hb, J({"sample_id": f"{hb}-s{i}", "batch_id": hb, "vendor_id": hv, "label": "2", "features": features(rng, 2)}), "valid")
-    b(hb, J({"type": "batch_end", "batch_id": hb, "vendor_id": hv, "count": 20}), "marker")
+        add(hb, J({"sample_id": f"{hb}-s{i}", "batch_id": hb, "vendor_id": hv, "label": "2", "features": features(rng, 2)}), "valid")
+    add(hb, J({"type": "batch_end", "batch_id": hb, "vendor_id": hv, "count": 20}), "marker")
     valid_by_batch[hb] = 20
-    lines = bad + lines
 
     # Chunks hold whole deliveries: a delivery cut between two chunks fed seconds apart would close
     # by timeout on its first part (as documented), and its rest would be late records.

@@ -2,7 +2,7 @@
 //! rebalance and lag context), the reviews consumer and the transactional producer.
 
 use std::{
-    sync::{atomic::Ordering, Mutex},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -20,7 +20,7 @@ use rdkafka::{
 use super::startup::{QuietClient, QuietLogs};
 use crate::{
     config::Config,
-    telemetry::{events, Telemetry},
+    telemetry::{events, health::Health, Telemetry},
 };
 
 /// The transactional producer of every output.
@@ -28,8 +28,10 @@ pub type OutputProducer = BaseProducer<QuietClient>;
 /// The consumer of the reviews topic.
 pub type ReviewsConsumer = BaseConsumer<QuietClient>;
 
-/// How long the producer waits for the transaction coordinator on each call.
-pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the producer waits for the transaction coordinator on each call. A call that started
+/// while a broker hung may get no answer even after the broker is back (seen: a 30 s wait past its
+/// SIGCONT); giving up sooner stops the gate, and its restart is ready within seconds.
+pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Properties shared by every client.
 pub fn client_config(config: &Config) -> ClientConfig {
@@ -80,9 +82,11 @@ impl GateContext {
         std::mem::take(&mut *self.events.lock().unwrap())
     }
 
-    /// Whether the brokers answer (as of the last error or statistics).
-    pub fn kafka_up(&self) -> bool {
-        !self.quiet.all_brokers_down.load(Ordering::Relaxed)
+    /// Whether the brokers answer: not since librdkafka said every broker is down, until its
+    /// statistics show one up or the monitor's own request got an answer after that (librdkafka's
+    /// statistics were seen to miss a broker restarted on its port for minutes).
+    pub fn kafka_up(&self, health: &Health) -> bool {
+        self.quiet.all_brokers_down_since.lock().unwrap().is_none_or(|down| health.broker_answered_after(down))
     }
 }
 
@@ -97,7 +101,7 @@ impl ClientContext for GateContext {
 
     fn stats(&self, statistics: rdkafka::Statistics) {
         if statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP") {
-            self.quiet.all_brokers_down.store(false, Ordering::Relaxed);
+            *self.quiet.all_brokers_down_since.lock().unwrap() = None;
         }
     }
 }

@@ -443,7 +443,7 @@ impl<'a> GateLoop<'a> {
     /// vendor's figures. Ready means: the group assigned this replica its partitions, a broker
     /// answers, and the gate consumes (a store outage takes readiness inside the call).
     fn report(&mut self) {
-        let kafka_up = self.consumer.context().kafka_up();
+        let kafka_up = self.consumer.context().kafka_up(self.telemetry.health());
         let ready = self.assigned_once && kafka_up && self.phase() == Phase::Consuming;
         if ready != self.telemetry.loop_says_ready() {
             let why = match (self.assigned_once, kafka_up) {

@@ -181,6 +181,11 @@ impl Health {
         self.store_outage.store(down, Ordering::Relaxed);
     }
 
+    /// Whether a broker answered the monitor after `t`.
+    pub fn broker_answered_after(&self, t: Instant) -> bool {
+        self.broker_answered.load(Ordering::Relaxed) > self.stamp(t)
+    }
+
     fn broker_up(&self, limits: &HealthLimits, now: Instant) -> bool {
         self.age(&self.broker_answered, now).is_some_and(|a| a <= limits.broker_silence)
     }
