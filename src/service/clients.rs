@@ -230,4 +230,22 @@ mod tests {
             assert!(made.is_ok(), "{codec}: {:?}", made.err());
         }
     }
+
+    /// A consumer that librdkafka failed fatally (here by its test hook, as the broker does with
+    /// `FencedInstanceId`) stops the gate with the client, the code and what happens next.
+    #[test]
+    fn a_fatal_client_error_stops_the_gate_naming_the_client_and_code() {
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").set("group.id", "g").create().unwrap();
+        let telemetry = Telemetry::new(10, "m", "cpu");
+        assert!(stop_if_fatal("input consumer", consumer.client(), &telemetry).is_ok());
+        let reason = std::ffi::CString::new("static consumer fenced (test)").unwrap();
+        let code = rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID;
+        // SAFETY: a live client handle and a NUL-terminated reason that outlives the call.
+        unsafe { rdkafka::bindings::rd_kafka_test_fatal_error(consumer.client().native_ptr(), code, reason.as_ptr()) };
+        let err = stop_if_fatal("input consumer", consumer.client(), &telemetry).unwrap_err().to_string();
+        assert!(err.contains("input consumer") && err.contains("FencedInstanceId") && err.contains("restarts the gate"), "{err}");
+        // Closing a failed group consumer with no broker to leave waits forever: the test process
+        // ends instead (the gate, exiting, has a broker to close against).
+        std::mem::forget(consumer);
+    }
 }
