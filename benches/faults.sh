@@ -108,6 +108,7 @@ routed_or_buffered() { local r b; r=$(metric "$port" labelgate_records_total) b=
 # consuming_since PID BASE: the gate consumed since BASE was read (or a new process has consumed).
 consuming_since() { local c; c=$(routed_or_buffered); { [ "$gate_pid" != "$1" ] && [ "$c" -gt 0 ]; } || [ "$c" -gt "$2" ]; }
 window_in_flight() { [ "$(metric "$port" labelgate_windows_started_total)" -gt "$(metric "$port" labelgate_windows_total)" ]; }
+all_routed() { [ "$(metric "$port" labelgate_buffered_records)" = 0 ] && ! window_in_flight; }
 wait_until "first ready" 120 ready || fail "the gate never became ready"
 wait_until "first records" 120 consuming_since "$gate_pid" 0 || true
 
@@ -141,6 +142,8 @@ for spec in $stalls; do
   if [ "$kind" = window ]; then
     feed_one
     wait_until "a window in flight" 90 window_in_flight || log "no window in flight: stalling anyway"
+  else
+    wait_until "the gate idle" 180 all_routed || log "the gate is not idle: stalling anyway"
   fi
   kbroker=$(cat "$krun/pid")
   echo down > "$out/broker"
@@ -163,7 +166,6 @@ done
 # 5. The rest of the input, the late record, then idle and stop.
 while [ "$fed" -lt ${#chunks[@]} ]; do feed_one; supervise; done
 produce -l "$out/oversized.txt"
-all_routed() { [ "$(metric "$port" labelgate_buffered_records)" = 0 ] && ! window_in_flight; }
 idle_for() { # nothing routed for $1 s and nothing buffered
   local last=-1 since_s; since_s=$(date +%s)
   while :; do
@@ -228,12 +230,34 @@ PY
 )
 [ "$stuck" -le 60 ] || fail "a period of $stuck s with input waiting, nothing consumed and /healthz 200 (target 60 s)"
 health_503=$(awk -F'\t' '$4 == 503' "$out/samples.tsv" | wc -l)
+# The gate's log lines per broker outage (from the kill to 10 s after the restart), the most of any.
+outage_lines=$(python3 - "$out" <<'PY'
+import datetime, sys
+out = sys.argv[1]
+rows = [l.split("\t") for l in open(f"{out}/samples.tsv").read().splitlines()]
+spans, start = [], None
+for r in rows:
+    ts, broker = float(r[0]), r[7]
+    if broker == "down" and start is None:
+        start = ts
+    elif broker == "up" and start is not None:
+        spans.append((start, ts + 10)); start = None
+stamps = []
+for line in open(f"{out}/gate.log", errors="replace"):
+    try:
+        stamps.append(datetime.datetime.fromisoformat(line[:27].rstrip("Z") + "+00:00").timestamp())
+    except ValueError:
+        pass
+counts = [sum(1 for t in stamps if a <= t <= b) for a, b in spans]
+print(f"{max(counts) if counts else 0} (over {len(counts)} outages)")
+PY
+)
 
 v=$(cat "$out/verify.json")
-python3 - "$out" "$pw_secs" "$exits" "$fatal_exits" "$stuck" "$health_503" "$(( $(date +%s) - start_s ))" "${resume[*]}" "$probe_restarts" "${stall_rows[@]}" <<'PY'
+python3 - "$out" "$pw_secs" "$exits" "$fatal_exits" "$stuck" "$health_503" "$(( $(date +%s) - start_s ))" "${resume[*]}" "$probe_restarts" "$outage_lines" "${stall_rows[@]}" <<'PY'
 import json, sys
-out, pw, exits, fatal, stuck, h503, run_s, resume, probed = sys.argv[1:10]
-stalls = sys.argv[10:]
+out, pw, exits, fatal, stuck, h503, run_s, resume, probed, outage_lines = sys.argv[1:11]
+stalls = sys.argv[11:]
 v = json.load(open(f"{out}/verify.json"))
 print("| records (valid + bad) | deliveries | verdicts | lost | duplicated | valid in DLQ | broker restarts: consuming again after (s) | gate exits (fatal) | liveness-probe restarts | longest stuck with /healthz 200 | /healthz 503 samples | wrong Redis password: exit after | run |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -243,6 +267,8 @@ print("| broker stall | /readyz 503 after (s) | /readyz 200 after SIGCONT (s) |"
 print("|---|---|---|")
 for row in stalls:
     print("| " + " | ".join(row.split("|")) + " |")
+print()
+print(f"- most log lines in one broker outage (kill to 10 s after the restart): {outage_lines}")
 for p in v["problems"]:
     print(f"- VIOLATION: {p}")
 PY

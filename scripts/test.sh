@@ -84,8 +84,12 @@ eval "$(scripts/chart-tools.sh)"
 export LABELGATE_THREADS=1 RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --release --locked "$@"
 # The short chaos soak (benches/chaos.sh --short: gate, broker and Redis SIGKILLs, two replicas, every
-# bad-input kind, then a read_committed check of exactly-once routing) on this suite's broker and
-# Redis, which it kills and restarts; about 3 minutes. Skipped when tests are filtered or CHAOS=0.
+# bad-input kind, then a read_committed check of exactly-once routing) and the short fault soak
+# (benches/faults.sh --short: broker SIGKILL + restarts and a 30 s SIGSTOP with /readyz and /healthz
+# sampled, a wrong Redis password, hostile ids in /metrics and DLQ headers) on this suite's broker
+# and Redis, which they kill, stall and restart; about 3 and 2.5 minutes. Skipped when tests are
+# filtered or CHAOS=0.
 if [ $# -eq 0 ] && [ "${CHAOS:-1}" != 0 ]; then
   benches/chaos.sh --short
+  benches/faults.sh --short
 fi

@@ -175,6 +175,10 @@ pub(super) fn transactional_producer(config: &Config, instance: &str) -> Result<
     let producer: OutputProducer = client_config(config)
         .set("transactional.id", format!("{}-{}", k.transactional_id_prefix, instance))
         .set("transaction.timeout.ms", "60000")
+        // A request in flight to a broker that hangs is given up after this, so a transaction
+        // call returns within about its own timeout (librdkafka's 60 s default held one for 40 s
+        // past TXN_TIMEOUT during a broker SIGSTOP).
+        .set("socket.timeout.ms", "10000")
         .set("enable.idempotence", "true")
         .set("message.max.bytes", (k.max_message_bytes + 65_536).to_string())
         .create_with_context(QuietClient::default())

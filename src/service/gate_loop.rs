@@ -30,11 +30,7 @@ use crate::{
     gate::{Commit, Gate, InputMessage},
     o2u::WindowError,
     state::{StateError, StateStore},
-    telemetry::{
-        events,
-        health::HealthLimits,
-        Telemetry, WindowTiming,
-    },
+    telemetry::{events, health::HealthLimits, Telemetry, WindowTiming},
 };
 
 /// How often every known vendor's gauges are refreshed from the store.
@@ -57,7 +53,7 @@ fn health_limits(config: &Config) -> HealthLimits {
         broker_silence: Duration::from_secs(5),
         // A commit takes well under a second; ten seconds blocked is a broker that hangs.
         loop_stall_ready: Duration::from_secs(10),
-        // Twice the stall bound: a step may wait on one transaction timeout (30 s) and more.
+        // Twice the stall bound: a step may wait out several transaction calls (10 s each).
         loop_stall: stall * 2,
         no_progress: stall,
         unassigned: stall,
@@ -193,8 +189,7 @@ impl<'a> GateLoop<'a> {
     /// One round of the loop.
     fn step(&mut self, phase: Phase) -> Result<()> {
         self.held_by_store = false;
-        let now = Instant::now();
-        self.telemetry.health().beat(now);
+        self.telemetry.health().beat(Instant::now());
         self.stop_if_a_client_failed()?;
         let (consumed, transactions) = (self.summary.consumed, self.summary.transactions);
         let (before, after) = self.poll_input(phase);
@@ -246,14 +241,14 @@ impl<'a> GateLoop<'a> {
     }
 
     fn apply_rebalances(&mut self) -> Result<()> {
-        let events = self.consumer.context().take_rebalances();
-        if !events.is_empty() {
+        let rebalances = self.consumer.context().take_rebalances();
+        if !rebalances.is_empty() {
             // Readiness follows the new assignment at once.
             self.last_positions = Instant::now();
             self.publish_positions();
         }
-        for event in events {
-            match event {
+        for rebalance in rebalances {
+            match rebalance {
                 RebalanceEvent::Revoked(parts) => {
                     self.telemetry.emit(events::PartitionsRevoked { partitions: &parts });
                     for p in parts {

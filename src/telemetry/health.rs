@@ -59,6 +59,9 @@ pub struct Health {
     loop_beat: AtomicU64,
     progress: AtomicU64,
     broker_answered: AtomicU64,
+    /// When a broker answered after a silence (or for the first time): time spent waiting for a
+    /// broker is no stall of the gate's.
+    broker_back: AtomicU64,
     assigned: AtomicUsize,
     unassigned_since: AtomicU64,
     lag: AtomicI64,
@@ -85,6 +88,7 @@ impl Health {
             loop_beat: AtomicU64::new(0),
             progress: AtomicU64::new(0),
             broker_answered: AtomicU64::new(0),
+            broker_back: AtomicU64::new(0),
             assigned: AtomicUsize::new(0),
             unassigned_since: AtomicU64::new(0),
             lag: AtomicI64::new(0),
@@ -145,6 +149,10 @@ impl Health {
 
     /// A broker answered the monitor.
     pub fn broker_answered(&self, now: Instant) {
+        let silence = self.limits.get().map_or(Duration::from_secs(5), |l| l.broker_silence);
+        if self.age(&self.broker_answered, now).is_none_or(|a| a > silence) {
+            self.broker_back.store(self.stamp(now), Ordering::Relaxed);
+        }
         self.broker_answered.store(self.stamp(now), Ordering::Relaxed);
     }
 
@@ -212,23 +220,27 @@ impl Health {
         Ok(())
     }
 
-    /// Whether the gate makes progress where it could: `Err` names what is stuck.
+    /// Whether the gate makes progress where it could: `Err` names what is stuck. Every bound is
+    /// counted from the broker's return at the earliest: a call to a hung broker may still be
+    /// timing out, and records waited for the broker, not for the gate.
     pub fn liveness(&self, now: Instant) -> Result<(), String> {
         let Some(limits) = self.limits.get() else { return Ok(()) };
         if self.phase() != LoopPhase::Consuming || !self.broker_up(limits, now) {
             return Ok(());
         }
-        let beat = self.age(&self.loop_beat, now).unwrap_or_default();
+        let back = self.age(&self.broker_back, now).unwrap_or_default();
+        let since = |stamp: &AtomicU64| self.age(stamp, now).unwrap_or_default().min(back);
+        let beat = since(&self.loop_beat);
         if beat > limits.loop_stall {
             return Err(format!("the gate loop has not stepped for {} s while the broker answers", beat.as_secs()));
         }
-        let unassigned = self.age(&self.unassigned_since, now).unwrap_or_default();
+        let unassigned = since(&self.unassigned_since);
         if self.assigned.load(Ordering::Relaxed) == 0 && unassigned > limits.unassigned {
             return Err(format!("no input partitions assigned for {} s while the broker answers", unassigned.as_secs()));
         }
         let lag_fresh = self.age(&self.lag_at, now).is_some_and(|a| a <= LAG_FRESH);
         let waiting_on_work = self.window_in_flight.load(Ordering::Relaxed) || self.store_outage.load(Ordering::Relaxed);
-        let idle = self.age(&self.progress, now).unwrap_or_default();
+        let idle = since(&self.progress);
         if lag_fresh && self.behind.load(Ordering::Relaxed) && !waiting_on_work && idle > limits.no_progress {
             return Err(format!("{} input records behind and nothing consumed or committed for {} s (the loop stepped {:.1} s ago)", self.lag(), idle.as_secs(), beat.as_secs_f64()));
         }
@@ -313,6 +325,25 @@ mod tests {
         // One offset behind (a transaction marker) is not behind.
         h.set_lag(1, false, at(t0, 40));
         assert_eq!(h.liveness(at(t0, 80)), Ok(()), "stale lag and no partition behind");
+    }
+
+    /// A stall of the broker is no stall of the gate: after the broker is back, the gate gets the
+    /// whole bound again (the probe must not restart it for having waited).
+    #[test]
+    fn time_without_a_broker_does_not_count_against_liveness() {
+        let (h, t0) = consuming();
+        h.set_lag(21_044, true, at(t0, 1));
+        // The broker hangs from t0 + 1 s to t0 + 40 s; the loop is blocked in a call meanwhile.
+        h.broker_answered(at(t0, 40));
+        h.set_lag(21_044, true, at(t0, 40));
+        assert_eq!(h.liveness(at(t0, 41)), Ok(()));
+        assert_eq!(h.liveness(at(t0, 69)), Ok(()));
+        for s in 41..=75 {
+            h.broker_answered(at(t0, s));
+            h.set_lag(21_044, true, at(t0, s));
+        }
+        let err = h.liveness(at(t0, 75)).unwrap_err();
+        assert!(err.contains("for 35 s"), "{err}");
     }
 
     #[test]
