@@ -260,7 +260,9 @@ impl<'a> GateLoop<'a> {
                 }
                 RebalanceEvent::Assigned(parts) => {
                     self.assigned_once = true;
-                    let mut progress = topics::read_progress(self.config)?;
+                    // Right after a broker comes back its metadata may still be settling
+                    // (`UnknownPartition` was seen once after a 30 s stall): wait for it.
+                    let mut progress = startup::retry_while_settling("reading the progress topic", self.config, || topics::read_progress(self.config))?;
                     self.telemetry.emit(events::PartitionsAssigned { partitions: &parts });
                     for p in parts {
                         self.gate.assign(p, progress.remove(&progress_key(self.config, p)));
