@@ -76,6 +76,9 @@ supervise() {
   fi
 }
 trap '[ -z "$gate_pid" ] || kill -9 "$gate_pid" 2>/dev/null || true; [ -z "${sampler:-}" ] || kill "$sampler" 2>/dev/null || true; [ -z "${kbroker:-}" ] || kill -CONT "$kbroker" 2>/dev/null || true' EXIT
+# A CI timeout or ^C must not leave the suite's broker stopped: through the EXIT trap.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # The sampler: every second, the gate's pid, /readyz, /healthz, what it routed and buffers, its lag
 # gauge, and whether the broker is down on purpose (a file this script keeps).
@@ -83,7 +86,8 @@ echo up > "$out/broker"
 (
   while :; do
     body=$(curl -sf --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null || true)
-    sum() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF; f = 1 } END { if (f) printf "%d", s; else printf "-1" }' <<<"$body"; }
+    # A series not there yet (nothing routed) is 0; -1 only when /metrics does not answer.
+    sum() { [ -n "$body" ] || { printf -- -1; return; }; awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%d", s }' <<<"$body"; }
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date +%s.%N)" "$(cat "$out/gate.pid" 2>/dev/null)" "$(status_of "$port" /readyz)" \
       "$(status_of "$port" /healthz)" "$(sum labelgate_records_total)" "$(sum labelgate_buffered_records)" \
       "$(sum labelgate_consumer_lag_records)" "$(cat "$out/broker")"
@@ -106,8 +110,13 @@ wait_until() {
 ready() { [ "$(status_of "$port" /readyz)" = 200 ]; }
 routed_or_buffered() { local r b; r=$(metric "$port" labelgate_records_total) b=$(metric "$port" labelgate_buffered_records); [ "$r" -ge 0 ] && echo $((r + b)) || echo -1; }
 # consuming_since PID BASE: the gate consumed since BASE was read (or a new process has consumed).
-consuming_since() { local c; c=$(routed_or_buffered); { [ "$gate_pid" != "$1" ] && [ "$c" -gt 0 ]; } || [ "$c" -gt "$2" ]; }
-window_in_flight() { [ "$(metric "$port" labelgate_windows_started_total)" -gt "$(metric "$port" labelgate_windows_total)" ]; }
+# (A BASE of -1, read while nothing answered, counts as 0: a new process must have consumed.)
+consuming_since() { local c; c=$(routed_or_buffered); { [ "$gate_pid" != "$1" ] && [ "$c" -gt 0 ]; } || [ "$c" -gt "$(( $2 < 0 ? 0 : $2 ))" ]; }
+window_in_flight() {
+  local started done failed
+  started=$(metric "$port" labelgate_windows_started_total) done=$(metric "$port" labelgate_windows_total) failed=$(metric "$port" labelgate_windows_failed_total)
+  [ "$started" -gt $(( done + (failed < 0 ? 0 : failed) )) ]
+}
 all_routed() { [ "$(metric "$port" labelgate_buffered_records)" = 0 ] && ! window_in_flight; }
 wait_until "first ready" 120 ready || fail "the gate never became ready"
 wait_until "first records" 120 consuming_since "$gate_pid" 0 || true
@@ -227,7 +236,7 @@ for ts, pid, ready, health, routed, buffered, lag, broker in rows:
     prev = progress
 print(f"{longest:.0f}")
 PY
-)
+) || { fail "the samples could not be read"; stuck=0; }
 [ "$stuck" -le 60 ] || fail "a period of $stuck s with input waiting, nothing consumed and /healthz 200 (target 60 s)"
 health_503=$(awk -F'\t' '$4 == 503' "$out/samples.tsv" | wc -l)
 # The gate's log lines per broker outage (from the kill to 10 s after the restart), the most of any.
@@ -251,10 +260,9 @@ for line in open(f"{out}/gate.log", errors="replace"):
 counts = [sum(1 for t in stamps if a <= t <= b) for a, b in spans]
 print(f"{max(counts) if counts else 0} (over {len(counts)} outages)")
 PY
-)
+) || outage_lines="(not measured)"
 
-v=$(cat "$out/verify.json")
-python3 - "$out" "$pw_secs" "$exits" "$fatal_exits" "$stuck" "$health_503" "$(( $(date +%s) - start_s ))" "${resume[*]}" "$probe_restarts" "$outage_lines" "${stall_rows[@]}" <<'PY'
+if python3 - "$out" "$pw_secs" "$exits" "$fatal_exits" "$stuck" "$health_503" "$(( $(date +%s) - start_s ))" "${resume[*]}" "$probe_restarts" "$outage_lines" "${stall_rows[@]}" <<'PY'
 import json, sys
 out, pw, exits, fatal, stuck, h503, run_s, resume, probed, outage_lines = sys.argv[1:11]
 stalls = sys.argv[11:]
@@ -272,6 +280,7 @@ print(f"- most log lines in one broker outage (kill to 10 s after the restart): 
 for p in v["problems"]:
     print(f"- VIOLATION: {p}")
 PY
+then :; else fail "the summary could not be printed"; fi
 if [ ${#failures[@]} -gt 0 ]; then
   printf 'faults.sh: MISSED: %s\n' "${failures[@]}" >&2
   echo "faults.sh: FAILED (details in $out)" >&2; exit 1

@@ -51,8 +51,10 @@ fn a_wrong_password_or_an_absent_server_is_a_clear_error() {
     let rt = runtime();
     let mut c = config(env("LABELGATE_REDIS_URL"), "bad");
     c.password = Some(secret("not-the-password"));
-    let err = RedisState::connect(&c, rt.handle().clone()).err().expect("wrong password refused").to_string();
-    assert!(err.to_lowercase().contains("auth") || err.contains("WRONGPASS"), "{err}");
+    let err = RedisState::connect(&c, rt.handle().clone()).err().expect("wrong password refused");
+    assert_eq!(err.recovery(), labelgate::state::Recovery::Stop, "waiting cannot fix a refused password: {err}");
+    let err = format!("{:#}", anyhow::Error::new(err));
+    assert!(err.contains("state.redis.username / state.redis.password") && err.contains("AuthenticationFailed"), "{err}");
     assert!(!err.contains("not-the-password"), "the password never prints: {err}");
     let mut c = config("redis://127.0.0.1:1/0".into(), "absent");
     c.timeout_ms = 300;

@@ -28,10 +28,23 @@ pub type OutputProducer = BaseProducer<QuietClient>;
 /// The consumer of the reviews topic.
 pub type ReviewsConsumer = BaseConsumer<QuietClient>;
 
-/// How long the producer waits for the transaction coordinator on each call. A call that started
-/// while a broker hung may get no answer even after the broker is back (seen: a 30 s wait past its
-/// SIGCONT); giving up sooner stops the gate, and its restart is ready within seconds.
+/// How long the producer waits for the transaction coordinator on each call but the commit. A
+/// call that started while a broker hung may get no answer even after the broker is back (seen: a
+/// 30 s wait past its SIGCONT); giving up sooner stops the gate, and its restart is ready within
+/// seconds.
 pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The commit flushes the whole window's output first: more time, while a hung broker still
+/// fails it within the producer's `socket.timeout.ms`.
+pub(super) const TXN_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The input consumer's session timeout: the operator's `kafka.client` setting, or ours.
+pub(super) fn session_timeout(config: &Config) -> Duration {
+    let ms = config.kafka.client.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(SESSION_TIMEOUT_MS);
+    Duration::from_millis(ms)
+}
+
+/// Our default for `session.timeout.ms`.
+const SESSION_TIMEOUT_MS: u64 = 20_000;
 
 /// Properties shared by every client.
 pub fn client_config(config: &Config) -> ClientConfig {
@@ -145,7 +158,7 @@ pub fn input_consumer(config: &Config) -> Result<BaseConsumer<GateContext>> {
         // once instead of waiting out its dead self's session (40–60 s before); a replica that
         // does not come back gives them up after the session timeout.
         .set("group.instance.id", instance_id(config))
-        .set("session.timeout.ms", "20000");
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string());
     // The operator's kafka.client settings win over these defaults.
     for (key, value) in &k.client {
         consumer_config.set(key, value);

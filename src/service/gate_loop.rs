@@ -56,7 +56,10 @@ fn health_limits(config: &Config) -> HealthLimits {
         // Twice the stall bound: a step may wait out several transaction calls (10 s each).
         loop_stall: stall * 2,
         no_progress: stall,
-        unassigned: stall,
+        // Past a session timeout, so a rebalance that waits out a dead member fits in it.
+        unassigned: stall.max(clients::session_timeout(config) + Duration::from_secs(10)),
+        // An epoch of a large window on a CPU takes minutes, not tens of minutes.
+        window_stall: stall * 10,
     }
 }
 
@@ -215,6 +218,12 @@ impl<'a> GateLoop<'a> {
     /// A client that raised a fatal error cannot go on: the gate exits (see
     /// [`clients::stop_if_fatal`]).
     fn stop_if_a_client_failed(&self) -> Result<()> {
+        // Credentials refused after start-up (a rotated password): no retry fixes them.
+        for refused in [self.consumer.context().quiet.fatal(), self.reviews.context().0.fatal(), self.producer.context().0.fatal()] {
+            if let Some(why) = refused {
+                anyhow::bail!(why);
+            }
+        }
         clients::stop_if_fatal("input consumer", self.consumer.client(), self.telemetry)?;
         clients::stop_if_fatal("reviews consumer", self.reviews.client(), self.telemetry)?;
         clients::stop_if_fatal("transactional producer", self.producer.client(), self.telemetry)
@@ -262,7 +271,11 @@ impl<'a> GateLoop<'a> {
                     self.assigned_once = true;
                     // Right after a broker comes back its metadata may still be settling
                     // (`UnknownPartition` was seen once after a 30 s stall): wait for it.
-                    let mut progress = startup::retry_while_settling("reading the progress topic", self.config, || topics::read_progress(self.config))?;
+                    let (config, health) = (self.config, self.telemetry.health());
+                    let mut progress = startup::retry_while_settling("reading the progress topic", config, || {
+                        health.beat(Instant::now());
+                        topics::read_progress(config)
+                    })?;
                     self.telemetry.emit(events::PartitionsAssigned { partitions: &parts });
                     for p in parts {
                         self.gate.assign(p, progress.remove(&progress_key(self.config, p)));
@@ -328,7 +341,7 @@ impl<'a> GateLoop<'a> {
         let prior = self.with_state("sample_labels", |s| s.sample_labels(&sample_ids))?;
         job.data.attach_prior_labels(prior);
         self.window = WindowInFlight::Training { started: Instant::now(), revoked: Vec::new() };
-        self.telemetry.health().set_window_in_flight(true);
+        self.telemetry.health().set_window_in_flight(true, Instant::now());
         self.window_thread.submit(job)
     }
 
@@ -337,7 +350,7 @@ impl<'a> GateLoop<'a> {
         let WindowInFlight::Training { started, revoked } = std::mem::replace(&mut self.window, WindowInFlight::Idle) else {
             anyhow::bail!("a window finished while none was in flight");
         };
-        self.telemetry.health().set_window_in_flight(false);
+        self.telemetry.health().set_window_in_flight(false, Instant::now());
         let trained = Instant::now();
         if !revoked.is_empty() {
             // Its records may now belong to another replica: put back what is still ours.

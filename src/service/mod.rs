@@ -113,6 +113,18 @@ impl Hooks {
         (hooks, VerdictsReached { target: expected, seen: rx })
     }
 
+    /// These hooks with `other`'s epoch hook called too.
+    pub fn also_on_epoch(mut self, other: EpochHook) -> Self {
+        let first = self.on_epoch.take();
+        self.on_epoch = Some(Arc::new(move |e| {
+            if let Some(f) = &first {
+                f(e);
+            }
+            other(e);
+        }));
+        self
+    }
+
     /// These hooks with `other`'s verdict hook called too.
     pub fn also_on_verdict(mut self, other: VerdictHook) -> Self {
         let first = self.on_verdict.take();
@@ -142,6 +154,11 @@ pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()
     let stop = Arc::new(AtomicBool::new(false));
     // Stops when dropped, as this function returns.
     let _monitor = monitor::start(&config, telemetry.clone())?;
+    // A window in flight excuses a pause of the input only while its epochs go on.
+    let hooks = {
+        let telemetry = telemetry.clone();
+        hooks.also_on_epoch(Arc::new(move |_| telemetry.health().window_progressed(std::time::Instant::now())))
+    };
     let worker = {
         let (stop, telemetry, runtime) = (stop.clone(), telemetry.clone(), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || {
@@ -153,9 +170,10 @@ pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()
     let result = tokio::select! {
         result = &mut worker => result.context("gate thread panicked")?,
         _ = shutdown => {
+            // Stop first: a step between the two would otherwise say ready again.
+            stop.store(true, Ordering::SeqCst);
             telemetry.set_ready(false, "draining: shutdown requested, finishing the window in flight");
             telemetry.health().set_phase(crate::telemetry::health::LoopPhase::Draining);
-            stop.store(true, Ordering::SeqCst);
             worker.await.context("gate thread panicked")?
         }
     };

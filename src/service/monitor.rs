@@ -26,8 +26,11 @@ use crate::{
 
 /// How often the brokers are asked.
 const PERIOD: Duration = Duration::from_secs(1);
-/// How long one request may take: a hung broker keeps its connections open and answers nothing.
+/// How long the metadata request may take: a hung broker keeps its connections open and answers
+/// nothing.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long each lag query may take: a tick stays well under the 5 s a broker may be silent.
+const LAG_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The monitor's thread; stops when dropped.
 pub struct Monitor {
@@ -52,25 +55,35 @@ pub fn start(config: &Config, telemetry: Arc<Telemetry>) -> Result<Monitor> {
         .set("enable.auto.commit", "false")
         .create_with_context(QuietClient::default())
         .context("Kafka monitor client")?;
-    let topic = config.kafka.input_topic.clone();
+    let (topic, group) = (config.kafka.input_topic.clone(), config.kafka.group_id.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let stop = stop.clone();
-        thread::Builder::new().name("labelgate-monitor".into()).spawn(move || watch(&probe, &topic, &telemetry, &stop))?
+        thread::Builder::new().name("labelgate-monitor".into()).spawn(move || watch(&probe, &topic, &group, &telemetry, &stop))?
     };
     Ok(Monitor { stop, thread: Some(thread) })
 }
 
-fn watch(probe: &BaseConsumer<QuietClient>, topic: &str, telemetry: &Telemetry, stop: &AtomicBool) {
+fn watch(probe: &BaseConsumer<QuietClient>, topic: &str, group: &str, telemetry: &Telemetry, stop: &AtomicBool) {
     let mut said = Said::default();
+    let mut answered_last_time = false;
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        if probe.fetch_metadata(Some(topic), REQUEST_TIMEOUT).is_ok() {
-            telemetry.health().broker_answered(Instant::now());
-            if let Some((lag, behind)) = lag(probe, topic, &telemetry.health().positions()) {
-                telemetry.health().set_lag(lag, behind, Instant::now());
-                telemetry.set_consumer_lag(lag);
+        let health = telemetry.health();
+        match probe.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+            Ok(metadata) => {
+                health.broker_answered(Instant::now(), !answered_last_time);
+                answered_last_time = true;
+                let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+                if let Ok(groups) = probe.fetch_group_list(Some(group), LAG_TIMEOUT) {
+                    health.set_group(groups.groups().first().map_or(0, |g| g.members().len()), partitions);
+                }
+                if let Some((lag, behind)) = lag(probe, topic, &health.positions()) {
+                    health.set_lag(lag, behind, Instant::now());
+                    telemetry.set_consumer_lag(lag);
+                }
             }
+            Err(_) => answered_last_time = false,
         }
         said.changes(telemetry);
         while started.elapsed() < PERIOD && !stop.load(Ordering::SeqCst) {
@@ -81,7 +94,9 @@ fn watch(probe: &BaseConsumer<QuietClient>, topic: &str, telemetry: &Telemetry, 
 
 /// Records behind the high watermark over the loop's partitions, and whether any partition is
 /// behind by more than one offset (the last offset may be a transaction marker, never delivered).
-/// A partition the loop has read nothing from yet counts from the group's committed offset.
+/// A partition the loop has read nothing from yet counts from the group's committed offset (or
+/// the log start, where retention removed what was committed). Partitions whose leader does not
+/// answer are left out of the sum; `None` when none answered.
 fn lag(probe: &BaseConsumer<QuietClient>, topic: &str, positions: &[(i32, i64)]) -> Option<(i64, bool)> {
     let unread: Vec<i32> = positions.iter().filter(|(_, pos)| *pos < 0).map(|(p, _)| *p).collect();
     let committed = if unread.is_empty() {
@@ -91,24 +106,25 @@ fn lag(probe: &BaseConsumer<QuietClient>, topic: &str, positions: &[(i32, i64)])
         for p in &unread {
             tpl.add_partition(topic, *p);
         }
-        probe.committed_offsets(tpl, REQUEST_TIMEOUT).ok()?
+        probe.committed_offsets(tpl, LAG_TIMEOUT).unwrap_or_default()
     };
-    let (mut total, mut behind) = (0i64, false);
+    let (mut total, mut behind, mut answered) = (0i64, false, positions.is_empty());
     for &(partition, position) in positions {
-        let (low, high) = probe.fetch_watermarks(topic, partition, REQUEST_TIMEOUT).ok()?;
+        let Ok((low, high)) = probe.fetch_watermarks(topic, partition, LAG_TIMEOUT) else { continue };
         let from = if position >= 0 {
             position
         } else {
             match committed.find_partition(topic, partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
+                Some(Offset::Offset(o)) => o.max(low),
                 _ => low,
             }
         };
         let partition_lag = (high - from).max(0);
         total += partition_lag;
         behind |= partition_lag > 1;
+        answered = true;
     }
-    Some((total, behind))
+    answered.then_some((total, behind))
 }
 
 /// The last readiness and liveness said in the log, so each change is said once.

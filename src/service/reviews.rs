@@ -52,11 +52,13 @@ impl GateLoop<'_> {
     }
 
     /// Refreshes each vendor's gauges from its history in the state store. A failure leaves the
-    /// gauges as they were (the next window or refresh retries).
+    /// gauges as they were and ends this refresh (the next window or refresh retries): with Redis
+    /// hung, each vendor would cost a timeout and the loop would stall behind them.
     pub(super) fn refresh_vendor_gauges(&self, vendors: &[String]) {
         let gate = &self.config.gate;
         let since = crate::clock::unix_millis().saturating_sub(gate.vendor_accuracy_window_secs * 1000);
         for v in vendors {
+            self.telemetry.health().beat(std::time::Instant::now());
             let figures = self.state.vendor_history(v, since).and_then(|h| Ok((h, self.state.review_stats(v)?)));
             match figures {
                 Ok((history, _)) if history.is_empty() => self.telemetry.emit(events::VendorIdle { vendor: v }),
@@ -67,7 +69,10 @@ impl GateLoop<'_> {
                     gold_accuracy: accuracy::rolling_gold_accuracy(&history),
                     suspect_precision: reviews.precision(),
                 }),
-                Err(e) => self.telemetry.emit(events::VendorNotRefreshed { vendor: v, error: &e }),
+                Err(e) => {
+                    self.telemetry.emit(events::VendorNotRefreshed { vendor: v, error: &e });
+                    return;
+                }
             }
         }
     }

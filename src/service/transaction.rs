@@ -11,7 +11,7 @@ use rdkafka::{
 };
 
 use super::{
-    clients::{send_retrying_when_full, GateContext, OutputProducer, TXN_TIMEOUT},
+    clients::{send_retrying_when_full, GateContext, OutputProducer, TXN_COMMIT_TIMEOUT, TXN_TIMEOUT},
     topics::progress_key,
     Hooks, RunSummary,
 };
@@ -95,7 +95,7 @@ pub fn send_in_transaction(config: &Config, producer: &OutputProducer, consumer:
             let group = consumer.group_metadata().context("no consumer group metadata")?;
             producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         }
-        producer.commit_transaction(TXN_TIMEOUT)?;
+        producer.commit_transaction(TXN_COMMIT_TIMEOUT)?;
         Ok(())
     })();
     if let Err(e) = result {

@@ -9,8 +9,8 @@
 //! | loop steps | no step for [`HealthLimits::loop_stall_ready`] | not ready |
 //! | partitions | none assigned | not ready |
 //! | loop blocked | no step for [`HealthLimits::loop_stall`] while a broker answers | unhealthy |
-//! | unassigned | no partition for [`HealthLimits::unassigned`] while a broker answers | unhealthy |
-//! | no progress | records behind, no window training, no store outage, nothing consumed or committed for [`HealthLimits::no_progress`], while a broker answers | unhealthy |
+//! | unassigned | no partition for [`HealthLimits::unassigned`] while a broker answers and the group has fewer members than partitions | unhealthy |
+//! | no progress | records behind, no window training (with an epoch within [`HealthLimits::window_stall`]), no store outage, nothing consumed or committed for [`HealthLimits::no_progress`] since they fell behind, while a broker answers | unhealthy |
 //!
 //! A dependency that is down makes the gate not ready, never unhealthy: a restart cannot bring a
 //! broker back. Liveness fails only where the dependencies answer and the gate still does nothing.
@@ -37,6 +37,8 @@ pub struct HealthLimits {
     /// Unhealthy when no input partition was assigned for this long while a broker answers
     /// (longer than a session timeout, so a rebalance after a broker restart fits in it).
     pub unassigned: Duration,
+    /// A window in flight excuses a lack of progress only while its epochs end within this.
+    pub window_stall: Duration,
 }
 
 /// A lag reading older than this says nothing about now.
@@ -67,7 +69,14 @@ pub struct Health {
     lag: AtomicI64,
     behind: AtomicBool,
     lag_at: AtomicU64,
+    /// When the input last fell behind (or partitions came): records wait since then at most.
+    behind_since: AtomicU64,
+    /// Members of the consumer group and partitions of the input topic (-1: not known).
+    group_members: AtomicI64,
+    input_partitions: AtomicI64,
     window_in_flight: AtomicBool,
+    /// When the window in flight started or last finished an epoch.
+    window_progress: AtomicU64,
     store_outage: AtomicBool,
     /// The assigned input partitions and the loop's position in each (-1: none yet).
     positions: Mutex<Vec<(i32, i64)>>,
@@ -94,7 +103,11 @@ impl Health {
             lag: AtomicI64::new(0),
             behind: AtomicBool::new(false),
             lag_at: AtomicU64::new(0),
+            behind_since: AtomicU64::new(0),
+            group_members: AtomicI64::new(-1),
+            input_partitions: AtomicI64::new(-1),
             window_in_flight: AtomicBool::new(false),
+            window_progress: AtomicU64::new(0),
             store_outage: AtomicBool::new(false),
             positions: Mutex::new(Vec::new()),
         }
@@ -118,7 +131,8 @@ impl Health {
         self.unassigned_since.store(self.stamp(now), Ordering::Relaxed);
         self.loop_beat.store(self.stamp(now), Ordering::Relaxed);
         self.progress.store(self.stamp(now), Ordering::Relaxed);
-        self.phase.store(LoopPhase::Consuming as u8, Ordering::Relaxed);
+        // A shutdown requested during start-up stays requested.
+        let _ = self.phase.compare_exchange(LoopPhase::Starting as u8, LoopPhase::Consuming as u8, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     pub fn is_watched(&self) -> bool {
@@ -147,13 +161,19 @@ impl Health {
         self.progress.store(self.stamp(now), Ordering::Relaxed);
     }
 
-    /// A broker answered the monitor.
-    pub fn broker_answered(&self, now: Instant) {
-        let silence = self.limits.get().map_or(Duration::from_secs(5), |l| l.broker_silence);
-        if self.age(&self.broker_answered, now).is_none_or(|a| a > silence) {
+    /// A broker answered the monitor; `after_silence`: its previous request got no answer (or
+    /// this is the first), so the broker is back from an outage.
+    pub fn broker_answered(&self, now: Instant, after_silence: bool) {
+        if after_silence {
             self.broker_back.store(self.stamp(now), Ordering::Relaxed);
         }
         self.broker_answered.store(self.stamp(now), Ordering::Relaxed);
+    }
+
+    /// Members of the input's consumer group and partitions of the input topic, as last read.
+    pub fn set_group(&self, members: usize, partitions: usize) {
+        self.group_members.store(members as i64, Ordering::Relaxed);
+        self.input_partitions.store(partitions as i64, Ordering::Relaxed);
     }
 
     /// The input partitions assigned now and the loop's position in each.
@@ -162,7 +182,13 @@ impl Health {
         if positions.is_empty() && was > 0 {
             self.unassigned_since.store(self.stamp(now), Ordering::Relaxed);
         }
-        *self.positions.lock().unwrap() = positions;
+        let mut current = self.positions.lock().unwrap();
+        let parts = |v: &[(i32, i64)]| v.iter().map(|(p, _)| *p).collect::<Vec<_>>();
+        if parts(&current) != parts(&positions) {
+            // New partitions may bring a backlog: the gate has had no time for it yet.
+            self.behind_since.store(self.stamp(now), Ordering::Relaxed);
+        }
+        *current = positions;
     }
 
     pub fn positions(&self) -> Vec<(i32, i64)> {
@@ -173,6 +199,9 @@ impl Health {
     /// behind by more than the one offset a transaction marker takes.
     pub fn set_lag(&self, records: i64, behind: bool, now: Instant) {
         self.lag.store(records, Ordering::Relaxed);
+        if behind && !self.behind.swap(behind, Ordering::Relaxed) {
+            self.behind_since.store(self.stamp(now), Ordering::Relaxed);
+        }
         self.behind.store(behind, Ordering::Relaxed);
         self.lag_at.store(self.stamp(now), Ordering::Relaxed);
     }
@@ -181,8 +210,14 @@ impl Health {
         self.lag.load(Ordering::Relaxed)
     }
 
-    pub fn set_window_in_flight(&self, training: bool) {
+    pub fn set_window_in_flight(&self, training: bool, now: Instant) {
         self.window_in_flight.store(training, Ordering::Relaxed);
+        self.window_progress.store(self.stamp(now), Ordering::Relaxed);
+    }
+
+    /// The window in flight finished an epoch.
+    pub fn window_progressed(&self, now: Instant) {
+        self.window_progress.store(self.stamp(now), Ordering::Relaxed);
     }
 
     pub fn set_store_outage(&self, down: bool) {
@@ -235,12 +270,17 @@ impl Health {
             return Err(format!("the gate loop has not stepped for {} s while the broker answers", beat.as_secs()));
         }
         let unassigned = since(&self.unassigned_since);
-        if self.assigned.load(Ordering::Relaxed) == 0 && unassigned > limits.unassigned {
-            return Err(format!("no input partitions assigned for {} s while the broker answers", unassigned.as_secs()));
+        // A replica beyond the partition count has none by design: only where the group has
+        // fewer members than partitions should this one hold some.
+        let (members, partitions) = (self.group_members.load(Ordering::Relaxed), self.input_partitions.load(Ordering::Relaxed));
+        let should_hold_some = members >= 0 && partitions > 0 && members < partitions;
+        if self.assigned.load(Ordering::Relaxed) == 0 && should_hold_some && unassigned > limits.unassigned {
+            return Err(format!("no input partitions assigned for {} s while the broker answers ({members} members for {partitions} partitions)", unassigned.as_secs()));
         }
         let lag_fresh = self.age(&self.lag_at, now).is_some_and(|a| a <= LAG_FRESH);
-        let waiting_on_work = self.window_in_flight.load(Ordering::Relaxed) || self.store_outage.load(Ordering::Relaxed);
-        let idle = since(&self.progress);
+        let window_working = self.window_in_flight.load(Ordering::Relaxed) && self.age(&self.window_progress, now).is_some_and(|a| a <= limits.window_stall);
+        let waiting_on_work = window_working || self.store_outage.load(Ordering::Relaxed);
+        let idle = since(&self.progress).min(since(&self.behind_since));
         if lag_fresh && self.behind.load(Ordering::Relaxed) && !waiting_on_work && idle > limits.no_progress {
             return Err(format!("{} input records behind and nothing consumed or committed for {} s (the loop stepped {:.1} s ago)", self.lag(), idle.as_secs(), beat.as_secs_f64()));
         }
@@ -258,6 +298,7 @@ mod tests {
         loop_stall: Duration::from_secs(60),
         no_progress: Duration::from_secs(30),
         unassigned: Duration::from_secs(30),
+        window_stall: Duration::from_secs(300),
     };
 
     fn at(t0: Instant, secs: u64) -> Instant {
@@ -269,7 +310,7 @@ mod tests {
         let t0 = Instant::now();
         let h = Health::new(t0);
         h.watch(LIMITS, t0);
-        h.broker_answered(at(t0, 1));
+        h.broker_answered(at(t0, 1), true);
         h.set_positions(vec![(0, 10)], at(t0, 1));
         h.set_lag(0, false, at(t0, 1));
         h.beat(at(t0, 1));
@@ -297,7 +338,7 @@ mod tests {
     fn a_blocked_loop_is_unready_then_unhealthy_while_the_broker_answers() {
         let (h, t0) = consuming();
         for s in 2..=70 {
-            h.broker_answered(at(t0, s));
+            h.broker_answered(at(t0, s), false);
         }
         assert!(h.readiness(at(t0, 12)).unwrap_err().contains("not stepped for 11 s"));
         assert_eq!(h.liveness(at(t0, 60)), Ok(()));
@@ -308,16 +349,19 @@ mod tests {
     fn records_behind_with_nothing_consumed_is_unhealthy_unless_a_window_or_the_store_explains_it() {
         let (h, t0) = consuming();
         for s in 2..=40 {
-            h.broker_answered(at(t0, s));
+            h.broker_answered(at(t0, s), false);
             h.beat(at(t0, s));
         }
+        h.set_lag(4_645, true, at(t0, 2));
+        // Records that have just fallen behind have not waited yet.
+        assert_eq!(h.liveness(at(t0, 3)), Ok(()));
         h.set_lag(4_645, true, at(t0, 40));
         let err = h.liveness(at(t0, 40)).unwrap_err();
-        // Counted from the broker's first answer (t0 + 1 s).
-        assert!(err.contains("4645 input records behind") && err.contains("for 39 s"), "{err}");
-        h.set_window_in_flight(true);
+        // Counted from when they fell behind (t0 + 2 s).
+        assert!(err.contains("4645 input records behind") && err.contains("for 38 s"), "{err}");
+        h.set_window_in_flight(true, at(t0, 39));
         assert_eq!(h.liveness(at(t0, 40)), Ok(()));
-        h.set_window_in_flight(false);
+        h.set_window_in_flight(false, at(t0, 40));
         h.set_store_outage(true);
         assert_eq!(h.liveness(at(t0, 40)), Ok(()));
         h.set_store_outage(false);
@@ -335,12 +379,12 @@ mod tests {
         let (h, t0) = consuming();
         h.set_lag(21_044, true, at(t0, 1));
         // The broker hangs from t0 + 1 s to t0 + 40 s; the loop is blocked in a call meanwhile.
-        h.broker_answered(at(t0, 40));
+        h.broker_answered(at(t0, 40), true);
         h.set_lag(21_044, true, at(t0, 40));
         assert_eq!(h.liveness(at(t0, 41)), Ok(()));
         assert_eq!(h.liveness(at(t0, 69)), Ok(()));
         for s in 41..=75 {
-            h.broker_answered(at(t0, s));
+            h.broker_answered(at(t0, s), false);
             h.set_lag(21_044, true, at(t0, s));
         }
         let err = h.liveness(at(t0, 75)).unwrap_err();
@@ -351,8 +395,10 @@ mod tests {
     fn an_empty_assignment_is_unready_at_once_and_unhealthy_after_its_bound() {
         let (h, t0) = consuming();
         h.set_positions(vec![], at(t0, 2));
+        // Four replicas for four partitions: this one should hold some.
+        h.set_group(3, 4);
         for s in 2..=40 {
-            h.broker_answered(at(t0, s));
+            h.broker_answered(at(t0, s), false);
             h.beat(at(t0, s));
         }
         assert_eq!(h.readiness(at(t0, 3)).unwrap_err(), "no input partitions assigned");
@@ -360,6 +406,42 @@ mod tests {
         assert!(h.liveness(at(t0, 33)).unwrap_err().contains("no input partitions assigned for 31 s"));
         h.set_positions(vec![(1, -1)], at(t0, 40));
         assert_eq!((h.readiness(at(t0, 40)), h.liveness(at(t0, 40))), (Ok(()), Ok(())));
+    }
+
+    /// A fifth replica for four partitions holds none by design: not ready, but never restarted.
+    #[test]
+    fn a_replica_beyond_the_partition_count_is_not_ready_but_live() {
+        let (h, t0) = consuming();
+        h.set_positions(vec![], at(t0, 2));
+        h.set_group(4, 4);
+        for s in 2..=100 {
+            h.broker_answered(at(t0, s), false);
+            h.beat(at(t0, s));
+        }
+        assert_eq!(h.readiness(at(t0, 100)).unwrap_err(), "no input partitions assigned");
+        assert_eq!(h.liveness(at(t0, 100)), Ok(()));
+    }
+
+    /// A window excuses a lack of progress only while its epochs go on.
+    #[test]
+    fn a_window_that_stopped_finishing_epochs_excuses_nothing() {
+        let (h, t0) = consuming();
+        h.set_lag(100, true, at(t0, 1));
+        h.set_window_in_flight(true, at(t0, 1));
+        for s in 2..=400 {
+            h.broker_answered(at(t0, s), false);
+            h.beat(at(t0, s));
+            h.set_lag(100, true, at(t0, s));
+        }
+        h.window_progressed(at(t0, 250));
+        assert_eq!(h.liveness(at(t0, 400)), Ok(()), "an epoch 150 s ago");
+        for s in 401..=560 {
+            h.broker_answered(at(t0, s), false);
+            h.beat(at(t0, s));
+            h.set_lag(100, true, at(t0, s));
+        }
+        let err = h.liveness(at(t0, 560)).unwrap_err();
+        assert!(err.contains("100 input records behind"), "{err}");
     }
 
     #[test]

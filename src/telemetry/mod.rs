@@ -227,14 +227,15 @@ impl Telemetry {
 }
 
 /// An untrusted string for a log field or a label value: control characters (newline, NUL, ESC,
-/// DEL …) written as escapes (`\n`, `\u{1b}`), everything else as it is.
+/// DEL …) written as escapes (`\n`, `\u{1b}`), and the backslash doubled so that no two ids read
+/// the same; everything else as it is.
 pub struct Escaped<'a>(pub &'a str);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
         for c in self.0.chars() {
-            if c.is_control() {
+            if c.is_control() || c == '\\' {
                 for e in c.escape_debug() {
                     f.write_char(e)?;
                 }
@@ -249,7 +250,7 @@ impl std::fmt::Display for Escaped<'_> {
 impl Escaped<'_> {
     /// The escaped text, borrowed where nothing needed escaping.
     pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
-        if s.chars().any(char::is_control) { Escaped(s).to_string().into() } else { s.into() }
+        if s.chars().any(|c| c.is_control() || c == '\\') { Escaped(s).to_string().into() } else { s.into() }
     }
 }
 

@@ -272,7 +272,8 @@ impl Schema {
         }
         // Undecodable pixels are a bad image, whatever the shape says.
         let bytes = base64::engine::general_purpose::STANDARD.decode(image.data_b64.as_bytes()).map_err(|e| bad(format!("data_b64: {e}")))?;
-        let expected: usize = image.shape.iter().product();
+        // A product that overflows is no shape of any image.
+        let expected = image.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
         if expected != self.feature_dim {
             return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {expected} values, expected {}", self.feature_dim)));
         }
