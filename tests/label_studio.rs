@@ -113,8 +113,19 @@ impl Studio {
     fn access(&self, fresh: bool) -> String {
         let mut held = self.access.lock().unwrap();
         if fresh || held.is_none() {
-            let r: Value = self.http.post(format!("{}/api/token/refresh/", self.base)).json(&json!({"refresh": read(&var("LABEL_STUDIO_TOKEN_FILE"))})).send().unwrap().json().unwrap();
-            *held = Some(r["access"].as_str().expect("access token").to_string());
+            // Right after the test restarts Label Studio its token endpoint may answer without a
+            // token for a while (seen once in CI-style runs): ask again for up to 30 s.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let token = loop {
+                let r = self.http.post(format!("{}/api/token/refresh/", self.base)).json(&json!({"refresh": read(&var("LABEL_STUDIO_TOKEN_FILE"))})).send();
+                let body: Option<Value> = r.ok().and_then(|r| r.json().ok());
+                match body.as_ref().and_then(|b| b["access"].as_str()) {
+                    Some(t) => break t.to_string(),
+                    None if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
+                    None => panic!("no access token from Label Studio within 30 s: {body:?}"),
+                }
+            };
+            *held = Some(token);
         }
         held.clone().unwrap()
     }
