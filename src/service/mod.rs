@@ -113,29 +113,27 @@ impl Hooks {
         (hooks, VerdictsReached { target: expected, seen: rx })
     }
 
-    /// These hooks with `other`'s epoch hook called too.
+    /// These hooks with `other` called after each epoch too.
     pub fn also_on_epoch(mut self, other: EpochHook) -> Self {
-        let first = self.on_epoch.take();
-        self.on_epoch = Some(Arc::new(move |e| {
-            if let Some(f) = &first {
-                f(e);
-            }
-            other(e);
-        }));
+        self.on_epoch = Some(chained(self.on_epoch.take(), other));
         self
     }
 
-    /// These hooks with `other`'s verdict hook called too.
+    /// These hooks with `other` called for each verdict too.
     pub fn also_on_verdict(mut self, other: VerdictHook) -> Self {
-        let first = self.on_verdict.take();
-        self.on_verdict = Some(Arc::new(move |v| {
-            if let Some(f) = &first {
-                f(v);
-            }
-            other(v);
-        }));
+        self.on_verdict = Some(chained(self.on_verdict.take(), other));
         self
     }
+}
+
+/// A hook that calls `first` (if any), then `then`.
+fn chained<T: ?Sized + 'static>(first: Option<Arc<dyn Fn(&T) + Send + Sync>>, then: Arc<dyn Fn(&T) + Send + Sync>) -> Arc<dyn Fn(&T) + Send + Sync> {
+    Arc::new(move |value| {
+        if let Some(f) = &first {
+            f(value);
+        }
+        then(value);
+    })
 }
 
 /// Runs the gate until `shutdown` resolves, then finishes the window in flight, commits and
