@@ -22,7 +22,10 @@ use rdkafka::{
     ClientContext,
 };
 
-use super::{clients::client_config, store_retry::Backoff};
+use super::{
+    clients::client_config,
+    store_retry::{left_of, Backoff},
+};
 use crate::{config::Config, telemetry::throttle::Throttle};
 
 /// One throttle for the librdkafka logs of every client in the process: an outage makes each of
@@ -119,12 +122,6 @@ impl ProducerContext for QuietClient {
 
     /// A failed delivery fails the transaction's commit, which stops the gate; nothing to do here.
     fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
-}
-
-/// What is left of a start-up limit: `None` once it has passed. Each retry sleeps at most this,
-/// so the last try comes at the limit, not a back-off step before it.
-pub(super) fn left_of(limit: Duration, started: Instant) -> Option<Duration> {
-    limit.checked_sub(started.elapsed()).filter(|d| !d.is_zero())
 }
 
 /// Waits until a broker answers a metadata request, retrying with back-off up to

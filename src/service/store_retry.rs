@@ -56,6 +56,12 @@ impl Default for Backoff {
     }
 }
 
+/// What is left of a start-up limit: `None` once it has passed. Each retry sleeps at most this,
+/// so the last try comes at the limit, not a back-off step before it.
+pub(super) fn left_of(limit: Duration, started: Instant) -> Option<Duration> {
+    limit.checked_sub(started.elapsed()).filter(|d| !d.is_zero())
+}
+
 /// What the caller does while a call is being retried.
 pub trait WhileRetrying {
     /// The first failure of this call: hold the input.
@@ -114,7 +120,7 @@ impl WhileRetrying for Sleep {
 /// Start-up with a limit: sleep between tries, give up with the setting's name once the limit
 /// would pass (as Kafka does, `runtime.startup_timeout_secs`).
 pub struct SleepUntil {
-    pub deadline: Instant,
+    pub started: Instant,
     pub limit: Duration,
     pub what: String,
 }
@@ -124,12 +130,10 @@ impl WhileRetrying for SleepUntil {
         Ok(())
     }
 
-    /// Sleeps at most until the deadline, so the last try comes at the limit.
     fn wait(&mut self, wait: Duration) -> Result<()> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let Some(left) = left_of(self.limit, self.started) else {
             bail!("{}: no answer within runtime.startup_timeout_secs = {} s; check the address and that the server is up", self.what, self.limit.as_secs());
-        }
+        };
         thread::sleep(wait.min(left));
         Ok(())
     }
@@ -143,7 +147,7 @@ pub fn open_state(config: &Config, runtime: tokio::runtime::Handle, telemetry: &
         return Ok(Arc::new(MemoryState::default()));
     }
     let limit = Duration::from_secs(config.runtime.startup_timeout_secs);
-    let mut until = SleepUntil { deadline: Instant::now() + limit, limit, what: format!("state.redis.url = {:?}", config.state.redis.url) };
+    let mut until = SleepUntil { started: Instant::now(), limit, what: format!("state.redis.url = {:?}", config.state.redis.url) };
     let (state, _) = call("connect", telemetry, stop, &mut until, || RedisState::connect(&config.state.redis, runtime.clone()))?;
     Ok(Arc::new(state))
 }
