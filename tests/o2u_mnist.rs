@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::Device;
 use labelgate::{
+    accuracy::offline::JudgeSettings,
     data::{self, Builtin},
     eval,
     noise::NoiseModel,
@@ -17,7 +18,7 @@ fn finds_injected_symmetric_noise_on_10k_mnist() {
     let (mut train, test) = data::load_builtin(Builtin::Mnist, &common::data_dir()).expect("MNIST in the data directory");
     train.truncate(10_000);
     eval::inject_noise(&mut train, NoiseModel::Symmetric(0.2), 0).unwrap();
-    let report = eval::evaluate(&train, &test, Some(NoiseModel::Symmetric(0.2)), &O2uConfig::default(), false, &Device::Cpu, 1, &mut Silent).unwrap();
+    let report = eval::evaluate(&train, &test, Some(NoiseModel::Symmetric(0.2)), &O2uConfig::default(), &JudgeSettings::gate_defaults(), false, &Device::Cpu, 1, &mut Silent).unwrap();
     eprintln!(
         "LP {:.4} AP {:.4} F1 {:.4} est {:.4} true {:.4} test acc {:?}",
         report.label_precision, report.average_precision, report.f1_auto, report.noise_rate_estimate, report.true_noise_rate, report.test_accuracy_before

@@ -5,6 +5,8 @@
 
 pub mod agreement;
 pub mod evidence;
+pub mod offline;
+pub mod shift;
 
 use serde::{Deserialize, Serialize};
 

@@ -33,7 +33,12 @@ pub struct ScoreArgs {
     /// Write every sample in rank order (with `suspect: true/false`), not only the suspects.
     #[arg(long)]
     pub all: bool,
-    /// `auto` estimates the share of wrong labels from the scores; a fraction flags that share.
+    /// Write the evidence for how many labels are wrong (status, share, interval, readings) as
+    /// JSON here.
+    #[arg(long)]
+    pub evidence: Option<PathBuf>,
+    /// `auto` reads how many labels are wrong from the evidence (out-of-fold confident learning,
+    /// the score mixture); a fraction flags that share.
     #[arg(long, default_value = "auto")]
     pub noise_rate: NoiseRate,
     #[command(flatten)]

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::args::{EvalArgs, ScoreArgs};
 use crate::{
+    accuracy::offline,
     data::{self, records, Builtin, LabelledSet},
     device, eval, o2u,
     progress::ProgressReporter,
@@ -56,9 +57,9 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     let mut progress = ProgressReporter::new(set.len(), config.stage1_epochs + config.stage2_epochs());
     let outcome = o2u::score(set.samples(), None, &config, &device, &mut progress)?;
     progress.finish();
-    let selection = o2u::suspects::select(&outcome.scores, args.noise_rate);
-    let flagged: std::collections::HashSet<usize> = selection.flagged.iter().copied().collect();
-    let rows: Vec<usize> = if args.all { o2u::suspects::rank_descending(&outcome.scores) } else { selection.flagged.clone() };
+    let judgement = offline::judge(set.samples(), &outcome, args.noise_rate, &config, &offline::JudgeSettings::gate_defaults(), &device);
+    let flagged: std::collections::HashSet<usize> = judgement.flagged.iter().copied().collect();
+    let rows: Vec<usize> = if args.all { o2u::suspects::rank_descending(&outcome.scores) } else { judgement.flagged.clone() };
     let mut out: Box<dyn Write> = if args.output == Path::new("-") {
         Box::new(BufWriter::new(std::io::stdout().lock()))
     } else {
@@ -79,13 +80,31 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         out.write_all(b"\n")?;
     }
     out.flush()?;
-    tracing::info!(
-        flagged = selection.flagged.len(),
-        noise_rate = selection.noise_rate,
-        samples_per_second = outcome.samples_per_second.round(),
-        "done"
-    );
+    log_judgement(&judgement, set.len());
+    tracing::info!(samples_per_second = outcome.samples_per_second.round(), "done");
+    if let Some(path) = &args.evidence {
+        std::fs::write(path, serde_json::to_string_pretty(&judgement)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
+}
+
+fn log_judgement(j: &offline::SetJudgement, samples: usize) {
+    let e = &j.evidence;
+    let readings: Vec<String> = e.readings.iter().map(|r| format!("{} {:.4} [{:.4}, {:.4}]", r.estimator.name(), r.wrong_share, r.ci_low, r.ci_high)).collect();
+    tracing::info!(
+        evidence = e.status.name(),
+        wrong_share = e.wrong_share,
+        ci_low = e.wrong_share_ci_low,
+        ci_high = e.wrong_share_ci_high,
+        heldout_lift = e.model_fit.map(|f| f.lift),
+        readings = readings.join("; "),
+        flagged = j.flagged.len(),
+        samples,
+        "how many labels are wrong"
+    );
+    if let Some(reason) = j.not_flagged_because {
+        tracing::warn!(reason, "nothing flagged automatically: the evidence cannot say how many labels are wrong; the ranking is still written (give --noise-rate R to flag the top share R)");
+    }
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
@@ -112,7 +131,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let epochs = config.stage1_epochs + config.stage2_epochs() + if args.retrain { config.retrain_epochs } else { 0 };
     tracing::info!(samples = train.len(), device = device::describe(&device), threads = args.common.threads, "evaluating");
     let mut progress = ProgressReporter::new(train.len(), epochs);
-    let mut report = eval::evaluate(&train, &test, args.noise, &config, args.retrain, &device, args.common.threads, &mut progress)?;
+    let mut report = eval::evaluate(&train, &test, args.noise, &config, &offline::JudgeSettings::gate_defaults(), args.retrain, &device, args.common.threads, &mut progress)?;
     progress.finish();
     report.dataset = clap::ValueEnum::to_possible_value(&args.dataset).expect("named").get_name().to_string();
     if args.vendors {
@@ -147,7 +166,14 @@ fn print_report(r: &eval::EvalReport) {
     println!("label precision @k     {:.4}  (k = {})", r.label_precision, r.noisy_samples);
     println!("average precision      {:.4}", r.average_precision);
     println!("auto threshold         precision {:.4}  recall {:.4}  F1 {:.4}  ({} flagged)", r.precision_auto, r.recall_auto, r.f1_auto, r.flagged_auto);
-    println!("noise rate estimate    {:.4}", r.noise_rate_estimate);
+    println!("noise rate estimate    {:.4}  (95% CI {:.4}–{:.4}, evidence {})", r.noise_rate_estimate, r.noise_rate_ci_low, r.noise_rate_ci_high, r.evidence.status.name());
+    for reading in &r.evidence.readings {
+        let left_out = if r.evidence.outliers.contains(&reading.estimator) { "  (outlier, left out)" } else { "" };
+        println!("  {:<20} {:.4}  ({:.4}–{:.4}){left_out}", reading.estimator.name(), reading.wrong_share, reading.ci_low, reading.ci_high);
+    }
+    if let (false, Some(reason)) = (r.evidence.status.sets_the_flag_count(), r.evidence.status.review_reason()) {
+        println!("  nothing flagged automatically: {reason}");
+    }
     println!("training               {} epochs in {:.1} s, {:.0} samples/s ({}, {} threads)", r.epochs, r.training_seconds, r.samples_per_second, r.device, r.threads);
     if let Some(a) = r.test_accuracy_before {
         println!("clean-test accuracy    {:.4} trained on noisy labels", a);

@@ -116,6 +116,9 @@ pub struct GateConfig {
     pub min_evidence_rows: usize,
     /// Mini-batches each cross-fitting network trains for at least.
     pub crossfit_min_steps: usize,
+    /// A window whose features lie further than this from the reference pool's (root mean
+    /// square standardised mean difference) is `shifted` and does not decide.
+    pub max_feature_shift: f64,
     /// Mini-batches stage 1 trains for at least in a window whose labels overlap (agreement sets
     /// its share): the labels of one item cannot all be memorised, so a longer fit learns how far
     /// they agree.

@@ -45,6 +45,9 @@ pub fn gate(g: &GateConfig) -> Vec<String> {
     if !(g.max_estimator_gap > 0.0 && g.max_estimator_gap <= 1.0) {
         p.push(format!("gate.max_estimator_gap = {}: a share between 0 and 1, e.g. 0.1", g.max_estimator_gap));
     }
+    if !(g.max_feature_shift > 0.0 && g.max_feature_shift.is_finite()) {
+        p.push(format!("gate.max_feature_shift = {}: a positive number of standard deviations, e.g. 0.25", g.max_feature_shift));
+    }
     if !(0.0..1.0).contains(&g.min_model_lift) {
         p.push(format!("gate.min_model_lift = {}: a share in [0, 1), e.g. 0.25", g.min_model_lift));
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::data::LabelledSet;
 use crate::noise::NoiseModel;
+use crate::accuracy::{evidence::WindowEvidence, offline};
 use crate::o2u::{self, suspects, O2uConfig, TrainingObserver};
 
 /// Everything `labelgate eval` reports; the JSON keys are a stable interface for benchmarks.
@@ -30,7 +31,12 @@ pub struct EvalReport {
     pub recall_auto: f64,
     pub f1_auto: f64,
     pub flagged_auto: usize,
+    /// The estimated wrong-label share and its interval, from the gate's evidence.
     pub noise_rate_estimate: f64,
+    pub noise_rate_ci_low: f64,
+    pub noise_rate_ci_high: f64,
+    /// What the estimate rests on (the gate's evidence: status, readings, the network's fit).
+    pub evidence: WindowEvidence,
     pub samples_per_second: f64,
     pub training_seconds: f64,
     /// Training plus scoring and thresholding, without data loading (comparable with the peers).
@@ -74,6 +80,7 @@ pub fn evaluate(
     test: &LabelledSet,
     noise: Option<NoiseModel>,
     config: &O2uConfig,
+    judge: &offline::JudgeSettings,
     retrain: bool,
     device: &Device,
     threads: usize,
@@ -84,7 +91,7 @@ pub fn evaluate(
     let started = std::time::Instant::now();
     let outcome = o2u::score(train.samples(), test_samples, config, device, observer)?;
     let noisy_samples = is_noisy.iter().filter(|&&n| n).count();
-    let auto = suspects::select(&outcome.scores, suspects::NoiseRate::Auto);
+    let auto = offline::judge(train.samples(), &outcome, suspects::NoiseRate::Auto, config, judge, device);
     let prf = metrics::precision_recall_f1(&auto.flagged, &is_noisy);
     let wall_seconds = started.elapsed().as_secs_f64();
     let test_accuracy_after = if retrain {
@@ -108,7 +115,10 @@ pub fn evaluate(
         recall_auto: prf.recall,
         f1_auto: prf.f1,
         flagged_auto: auto.flagged.len(),
-        noise_rate_estimate: auto.noise_rate,
+        noise_rate_estimate: auto.evidence.wrong_share,
+        noise_rate_ci_low: auto.evidence.wrong_share_ci_low,
+        noise_rate_ci_high: auto.evidence.wrong_share_ci_high,
+        evidence: auto.evidence,
         samples_per_second: outcome.samples_per_second,
         training_seconds: outcome.training_seconds,
         wall_seconds,

@@ -6,7 +6,7 @@ use candle_core::Device;
 
 use crate::{
     accuracy::{
-        agreement, GoldCalibration,
+        agreement, offline, shift, GoldCalibration,
         evidence::{self, EvidencePolicy, EvidenceStatus, Estimator, Reading, WindowEvidence, WindowSignals},
     },
     config::GateConfig,
@@ -121,7 +121,7 @@ impl WindowScores {
 }
 
 /// How a window turns scores into a wrong-label share.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WindowPolicy {
     pub noise_rate: suspects::NoiseRate,
     pub min_overlap_share: f64,
@@ -130,6 +130,50 @@ pub struct WindowPolicy {
     pub crossfit_min_steps: usize,
     /// Mini-batches stage 1 runs for at least in a window whose labels overlap.
     pub agreement_min_stage1_steps: usize,
+    /// Above this feature shift from the pool the window does not decide.
+    pub max_feature_shift: f64,
+    /// What re-review gets from a window that cannot decide.
+    pub review_budget: ReviewBudget,
+}
+
+/// A window whose share is not trusted to decide sends each vendor's SLA error budget at most:
+/// `ceil((1 − SLA) · n)` of the vendor's `n` records in the window, its most suspect ones (fewer
+/// where the share itself asks for fewer). A vendor at its SLA has about that many wrong labels,
+/// so the reviewers see the likeliest of them, and never most of a window the gate cannot judge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewBudget {
+    pub default_sla: f64,
+    pub vendor_sla: std::collections::BTreeMap<String, f64>,
+}
+
+impl ReviewBudget {
+    fn share(&self, vendor: &str) -> f64 {
+        1.0 - self.vendor_sla.get(vendor).copied().unwrap_or(self.default_sla)
+    }
+
+    /// Unflags, vendor by vendor, the flagged records beyond the budget (`order`: most suspect
+    /// first).
+    fn limit(&self, flagged: &mut [bool], order: &[usize], vendors: &[String]) {
+        let mut records: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for v in vendors {
+            *records.entry(v.as_str()).or_default() += 1;
+        }
+        let mut sent: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for &i in order {
+            if !flagged[i] {
+                continue;
+            }
+            let v = vendors[i].as_str();
+            // Less a hair, so that 2 % of 50 is 1 and not 2 by rounding.
+            let allowed = (self.share(v).clamp(0.0, 1.0) * records[v] as f64 - 1e-9).ceil() as usize;
+            let so_far = sent.entry(v).or_default();
+            if *so_far < allowed {
+                *so_far += 1;
+            } else {
+                flagged[i] = false;
+            }
+        }
+    }
 }
 
 impl WindowPolicy {
@@ -138,15 +182,11 @@ impl WindowPolicy {
         WindowPolicy {
             noise_rate: g.noise_rate,
             min_overlap_share: g.min_overlap_share,
-            evidence: EvidencePolicy {
-                max_estimator_gap: g.max_estimator_gap,
-                min_evidence_rows: g.min_evidence_rows,
-                min_model_lift: g.min_model_lift,
-                min_pool_control_rows: g.min_pool_control_rows,
-                z: crate::stats::z_for(g.confidence),
-            },
+            evidence: EvidencePolicy::from_config(g),
             crossfit_min_steps: g.crossfit_min_steps,
             agreement_min_stage1_steps: g.agreement_min_stage1_steps,
+            max_feature_shift: g.max_feature_shift,
+            review_budget: ReviewBudget { default_sla: g.default_sla_accuracy, vendor_sla: g.vendor_sla.clone() },
         }
     }
 
@@ -164,7 +204,6 @@ impl WindowPolicy {
     }
 }
 
-const CROSSFIT_FOLDS: usize = 2;
 /// Bounds a window's training rows at five times its records (plus the pool). A song of the
 /// music-genre crowd has about four labels; a bound of one extra row per record left a third of a
 /// late window's earlier labels out and ranked the vendors worse (docs/benchmarks.md §6).
@@ -204,7 +243,7 @@ pub fn score_window(
             }
             // A window too small to split still gets the other readings; the missing fit makes
             // the evidence insufficient rather than failing the window.
-            let heldout = o2u::heldout_probabilities(samples, config, CROSSFIT_FOLDS, policy.crossfit_min_steps, device).ok();
+            let heldout = o2u::heldout_probabilities(samples, config, offline::CROSSFIT_FOLDS, policy.crossfit_min_steps, device).ok();
             let signals = WindowSignals {
                 scores: &outcome.scores,
                 labels: &data.labels,
@@ -214,7 +253,8 @@ pub fn score_window(
                 final_loss: outcome.final_loss,
                 seed: config.seed,
             };
-            evidence::gather(&signals, agreement, coverage, &policy.evidence)
+            let shift = (pool_rows > 0).then(|| shift::check(&data.features, &data.labels, pending, data.dim, data.classes, policy.max_feature_shift)).flatten();
+            evidence::gather(&signals, agreement, coverage, &policy.evidence).with_shift(shift)
         }
     };
     let noise_rate_from = match (evidence.status, evidence.readings.iter().any(|r| r.estimator == Estimator::Agreement)) {
@@ -229,7 +269,10 @@ pub fn score_window(
         rank[i] = r;
     }
     let k = ((evidence.wrong_share * pending as f64).round() as usize).min(pending);
-    let flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
+    let mut flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
+    if !evidence.status.supports_a_decision() {
+        policy.review_budget.limit(&mut flagged, &order, &data.vendors);
+    }
     // A window that cannot tell how many of its own labels are wrong does not judge earlier ones.
     if !evidence.status.supports_a_decision() {
         earlier_judged.clear();
@@ -387,7 +430,8 @@ fn agreement_reading(data: &WindowData, index: &LabelIndex, pending_scores: &[f3
     // The posterior's own spread understates the model's error; never claim better than ±0.02,
     // and where few labels are shared, most posteriors rest on the scores alone: wider still.
     let half = (policy.evidence.z * sd).max(0.02) / coverage.sqrt();
-    let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: (share - half).max(0.0), ci_high: (share + half).min(1.0) };
+    let (lo, hi) = evidence::no_narrower_than_its_sample(((share - half).max(0.0), (share + half).min(1.0)), share, pending, policy.evidence.z);
+    let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: lo, ci_high: hi };
     (Some(reading), coverage, Some(fit.p_correct.iter().map(|q| 1.0 - q).collect()))
 }
 
@@ -480,5 +524,27 @@ mod tests {
         // replayed, it stays at 0.5 instead of moving on to 0.75.
         let once = PriorLabel { gated_p_wrong: Some(0.0), ..prior("a", "v2", 0, 0.5) };
         assert_eq!(revise_earlier_labels(vec![(once, 0.9)], Some(0.5))[0].1, 0.5);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::ReviewBudget;
+
+    #[test]
+    fn an_undecided_window_sends_each_vendor_its_sla_error_budget_at_most() {
+        let budget = ReviewBudget { default_sla: 0.9, vendor_sla: [("strict".to_string(), 0.98)].into() };
+        // 20 records of `a` (SLA 0.9: 2 may go) and 50 of `strict` (SLA 0.98: 1 may go), all flagged.
+        let vendors: Vec<String> = (0..70).map(|i| if i < 20 { "a".to_string() } else { "strict".to_string() }).collect();
+        let mut flagged = vec![true; 70];
+        let order: Vec<usize> = (0..70).rev().collect();
+        budget.limit(&mut flagged, &order, &vendors);
+        let kept: Vec<usize> = (0..70).filter(|&i| flagged[i]).collect();
+        assert_eq!(kept, vec![18, 19, 69], "the most suspect of each vendor");
+        // Fewer flags than the budget stay as they are.
+        let mut few = vec![false; 70];
+        few[5] = true;
+        budget.limit(&mut few, &order, &vendors);
+        assert_eq!(few.iter().filter(|&&f| f).count(), 1);
     }
 }

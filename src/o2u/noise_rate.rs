@@ -24,6 +24,9 @@ pub struct NoiseEstimate {
     pub threshold: f32,
     /// Whether the two-component model won the BIC comparison.
     pub two_components: bool,
+    /// Ashman's D of the two components, |μ₁ − μ₂| / √((σ₁² + σ₂²) / 2): above 2 they form
+    /// separate modes; below, the split runs through one skewed mode. 0 with one component.
+    pub separation: f64,
 }
 
 /// One mixture component: its weight and its Gaussian.
@@ -46,7 +49,7 @@ const LOG_OFFSET: f64 = 1e-4;
 
 /// Fits the mixture and returns the estimate. Scores must be finite.
 pub fn estimate(scores: &[f32]) -> NoiseEstimate {
-    let nothing = NoiseEstimate { rate: 0.0, threshold: f32::INFINITY, two_components: false };
+    let nothing = NoiseEstimate { rate: 0.0, threshold: f32::INFINITY, two_components: false, separation: 0.0 };
     let n = scores.len();
     if n < 10 {
         return nothing;
@@ -83,7 +86,8 @@ pub fn estimate(scores: &[f32]) -> NoiseEstimate {
     if flagged == 0 {
         return nothing;
     }
-    NoiseEstimate { rate: high.weight, threshold, two_components: true }
+    let separation = (high.mean - low.mean).abs() / ((high.var + low.var) / 2.0).sqrt();
+    NoiseEstimate { rate: high.weight, threshold, two_components: true, separation }
 }
 
 fn posterior_high(low: &Component, high: &Component, x: f64) -> f64 {

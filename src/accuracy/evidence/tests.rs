@@ -108,3 +108,50 @@ fn confident_learning_counts_labels_the_network_puts_elsewhere() {
     let f = model_fit(&p, &s);
     assert!((f.heldout_accuracy - 7.0 / 8.0).abs() < 1e-9 && (f.lift - 0.75).abs() < 1e-9, "{f:?}");
 }
+
+#[test]
+fn a_lone_reading_sets_the_flag_count_but_its_interval_reaches_zero() {
+    let e = combine(vec![reading(Estimator::ConfidentLearning, 0.04)], fit(0.9), 10_000, 0, 0.0, &POLICY);
+    assert_eq!((e.status, e.wrong_share, e.wrong_share_ci_low), (EvidenceStatus::Uncorroborated, 0.04, 0.0));
+    assert!((e.wrong_share_ci_high - 0.06).abs() < 1e-12);
+    assert!(e.status.sets_the_flag_count() && !e.status.supports_a_decision());
+    assert_eq!(e.status.review_reason(), Some("uncorroborated_estimate"));
+}
+
+#[test]
+fn no_interval_is_narrower_than_its_sample_allows() {
+    // A bootstrap of zero flags on 2,000 rows: [0, 0]. Three in 2,000 is still possible.
+    let (lo, hi) = no_narrower_than_its_sample((0.0, 0.0), 0.0, 2000, 1.96);
+    assert_eq!(lo, 0.0);
+    assert!(hi > 0.0015, "{hi}");
+    // A wide bootstrap interval stays as it is.
+    assert_eq!(no_narrower_than_its_sample((0.05, 0.4), 0.2, 2000, 1.96), (0.05, 0.4));
+}
+
+#[test]
+fn confident_learning_on_a_clean_window_keeps_an_upper_bound() {
+    // Out-of-fold probabilities that agree with every label: nothing is confidently wrong.
+    let n = 2000;
+    let labels: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+    let p: Vec<f32> = labels.iter().flat_map(|&l| if l == 0 { [0.9, 0.1] } else { [0.1, 0.9] }).collect();
+    let scores: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.01).collect();
+    let s = WindowSignals { scores: &scores, labels: &labels, pending: n, classes: 2, heldout: Some(&p), final_loss: 0.1, seed: 1 };
+    let cl = confident_learning(&p, &s, 1.96, 100).unwrap();
+    assert_eq!((cl.wrong_share, cl.ci_low), (0.0, 0.0));
+    assert!(cl.ci_high > 0.0015, "{cl:?}");
+}
+
+#[test]
+fn a_shift_keeps_the_window_from_deciding_unless_agreement_carried_it() {
+    let rs = vec![reading(Estimator::ScoreMixture, 0.1), reading(Estimator::PoolControl, 0.3), reading(Estimator::ConfidentLearning, 0.11)];
+    let shifted = Some(ShiftCheck { statistic: 0.8, threshold: 0.25, shifted: true });
+    let e = combine(rs.clone(), fit(0.8), 6000, 5000, 0.0, &POLICY).with_shift(shifted);
+    assert_eq!(e.status, EvidenceStatus::Shifted);
+    assert_eq!(e.status.review_reason(), Some("distribution_shift"));
+    assert!(e.wrong_share_ci_high >= 0.32 && e.outliers.is_empty(), "spans every reading: {e:?}");
+    assert!(e.may_feed_pool(), "the readings but one agreed: a stream that moved for good can re-seed its pool");
+    let calm = combine(rs, fit(0.8), 6000, 5000, 0.0, &POLICY).with_shift(Some(ShiftCheck { statistic: 0.1, threshold: 0.25, shifted: false }));
+    assert_eq!(calm.status, EvidenceStatus::Outlier);
+    let agreed = combine(vec![reading(Estimator::Agreement, 0.2)], fit(0.0), 3000, 0, 0.8, &POLICY).with_shift(shifted);
+    assert_eq!(agreed.status, EvidenceStatus::Consistent);
+}
