@@ -212,12 +212,37 @@ pub struct DeliveryRecord {
     /// in the store, filled in when the history is read; never part of the stored record).
     #[serde(default, skip_serializing)]
     pub revised_wrong: f64,
+    /// What later windows found of its labels (kept apart in the store like `revised_wrong`).
+    #[serde(default, skip_serializing)]
+    pub rejudged: Rejudged,
 }
 
+/// A delivery's labels that later windows judged again (by agreement over shared sample_ids),
+/// and how many of them they flagged: each label counts once, with its latest flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct Rejudged {
+    pub labels: u32,
+    pub wrong: f64,
+}
+
+/// A delivery whose own window could not decide joins its vendor's gauge once later windows
+/// have judged at least this share of its labels again; its accuracy is then theirs.
+pub const MIN_REJUDGED_SHARE: f64 = 0.5;
+
 impl DeliveryRecord {
-    /// Whether its estimate may move the vendor's accuracy gauge.
+    /// Whether its own window's evidence could decide (or nothing needed deciding).
+    fn decided(&self) -> bool {
+        self.evidence.is_none_or(|e| e.supports_a_decision())
+    }
+
+    /// Whether later windows re-judged enough of an undecided delivery's labels to stand for it.
+    fn rejudged_enough(&self) -> bool {
+        self.rejudged.labels > 0 && self.rejudged.labels as f64 >= MIN_REJUDGED_SHARE * self.records as f64
+    }
+
+    /// Whether it may move the vendor's accuracy gauge: decided, or re-judged enough since.
     pub fn counts_towards_accuracy(&self) -> bool {
-        self.records > 0 && self.evidence.is_none_or(|e| e.supports_a_decision())
+        self.records > 0 && (self.decided() || self.rejudged_enough())
     }
 }
 
@@ -238,8 +263,15 @@ pub fn rolling_accuracy(history: &[DeliveryRecord], reviews: ReviewStats, min_re
         Some(p) if matches!(d.calibration.as_str(), "none" | "pool_control") && d.records > 0 => 1.0 - d.flagged as f64 / d.records as f64 * p,
         _ => d.estimated_accuracy,
     };
-    // Later agreement revises the gauge, not the verdicts already sent.
-    let revised = |d: &DeliveryRecord| (accuracy(d) - d.revised_wrong / d.records as f64).clamp(0.0, 1.0);
+    // Later agreement revises the gauge, not the verdicts already sent. An undecided delivery's
+    // own figure was a guess: the labels judged since stand for it.
+    let revised = |d: &DeliveryRecord| {
+        if d.decided() {
+            (accuracy(d) - d.revised_wrong / d.records as f64).clamp(0.0, 1.0)
+        } else {
+            (1.0 - d.rejudged.wrong / d.rejudged.labels as f64).clamp(0.0, 1.0)
+        }
+    };
     (records > 0).then(|| counted.iter().map(|d| revised(d) * d.records as f64).sum::<f64>() / records as f64)
 }
 
@@ -311,6 +343,7 @@ mod tests {
             calibration: "none".into(),
             evidence: None,
             revised_wrong: 0.0,
+            rejudged: Rejudged::default(),
         };
         let none = ReviewStats::default();
         assert_eq!(rolling_accuracy(&[], none, 20), None);
@@ -327,6 +360,13 @@ mod tests {
         // A later window's agreement found 5 more of a 100-record delivery's labels wrong.
         let revised = DeliveryRecord { revised_wrong: 5.0, ..d(100, 0.9) };
         assert!((rolling_accuracy(&[revised], none, 20).unwrap() - 0.85).abs() < 1e-12);
+        // An undecided 100-record delivery joins once later windows judged half its labels again,
+        // at their figure (8 of 50 flagged: 0.84), not at its own guess.
+        let undecided = DeliveryRecord { evidence: Some(evidence::EvidenceStatus::Insufficient), ..d(100, 0.5) };
+        let few = DeliveryRecord { rejudged: Rejudged { labels: 49, wrong: 8.0 }, ..undecided.clone() };
+        assert_eq!(rolling_accuracy(std::slice::from_ref(&few), none, 20), None, "49 of 100 re-judged is not enough");
+        let enough = DeliveryRecord { rejudged: Rejudged { labels: 50, wrong: 8.0 }, ..undecided };
+        assert!((rolling_accuracy(&[enough, d(100, 0.9)], none, 20).unwrap() - 0.87).abs() < 1e-12);
     }
 
     #[test]

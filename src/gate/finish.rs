@@ -83,7 +83,7 @@ impl Gate {
             }
         }
         let p_wrong = scores.p_wrong.as_ref().map_or(scores.flagged[i] as u8 as f32, |p| p[i] as f32);
-        commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i], batch_id: a.batch_id.clone(), p_wrong, gated_p_wrong: None });
+        commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i], batch_id: a.batch_id.clone(), p_wrong, gated_p_wrong: None, rejudged_flag: None });
         if !scores.flagged[i] {
             commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: window_id.into(), vendor_id: r.annotation.vendor_id });
         }
@@ -159,6 +159,7 @@ impl Gate {
             calibration: calibration.into(),
             evidence: Some(evidence),
             revised_wrong: 0.0,
+            rejudged: Default::default(),
         });
         let (_, closed_by) = d.closed.expect("windows take closed deliveries");
         commit.outputs.push(Output::Verdict(VerdictMessage {
@@ -228,7 +229,8 @@ impl Gate {
                 window_id: job.id.clone(),
                 calibration: "none".into(),
                 evidence: Some(EvidenceStatus::Insufficient),
-                revised_wrong: 0.0,
+                    revised_wrong: 0.0,
+                rejudged: Default::default(),
             });
             let (_, closed_by) = d.closed.expect("windows take closed deliveries");
             commit.outputs.push(Output::Verdict(VerdictMessage {
@@ -296,12 +298,22 @@ fn scale_label_p_wrong(commit: &mut Commit, records: usize, estimate: AccuracyEs
 /// difference, and the label keeps its new value, in the same atomic write, so a replayed window
 /// adds nothing twice (the revisions telescope to latest − original).
 fn record_revisions(scores: &WindowScores, commit: &mut Commit) {
-    let mut revisions: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for (label, new) in &scores.revised {
-        *revisions.entry((label.batch_id.clone(), label.vendor_id.clone())).or_default() += (*new - label.p_wrong) as f64;
-        commit.state.labels.push(PriorLabel { p_wrong: *new, ..label.clone() });
+    let mut revisions: BTreeMap<(String, String), DeliveryRevision> = BTreeMap::new();
+    for r in &scores.revised {
+        let label = &r.label;
+        let entry = revisions.entry((label.batch_id.clone(), label.vendor_id.clone())).or_insert_with(|| DeliveryRevision {
+            batch_id: label.batch_id.clone(),
+            vendor_id: label.vendor_id.clone(),
+            wrong_delta: 0.0,
+            rejudged_labels: 0,
+            rejudged_wrong_delta: 0.0,
+        });
+        entry.wrong_delta += (r.p_wrong - label.p_wrong) as f64;
+        entry.rejudged_labels += label.rejudged_flag.is_none() as u32;
+        entry.rejudged_wrong_delta += (r.flag - label.rejudged_flag.unwrap_or(0.0)) as f64;
+        commit.state.labels.push(PriorLabel { p_wrong: r.p_wrong, rejudged_flag: Some(r.flag), ..label.clone() });
     }
-    commit.state.revisions = revisions.into_iter().map(|((batch_id, vendor_id), wrong_delta)| DeliveryRevision { batch_id, vendor_id, wrong_delta }).collect();
+    commit.state.revisions = revisions.into_values().collect();
 }
 
 /// Only what the bounded pool keeps goes to the store: the newest `capacity` per class.

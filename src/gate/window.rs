@@ -57,6 +57,21 @@ pub struct PriorLabel {
     /// before this field: their `p_wrong` stands in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gated_p_wrong: Option<f32>,
+    /// The latest later window's flag for it (1 flagged, 0 not), once one judged it again: its
+    /// delivery counts each re-judged label once, at this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejudged_flag: Option<f32>,
+}
+
+/// An earlier label judged again by this window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    /// As it came from the store.
+    pub label: PriorLabel,
+    /// Its new `p_wrong`.
+    pub p_wrong: f32,
+    /// This window's flag for it.
+    pub flag: f32,
 }
 
 impl WindowData {
@@ -106,7 +121,7 @@ pub struct WindowScores {
     /// Earlier windows' labels that this window judged again (when agreement set its share),
     /// with their new `p_wrong` from this window's flag for them (their old one is what they
     /// came with).
-    pub revised: Vec<(PriorLabel, f32)>,
+    pub revised: Vec<Revision>,
     pub final_loss: f64,
     pub training_seconds: f64,
 }
@@ -396,13 +411,13 @@ fn with_earlier_labels(data: &WindowData) -> (Option<TrainingRows>, Vec<usize>) 
 /// value again rather than moving it twice. Judging in flags, as the window's own labels are,
 /// keeps the scores ranking the labels and agreement setting how many: a revision by the
 /// agreement model's posterior instead ranked the music-genre vendors worse (docs/benchmarks.md §6).
-fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>) -> Vec<(PriorLabel, f32)> {
+fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>) -> Vec<Revision> {
     judged
         .into_iter()
         .map(|(label, score)| {
             let flag = threshold.is_some_and(|t| score >= t) as u8 as f32;
-            let value = (label.gated_p_wrong.unwrap_or(label.p_wrong) + flag) / 2.0;
-            (label, value)
+            let p_wrong = (label.gated_p_wrong.unwrap_or(label.p_wrong) + flag) / 2.0;
+            Revision { label, p_wrong, flag }
         })
         .collect()
 }
@@ -440,7 +455,7 @@ mod tests {
     use super::*;
 
     fn prior(sample_id: &str, vendor_id: &str, label: u32, p_wrong: f32) -> PriorLabel {
-        PriorLabel { sample_id: sample_id.into(), vendor_id: vendor_id.into(), label, score: 0.0, batch_id: "old".into(), p_wrong, gated_p_wrong: None }
+        PriorLabel { sample_id: sample_id.into(), vendor_id: vendor_id.into(), label, score: 0.0, batch_id: "old".into(), p_wrong, gated_p_wrong: None, rejudged_flag: None }
     }
 
     /// Two records (samples a and b) and one pool row, two features each.
@@ -516,14 +531,14 @@ mod tests {
     #[test]
     fn a_judged_again_label_goes_halfway_from_its_gated_value_to_this_windows_flag() {
         let judged = vec![(prior("a", "v2", 0, 0.0), 0.9), (prior("b", "v2", 0, 1.0), 0.1), (prior("c", "v2", 0, 0.5), 0.5)];
-        let revised: Vec<f32> = revise_earlier_labels(judged.clone(), Some(0.5)).into_iter().map(|(_, v)| v).collect();
+        let revised: Vec<f32> = revise_earlier_labels(judged.clone(), Some(0.5)).into_iter().map(|r| r.p_wrong).collect();
         assert_eq!(revised, vec![0.5, 0.5, 0.75], "flagged at or above the threshold");
-        let unflagged: Vec<f32> = revise_earlier_labels(judged, None).into_iter().map(|(_, v)| v).collect();
+        let unflagged: Vec<f32> = revise_earlier_labels(judged, None).into_iter().map(|r| r.p_wrong).collect();
         assert_eq!(unflagged, vec![0.0, 0.5, 0.25], "a window that flags nothing flags no earlier label either");
         // Revised once already (gated at 0, now 0.5): judged flagged again, or the same window
         // replayed, it stays at 0.5 instead of moving on to 0.75.
         let once = PriorLabel { gated_p_wrong: Some(0.0), ..prior("a", "v2", 0, 0.5) };
-        assert_eq!(revise_earlier_labels(vec![(once, 0.9)], Some(0.5))[0].1, 0.5);
+        assert_eq!(revise_earlier_labels(vec![(once, 0.9)], Some(0.5))[0].p_wrong, 0.5);
     }
 }
 

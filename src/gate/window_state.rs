@@ -40,6 +40,10 @@ pub struct DeliveryRevision {
     pub vendor_id: String,
     /// Added to the delivery's expected count of wrong labels.
     pub wrong_delta: f64,
+    /// Labels of the delivery judged again for the first time.
+    pub rejudged_labels: u32,
+    /// Added to the count of its re-judged labels that were flagged (each at its latest flag).
+    pub rejudged_wrong_delta: f64,
 }
 
 impl WindowState {

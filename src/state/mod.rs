@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::gate::window_state::{DeliveryRevision, SuspectRecord, WindowState};
 use crate::{
-    accuracy::{DeliveryRecord, ReviewStats},
+    accuracy::{DeliveryRecord, Rejudged, ReviewStats},
     gate::window::PriorLabel,
 };
 
@@ -134,6 +134,7 @@ struct Memory {
     reviews: HashMap<String, ReviewStats>,
     labels: HashMap<String, BTreeMap<String, PriorLabel>>,
     revised: HashMap<String, f64>,
+    rejudged: HashMap<String, Rejudged>,
 }
 
 impl StateStore for MemoryState {
@@ -166,6 +167,7 @@ impl StateStore for MemoryState {
         for d in &w.deliveries {
             // Gated (again): its labels carry fresh values, so earlier revisions no longer apply.
             m.revised.remove(&d.batch_id);
+            m.rejudged.remove(&d.batch_id);
             m.deliveries.insert(d.batch_id.clone(), (DeliveryState::Gated, Some(d.clone())));
             m.by_vendor.entry(d.vendor_id.clone()).or_default().insert(d.batch_id.clone(), d.gated_at_ms);
         }
@@ -177,6 +179,9 @@ impl StateStore for MemoryState {
         }
         for r in &w.revisions {
             *m.revised.entry(r.batch_id.clone()).or_default() += r.wrong_delta;
+            let rejudged = m.rejudged.entry(r.batch_id.clone()).or_default();
+            rejudged.labels += r.rejudged_labels;
+            rejudged.wrong += r.rejudged_wrong_delta;
         }
         Ok(())
     }
@@ -193,7 +198,7 @@ impl StateStore for MemoryState {
             .iter()
             .filter(|(_, &t)| t >= since_ms)
             .filter_map(|(b, _)| m.deliveries.get(b).and_then(|(_, d)| d.clone()))
-            .map(|d| DeliveryRecord { revised_wrong: m.revised.get(&d.batch_id).copied().unwrap_or(0.0), ..d })
+            .map(|d| DeliveryRecord { revised_wrong: m.revised.get(&d.batch_id).copied().unwrap_or(0.0), rejudged: m.rejudged.get(&d.batch_id).copied().unwrap_or_default(), ..d })
             .collect();
         out.sort_by_key(|d| d.gated_at_ms);
         Ok(out)
@@ -247,6 +252,7 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         calibration: "none".into(),
         evidence: Some(crate::accuracy::evidence::EvidenceStatus::Consistent),
         revised_wrong: 0.0,
+        rejudged: Rejudged::default(),
     };
     let (b1, b2, v) = (id("b1"), id("b2"), id("vendor"));
     // Recent times: history older than the retention is trimmed on write.
@@ -261,9 +267,9 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
         deliveries: vec![record(&b1, &v, base, 0.9), record(&b2, &v, base + 1_000, 0.7)],
         suspects: vec![SuspectRecord { sample_id: id("s1"), vendor_id: v.clone(), batch_id: b1.clone(), label: "cat".into(), window_id: "w1".into() }],
         labels: vec![
-            PriorLabel { sample_id: id("s1"), vendor_id: v.clone(), label: 0, score: 1.5, batch_id: b1.clone(), p_wrong: 1.0, gated_p_wrong: Some(1.0) },
-            PriorLabel { sample_id: id("s1"), vendor_id: id("other"), label: 1, score: -0.5, batch_id: id("b9"), p_wrong: 0.25, gated_p_wrong: None },
-            PriorLabel { sample_id: id("s2"), vendor_id: v.clone(), label: 1, score: 0.0, batch_id: b1.clone(), p_wrong: 0.0, gated_p_wrong: Some(0.0) },
+            PriorLabel { sample_id: id("s1"), vendor_id: v.clone(), label: 0, score: 1.5, batch_id: b1.clone(), p_wrong: 1.0, gated_p_wrong: Some(1.0), rejudged_flag: None },
+            PriorLabel { sample_id: id("s1"), vendor_id: id("other"), label: 1, score: -0.5, batch_id: id("b9"), p_wrong: 0.25, gated_p_wrong: None, rejudged_flag: None },
+            PriorLabel { sample_id: id("s2"), vendor_id: v.clone(), label: 1, score: 0.0, batch_id: b1.clone(), p_wrong: 0.0, gated_p_wrong: Some(0.0), rejudged_flag: None },
         ],
         revisions: vec![],
     };
@@ -282,11 +288,12 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
     assert_eq!(store.vendor_history(&v, base + 500).unwrap().len(), 1);
     assert!(history.iter().all(|d| d.revised_wrong == 0.0));
     // A later window re-judges b1's labels: its expected wrong count moves, each write adding.
-    let later = WindowState { window_id: "w2".into(), revisions: vec![DeliveryRevision { batch_id: b1.clone(), vendor_id: v.clone(), wrong_delta: -2.5 }], ..Default::default() };
+    let later = WindowState { window_id: "w2".into(), revisions: vec![DeliveryRevision { batch_id: b1.clone(), vendor_id: v.clone(), wrong_delta: -2.5, rejudged_labels: 30, rejudged_wrong_delta: 4.0 }], ..Default::default() };
     store.save_window(&later).unwrap();
-    store.save_window(&WindowState { revisions: vec![DeliveryRevision { wrong_delta: 0.5, ..later.revisions[0].clone() }], ..later.clone() }).unwrap();
+    store.save_window(&WindowState { revisions: vec![DeliveryRevision { wrong_delta: 0.5, rejudged_labels: 5, rejudged_wrong_delta: -1.0, ..later.revisions[0].clone() }], ..later.clone() }).unwrap();
     let history = store.vendor_history(&v, 0).unwrap();
     assert_eq!(history.iter().map(|d| d.revised_wrong).collect::<Vec<_>>(), vec![-2.0, 0.0]);
+    assert_eq!(history.iter().map(|d| d.rejudged).collect::<Vec<_>>(), vec![Rejudged { labels: 35, wrong: 3.0 }, Rejudged::default()], "re-judged labels add up per delivery");
     let pool = store.load_pool(2).unwrap();
     let zeros: Vec<&Vec<f32>> = pool.iter().filter(|(c, _)| *c == 0).map(|(_, f)| f).collect();
     assert_eq!(zeros, vec![&vec![3.0, 4.0], &vec![5.0, 6.0]], "capped per class, newest kept, oldest first");

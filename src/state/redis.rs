@@ -10,8 +10,9 @@
 //! | `suspect:{sample_id}` | hash | vendor → routed suspect JSON | retention |
 //! | `reviewed:{sample_id}` | hash | vendor → final label (review idempotency) | retention |
 //! | `vendor:{vendor}:reviews` | hash | `reviewed`, `confirmed_wrong` counters | never |
-//! | `labels:{sample_id}` | hash | vendor → `{"label","score","batch_id","p_wrong","gated_p_wrong"}` of its gated label | retention |
+//! | `labels:{sample_id}` | hash | vendor → `{"label","score","batch_id","p_wrong","gated_p_wrong","rejudged_flag"}` of its gated label | retention |
 //! | `revised:{batch_id}` | string (float) | later windows' change to the delivery's expected wrong count | retention |
+//! | `rejudged:{batch_id}` | hash | `labels` (its labels later windows judged again), `wrong` (how many of them they flagged) | retention |
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::runtime::Handle;
 use super::{DeliveryState, Review, ReviewOutcome, StateError, StateStore, SuspectRecord, WindowState};
 use crate::gate::window::PriorLabel;
 use crate::{
-    accuracy::{DeliveryRecord, ReviewStats},
+    accuracy::{DeliveryRecord, Rejudged, ReviewStats},
     config::RedisConfig,
 };
 
@@ -43,6 +44,8 @@ struct StoredLabel {
     p_wrong: f32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gated_p_wrong: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rejudged_flag: Option<f32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -185,6 +188,7 @@ impl StateStore for RedisState {
             pipe.set_ex(self.key(&["delivery", &d.batch_id]), body, self.retention_secs).ignore();
             // Gated (again): its labels carry fresh values, so earlier revisions no longer apply.
             pipe.del(self.key(&["revised", &d.batch_id])).ignore();
+            pipe.del(self.key(&["rejudged", &d.batch_id])).ignore();
             let list = self.key(&["vendor", &d.vendor_id, "deliveries"]);
             pipe.zadd(&list, &d.batch_id, d.gated_at_ms).ignore();
             pipe.zrembyscore(&list, 0, cutoff).ignore();
@@ -197,13 +201,17 @@ impl StateStore for RedisState {
         }
         for l in &w.labels {
             let key = self.key(&["labels", &l.sample_id]);
-            let stored = StoredLabel { label: l.label, score: l.score, batch_id: l.batch_id.clone(), p_wrong: l.p_wrong, gated_p_wrong: l.gated_p_wrong };
+            let stored = StoredLabel { label: l.label, score: l.score, batch_id: l.batch_id.clone(), p_wrong: l.p_wrong, gated_p_wrong: l.gated_p_wrong, rejudged_flag: l.rejudged_flag };
             pipe.hset(&key, &l.vendor_id, serde_json::to_string(&stored).expect("serialisable")).ignore();
             pipe.expire(&key, self.retention_secs as i64).ignore();
         }
         for r in &w.revisions {
             let key = self.key(&["revised", &r.batch_id]);
             pipe.cmd("INCRBYFLOAT").arg(&key).arg(r.wrong_delta).ignore();
+            pipe.expire(&key, self.retention_secs as i64).ignore();
+            let key = self.key(&["rejudged", &r.batch_id]);
+            pipe.hincr(&key, "labels", r.rejudged_labels).ignore();
+            pipe.cmd("HINCRBYFLOAT").arg(&key).arg("wrong").arg(r.rejudged_wrong_delta).ignore();
             pipe.expire(&key, self.retention_secs as i64).ignore();
         }
         let mut c = self.manager.clone();
@@ -223,12 +231,19 @@ impl StateStore for RedisState {
         let (bodies, revised): (Vec<Option<String>>, Vec<Option<f64>>) = self.run(async move {
             redis::pipe().cmd("MGET").arg(&keys).cmd("MGET").arg(&revised_keys).query_async(&mut c).await
         })?;
+        let mut pipe = redis::pipe();
+        for b in &batches {
+            pipe.cmd("HMGET").arg(self.key(&["rejudged", b])).arg("labels").arg("wrong");
+        }
+        let mut c = self.manager.clone();
+        let rejudged: Vec<(Option<u32>, Option<f64>)> = self.run(async move { pipe.query_async(&mut c).await })?;
         let mut out = Vec::new();
-        for ((b, body), revised) in batches.iter().zip(bodies).zip(revised) {
+        for (((b, body), revised), (labels, wrong)) in batches.iter().zip(bodies).zip(revised).zip(rejudged) {
             // A delivery whose record expired before its index entry: skip it.
             let Some(body) = body else { continue };
             let stored: StoredDelivery = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["delivery", b]), source: e })?;
-            out.extend(stored.record.map(|d| DeliveryRecord { revised_wrong: revised.unwrap_or(0.0), ..d }));
+            let rejudged = Rejudged { labels: labels.unwrap_or(0), wrong: wrong.unwrap_or(0.0) };
+            out.extend(stored.record.map(|d| DeliveryRecord { revised_wrong: revised.unwrap_or(0.0), rejudged, ..d }));
         }
         Ok(out)
     }
@@ -298,7 +313,7 @@ impl StateStore for RedisState {
             for (id, by_vendor) in chunk.iter().zip(found) {
                 for (vendor_id, body) in by_vendor {
                     let stored: StoredLabel = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["labels", id]), source: e })?;
-                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score, batch_id: stored.batch_id, p_wrong: stored.p_wrong, gated_p_wrong: stored.gated_p_wrong });
+                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score, batch_id: stored.batch_id, p_wrong: stored.p_wrong, gated_p_wrong: stored.gated_p_wrong, rejudged_flag: stored.rejudged_flag });
                 }
             }
         }
