@@ -31,7 +31,10 @@ where `workers` counts the workers with at least --min-labels labels, over which
 
   ~/.cache/labelgate/bench-venv/bin/python benches/crowd_peers.py \
       [--data-dir ../shared/data] [--sets music-genre music-genre-noise crowd-text] \
-      [--min-labels 20] [--per-worker per_worker.csv]
+      [--min-labels 20] [--per-worker per_worker.csv] [--seed 0]
+
+CROWDLAB depends on the 5-fold split: on music-genre its Spearman moves between about 0.86 and
+0.92 (MAE 0.04 to 0.055) over seeds 0-3; Dawid-Skene uses no randomness.
 """
 import argparse
 import csv
@@ -168,7 +171,9 @@ def main():
     ap.add_argument("--sets", nargs="+", default=["music-genre", "music-genre-noise", "crowd-text"])
     ap.add_argument("--min-labels", type=int, default=20)
     ap.add_argument("--per-worker", help="write every worker's figures to this CSV")
+    ap.add_argument("--seed", type=int, default=SEED, help="seed of the 5-fold split and of the noise features")
     args = ap.parse_args()
+    globals()["SEED"] = args.seed
 
     per_worker = []
     for name in args.sets:

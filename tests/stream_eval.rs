@@ -9,7 +9,7 @@ use labelgate::{
 mod common;
 
 fn case(unlearnable: bool, pool: PoolStart) -> StreamCase {
-    StreamCase { data: StreamData::Synthetic, unlearnable, window: 1000, pool, vendor_noise: vec![0.0, 0.03, 0.1, 0.2, 0.4] }
+    StreamCase { data: StreamData::Synthetic, unlearnable, shifted: false, window: 1000, pool, vendor_noise: vec![0.0, 0.03, 0.1, 0.2, 0.4] }
 }
 
 #[test]
@@ -51,7 +51,7 @@ fn crowd_labels_streamed_in_small_windows_still_rank_the_vendors() {
     common::single_thread();
     let config = Config::load(None).unwrap();
     for pool in [PoolStart::Full, PoolStart::Empty] {
-        let case = StreamCase { data: StreamData::MusicGenre, unlearnable: false, window: 1000, pool, vendor_noise: vec![0.0] };
+        let case = StreamCase { data: StreamData::MusicGenre, unlearnable: false, shifted: false, window: 1000, pool, vendor_noise: vec![0.0] };
         let s = evaluate_case(case, &common::data_dir(), &config.gate, &config.engine, &[0, 1], &candle_core::Device::Cpu).unwrap();
         let (rho, mae) = (s.vendor_spearman.unwrap(), s.vendor_mae.unwrap());
         assert!(rho >= 0.8, "pool {pool:?}: vendor Spearman {rho:.3}");

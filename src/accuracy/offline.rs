@@ -61,7 +61,7 @@ pub fn judge(
         suspects::NoiseRate::Auto => {
             // A set too small to split still gets the mixture; the missing fit makes the evidence
             // insufficient.
-            let heldout = o2u::heldout_probabilities(samples, config, CROSSFIT_FOLDS, settings.crossfit_min_steps, device).ok();
+            let heldout = o2u::heldout_probabilities(samples, config, CROSSFIT_FOLDS, settings.crossfit_min_steps, None, device).ok();
             let signals = WindowSignals {
                 scores: &outcome.scores,
                 labels: samples.labels,

@@ -80,6 +80,10 @@ struct EvalStreamArgs {
     /// Also (or only) run each data set with its features replaced by noise: no, yes or no,yes.
     #[arg(long, value_delimiter = ',', default_value = "no")]
     unlearnable: Vec<YesNo>,
+    /// Also (or only) move the stream's features away from the reference pool's (every feature
+    /// by 0.75 of its standard deviation): no, yes or no,yes. Needs `--pool full` to show.
+    #[arg(long, value_delimiter = ',', default_value = "no")]
+    shifted: Vec<YesNo>,
     /// Records per window (gate.min_window_records = gate.max_window_records).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     window: Vec<usize>,
@@ -176,12 +180,14 @@ fn eval_stream(args: EvalStreamArgs) -> Result<()> {
     println!("{}", eval::stream::TABLE_HEADER);
     for &data in &args.data {
         for &unlearnable in &args.unlearnable {
-            for &window in &args.window {
-                for &pool in &args.pool {
-                    let case = eval::stream::StreamCase { data, unlearnable: unlearnable == YesNo::Yes, window, pool, vendor_noise: args.noise.clone() };
-                    let summary = eval::stream::evaluate_case(case, &dir, &config.gate, &config.engine, &args.seeds, &dev)?;
-                    println!("{}", eval::stream::table_row(&summary));
-                    summaries.push(summary);
+            for &shifted in &args.shifted {
+                for &window in &args.window {
+                    for &pool in &args.pool {
+                        let case = eval::stream::StreamCase { data, unlearnable: unlearnable == YesNo::Yes, shifted: shifted == YesNo::Yes, window, pool, vendor_noise: args.noise.clone() };
+                        let summary = eval::stream::evaluate_case(case, &dir, &config.gate, &config.engine, &args.seeds, &dev)?;
+                        println!("{}", eval::stream::table_row(&summary));
+                        summaries.push(summary);
+                    }
                 }
             }
         }

@@ -135,7 +135,10 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     progress.finish();
     report.dataset = clap::ValueEnum::to_possible_value(&args.dataset).expect("named").get_name().to_string();
     if args.vendors {
-        let vendors = eval::vendors::vendor_report(&train, &report.scores, &report.predicted, args.min_labels)?;
+        let groups = train.items.as_ref().map(|items| crate::accuracy::agreement::index_of(items.iter().map(String::as_str)).0);
+        // Grouped by item: no network predicts a song whose other labels it saw.
+        let heldout = o2u::heldout_probabilities(train.samples(), &config, crate::accuracy::offline::CROSSFIT_FOLDS, crate::config::Config::defaults().gate.crossfit_min_steps, groups.as_deref(), &device)?;
+        let vendors = eval::vendors::vendor_report(&train, &report.predicted, Some(&heldout), args.min_labels)?;
         report.vendor_accuracy_mae = Some(vendors.vendor_accuracy_mae);
         report.vendor_accuracy_spearman = Some(vendors.vendor_accuracy_spearman);
         report.vendor_report = Some(vendors);
@@ -190,6 +193,6 @@ fn print_report(r: &eval::EvalReport) {
             );
         }
         println!("vendor accuracy        MAE {:.4}  Spearman {:.4}  (argmax baseline: MAE {:.4}  Spearman {:.4})", v.vendor_accuracy_mae, v.vendor_accuracy_spearman, v.baseline_argmax_mae, v.baseline_argmax_spearman);
-        println!("wrong-label share      estimated {:.4}  true {:.4}  (overlap {:.2} of labels)", v.noise_share_estimate, v.true_noise_share, v.overlap_share);
+        println!("wrong-label share      estimated {:.4}  true {:.4}  (overlap {:.2} of labels, network weight {})", v.noise_share_estimate, v.true_noise_share, v.overlap_share, v.network_weight);
     }
 }

@@ -2,6 +2,7 @@
 //! user files (JSONL / CSV), MNIST (IDX), and the music-genre crowd labels.
 
 pub mod mnist;
+pub mod crowd_text;
 pub mod music_genre;
 pub mod records;
 

@@ -36,12 +36,25 @@ fn read_songs(path: &Path) -> Result<Songs> {
 /// genre as the truth, the worker as the annotator.
 pub fn load_crowd(dir: &Path) -> Result<LabelledSet> {
     let dir = dir.join("music_genre_crowd");
-    let songs = read_songs(&dir.join("music_genre_gold.csv"))?;
+    load_answers(&dir.join("music_genre_gold.csv"), &dir.join("mturk_answers.csv"), AnswerColumns { worker: 0, item: 1, label: 3 })
+}
+
+/// Where an answers file keeps the worker, the item and the label.
+pub(super) struct AnswerColumns {
+    pub worker: usize,
+    pub item: usize,
+    pub label: usize,
+}
+
+/// Worker labels (`answers`: one row per label) of the items in `gold` (`id,f1..fD,class`) as
+/// samples: the item's features, the worker's label, the gold class as the truth.
+pub(super) fn load_answers(gold: &Path, answers: &Path, columns: AnswerColumns) -> Result<LabelledSet> {
+    let songs = read_songs(gold)?;
     let mut classes: Vec<String> = songs.genre.values().cloned().collect();
     classes.sort();
     classes.dedup();
     let class_of = |name: &str| classes.iter().position(|c| c == name);
-    let path = dir.join("mturk_answers.csv");
+    let path = answers;
     let mut reader = csv::Reader::from_path(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut set = LabelledSet {
         sample_ids: Vec::new(),
@@ -55,12 +68,12 @@ pub fn load_crowd(dir: &Path) -> Result<LabelledSet> {
     };
     for (i, row) in reader.records().enumerate() {
         let row = row.with_context(|| format!("{} line {}", path.display(), i + 2))?;
-        let (worker, song, answer) = (&row[0], &row[1], &row[3]);
+        let (worker, song, answer) = (&row[columns.worker], &row[columns.item], &row[columns.label]);
         let Some(features) = songs.features.get(song) else {
-            bail!("{} line {}: song {song} has no features", path.display(), i + 2)
+            bail!("{} line {}: item {song} has no features in {}", path.display(), i + 2, gold.display())
         };
         let Some(label) = class_of(answer) else {
-            bail!("{} line {}: unknown genre {answer}", path.display(), i + 2)
+            bail!("{} line {}: unknown class {answer}", path.display(), i + 2)
         };
         set.sample_ids.push(format!("{worker}:{song}"));
         set.features.extend_from_slice(features);

@@ -1,6 +1,7 @@
 //! Per-annotator accuracy on real crowd labels with known truth: each annotator is treated as a
-//! vendor, the gate's estimate (joint agreement + O2U model, then the top share flagged by score)
-//! is compared with the annotator's true accuracy.
+//! vendor, and the gate's estimate (the agreement model with the network's out-of-fold
+//! probabilities: each label judged by the item's other labels and the network) is compared with
+//! the annotator's true accuracy.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,6 @@ use crate::{
     accuracy::{self, agreement},
     data::LabelledSet,
     stats::z_for,
-    o2u::suspects::{self, NoiseRate},
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,9 +40,13 @@ pub struct VendorReport {
     pub true_noise_share: f64,
     /// Share of labels on items that another annotator labelled too.
     pub overlap_share: f64,
+    /// The weight the agreement model gave the network's probabilities (0: votes alone).
+    pub network_weight: f64,
 }
 
-pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], min_labels: usize) -> Result<VendorReport> {
+/// `heldout`: per label row, out-of-fold class probabilities from networks that saw none of the
+/// item's labels (folds grouped by item).
+pub fn vendor_report(set: &LabelledSet, predicted: &[u32], heldout: Option<&[f32]>, min_labels: usize) -> Result<VendorReport> {
     let (Some(annotators), Some(truth)) = (&set.annotators, &set.truth) else {
         bail!("--vendors needs a data set with annotators and true labels (music-genre)")
     };
@@ -52,34 +56,37 @@ pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], min_l
     };
     let (item, items) = agreement::index_of(item_keys);
     let (annotator, n_annotators) = agreement::index_of(annotators.iter().map(String::as_str));
-    let obs = agreement::Observations { item: &item, annotator: &annotator, label: &set.labels, score: scores, items, annotators: n_annotators, classes: set.classes.len() };
-    let Some(fit) = agreement::fit(&obs) else { bail!("too few labels to fit the agreement model") };
-    let flagged_idx = suspects::select(scores, NoiseRate::Fixed(fit.noise_share)).flagged;
-    let mut flagged = vec![false; scores.len()];
-    for i in flagged_idx {
-        flagged[i] = true;
-    }
+    let k = set.classes.len();
+    let network = heldout.map(|p| {
+        let mut per_item = vec![0f32; items * k];
+        for (j, &i) in item.iter().enumerate() {
+            per_item[i * k..(i + 1) * k].copy_from_slice(&p[j * k..(j + 1) * k]);
+        }
+        per_item
+    });
+    let votes = agreement::Votes { item: &item, annotator: &annotator, label: &set.labels, items, annotators: n_annotators, classes: k, network: network.as_deref() };
+    let Some(fit) = agreement::fit_votes(&votes) else { bail!("too few labels to fit the agreement model") };
     #[derive(Default)]
     struct Tally {
         labels: usize,
         right: usize,
-        flagged: usize,
         argmax: usize,
+        p_wrong: Vec<f64>,
     }
     let mut by_vendor: BTreeMap<&str, Tally> = BTreeMap::new();
     for i in 0..set.len() {
         let t = by_vendor.entry(annotators[i].as_str()).or_default();
         t.labels += 1;
         t.right += (truth[i] == set.labels[i]) as usize;
-        t.flagged += flagged[i] as usize;
         t.argmax += (predicted[i] == set.labels[i]) as usize;
+        t.p_wrong.push(1.0 - fit.p_correct[i]);
     }
     let z = z_for(0.95);
     let vendors: Vec<VendorRow> = by_vendor
         .into_iter()
         .filter(|(_, t)| t.labels >= min_labels)
         .map(|(v, t)| {
-            let e = accuracy::estimate(t.labels, t.flagged, (t.flagged, t.flagged), accuracy::Calibration::None, z);
+            let e = accuracy::from_posteriors(&t.p_wrong, z);
             VendorRow {
                 vendor: v.to_string(),
                 labels: t.labels,
@@ -109,5 +116,6 @@ pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], min_l
         noise_share_estimate: fit.noise_share,
         true_noise_share: wrong as f64 / set.len() as f64,
         overlap_share: agreement::overlap_share(&item, &annotator, items),
+        network_weight: fit.network_weight,
     })
 }

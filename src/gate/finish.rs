@@ -127,13 +127,16 @@ impl Gate {
             flagged_range.0 = 0;
         }
         match &scores.p_wrong {
-            // Agreement set the share and the scores picked the labels (that ranks vendors best);
-            // each label's own chance of being wrong under agreement gives a second interval, and
-            // the verdict's spans both.
+            // Agreement judged each label by the item's other labels and the network: the
+            // delivery's accuracy is the mean of its labels' chances of being right. Judged by the
+            // others alone a careful vendor among careless ones reads low, so the interval spans
+            // that, the same with each label's own vote counted, and the delivery's flags.
             Some(p_wrong) if records > 0 => {
                 let flags = accuracy::estimate(records, flagged, flagged_range, Calibration::None, self.z);
-                let posterior = accuracy::from_posteriors(&p_wrong[rows], self.z);
-                (AccuracyEstimate { ci: (flags.ci.0.min(posterior.ci.0), flags.ci.1.max(posterior.ci.1)), ..flags }, "agreement")
+                let by_others = accuracy::from_posteriors(&p_wrong[rows.clone()], self.z);
+                let with_own = scores.p_wrong_with_own.as_ref().map_or(by_others, |p| accuracy::from_posteriors(&p[rows], self.z));
+                let ci = (flags.ci.0.min(by_others.ci.0).min(with_own.ci.0), flags.ci.1.max(by_others.ci.1).max(with_own.ci.1));
+                (AccuracyEstimate { ci, ..by_others }, "agreement")
             }
             _ => (accuracy::estimate(records, flagged, flagged_range, calibration, self.z), calibration.name()),
         }

@@ -47,6 +47,7 @@ fn scores(n: usize, flag: &[usize]) -> WindowScores {
         noise_rate_from: wire::NoiseRateFrom::Estimators,
         pool_control: None,
         p_wrong: None,
+        p_wrong_with_own: None,
         revised: Vec::new(),
         final_loss: 0.3,
         training_seconds: 0.1,

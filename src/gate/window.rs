@@ -118,6 +118,9 @@ pub struct WindowScores {
     /// Per pending row, when agreement set the share: the joint model's probability that the
     /// label is wrong. A delivery's estimate is then their sum, not its flag count.
     pub p_wrong: Option<Vec<f64>>,
+    /// The same with each label's own vote counted (the agreement model's full posterior): the
+    /// delivery's interval spans both.
+    pub p_wrong_with_own: Option<Vec<f64>>,
     /// Earlier windows' labels that this window judged again (when agreement set its share),
     /// with their new `p_wrong` from this window's flag for them (their old one is what they
     /// came with).
@@ -240,31 +243,38 @@ pub fn score_window(
     let engine = policy.engine_for(config, policy.agreement_applies(index.coverage));
     let training = training.as_ref().map_or(samples, |rows| Samples { features: &rows.features, labels: &rows.labels, ..samples });
     let mut outcome = o2u::score(training, None, &engine, device, observer)?;
-    // Earlier labels are scored by this window's network, on the same scale as its own labels.
-    let earlier_scores = outcome.scores.split_off(rows);
+    // Earlier labels train beside the window's own; their scores are not kept (the agreement
+    // model judges them).
+    outcome.scores.truncate(rows);
     outcome.predicted.truncate(rows);
     let pending = data.pending;
     let pool_rows = rows - pending;
     let pending_scores = &outcome.scores[..pending];
     let mut p_wrong = None;
-    let mut earlier_judged = Vec::new();
+    let mut p_wrong_with_own = None;
+    let mut earlier_judged: Vec<(PriorLabel, f32)> = Vec::new();
     let evidence = match policy.noise_rate {
         suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
         suspects::NoiseRate::Auto => {
-            let (agreement, coverage, posterior) = agreement_reading(&data, &index, pending_scores, &earlier, &earlier_scores, policy);
-            if let Some(all) = posterior {
-                earlier_judged = earlier.iter().map(|&i| data.prior_labels[i].clone()).zip(earlier_scores.iter().copied()).collect();
+            // Out-of-fold probabilities on every training row, an item's labels in one fold: no
+            // network judges a label it saw, nor an item whose other labels it saw. A window too
+            // small to split still gets the other readings; the missing fit makes the evidence
+            // insufficient rather than failing the window.
+            let groups = index.training_groups(rows, training.len());
+            let heldout_all = o2u::heldout_probabilities(training, config, offline::CROSSFIT_FOLDS, policy.crossfit_min_steps, Some(&groups), device).ok();
+            let (agreement, coverage, posterior) = agreement_reading(&data, &index, heldout_all.as_deref(), rows, &earlier, policy);
+            if let Some((all, with_own)) = posterior {
+                earlier_judged = earlier.iter().map(|&i| data.prior_labels[i].clone()).zip(all[pending..].iter().map(|&p| p as f32)).collect();
                 p_wrong = Some(all[..pending].to_vec());
+                p_wrong_with_own = Some(with_own[..pending].to_vec());
             }
-            // A window too small to split still gets the other readings; the missing fit makes
-            // the evidence insufficient rather than failing the window.
-            let heldout = o2u::heldout_probabilities(samples, config, offline::CROSSFIT_FOLDS, policy.crossfit_min_steps, device).ok();
+            let heldout = heldout_all.as_ref().map(|p| &p[..rows * data.classes]);
             let signals = WindowSignals {
                 scores: &outcome.scores,
                 labels: &data.labels,
                 pending,
                 classes: data.classes,
-                heldout: heldout.as_deref(),
+                heldout,
                 final_loss: outcome.final_loss,
                 seed: config.seed,
             };
@@ -277,8 +287,14 @@ pub fn score_window(
         (_, true) => NoiseRateFrom::Agreement,
         _ => NoiseRateFrom::Estimators,
     };
-    // The scores pick which records; the evidence says how many.
-    let order = suspects::rank_descending(pending_scores);
+    // The evidence says how many; which records: by the agreement model's probability that the
+    // label is wrong where it judged them (each label by the others and the network), else by
+    // the scores.
+    let suspicion: Vec<f32> = match &p_wrong {
+        Some(p) => p.iter().map(|&x| x as f32).collect(),
+        None => pending_scores.to_vec(),
+    };
+    let order = suspects::rank_descending(&suspicion);
     let mut rank = vec![0usize; pending];
     for (r, &i) in order.iter().enumerate() {
         rank[i] = r;
@@ -292,7 +308,7 @@ pub fn score_window(
     if !evidence.status.supports_a_decision() {
         earlier_judged.clear();
     }
-    let revised = revise_earlier_labels(earlier_judged, k.checked_sub(1).map(|last| pending_scores[order[last]]));
+    let revised = revise_earlier_labels(earlier_judged, k.checked_sub(1).map(|last| suspicion[order[last]]));
     let pool_control = flag_error_rates(&outcome.scores, pending, &order[..k], &evidence, policy);
     let all_order = suspects::rank_descending(&outcome.scores);
     let total = outcome.scores.len();
@@ -312,6 +328,7 @@ pub fn score_window(
         noise_rate_from,
         pool_control,
         p_wrong,
+        p_wrong_with_own,
         revised,
         final_loss: outcome.final_loss,
         training_seconds: outcome.training_seconds,
@@ -360,6 +377,20 @@ impl LabelIndex {
         let coverage = agreement::overlap_shares(&item, &vendor, items, data.pending);
         LabelIndex { item, items, vendor, vendors: vendor_count, coverage }
     }
+
+    /// Cross-fitting groups of the training rows: the window's `rows` (records, then pool rows,
+    /// each pool row its own group) and then the earlier labels, every label of an item in the
+    /// item's group.
+    fn training_groups(&self, rows: usize, training_rows: usize) -> Vec<usize> {
+        let pending = self.item.len() - (training_rows - rows);
+        (0..training_rows)
+            .map(|t| match t {
+                t if t < pending => self.item[t],
+                t if t < rows => self.items + (t - pending),
+                t => self.item[pending + (t - rows)],
+            })
+            .collect()
+    }
 }
 
 /// Training rows with their labels, `dim` features each.
@@ -405,12 +436,10 @@ fn with_earlier_labels(data: &WindowData) -> (Option<TrainingRows>, Vec<usize>) 
 }
 
 /// Each earlier label this window judged again is set halfway between its value when its delivery
-/// was gated and this window's flag for it (flagged when its score here reaches the lowest
-/// flagged score of the window's own labels, `threshold`): the first judgment and the latest,
-/// which saw the most labels of its item, count alike, and a replayed window writes the same
-/// value again rather than moving it twice. Judging in flags, as the window's own labels are,
-/// keeps the scores ranking the labels and agreement setting how many: a revision by the
-/// agreement model's posterior instead ranked the music-genre vendors worse (docs/benchmarks.md §6).
+/// was gated and this window's flag for it (flagged when its probability of being wrong here
+/// reaches the lowest flagged one of the window's own labels, `threshold`): the first judgment
+/// and the latest, which saw the most labels of its item, count alike, and a replayed window
+/// writes the same value again rather than moving it twice.
 fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>) -> Vec<Revision> {
     judged
         .into_iter()
@@ -422,32 +451,47 @@ fn revise_earlier_labels(judged: Vec<(PriorLabel, f32)>, threshold: Option<f32>)
         .collect()
 }
 
-/// The joint agreement model over this window's labels and the earlier labels of the same
-/// sample_ids (`earlier`, indexed with the window's labels in `index`, scored by this window's
-/// network: `earlier_scores`), when enough of the window's labels share a sample_id with another
-/// vendor's. Returns the reading (wrong share of
-/// this window's labels), the coverage, and every label's probability of being wrong (this
-/// window's first, then the earlier ones).
-fn agreement_reading(data: &WindowData, index: &LabelIndex, pending_scores: &[f32], earlier: &[usize], earlier_scores: &[f32], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<Vec<f64>>) {
+/// The agreement model ([`agreement::fit_votes`]) over this window's labels and the earlier
+/// labels of the same sample_ids (`earlier`, indexed after the window's labels in `index`), with
+/// the out-of-fold probabilities of the training rows (`heldout`: the `rows` window and pool rows,
+/// then one per earlier label) as what the network knows of each item, when enough of the
+/// window's labels share a sample_id with another vendor's. Returns the reading (wrong share of
+/// this window's labels), the coverage, and every label's probability of being wrong judged by
+/// the others and the network, and with its own vote counted too (this window's first, then the
+/// earlier ones).
+#[allow(clippy::type_complexity)] // (reading, coverage, (judged by the others, with its own vote))
+fn agreement_reading(data: &WindowData, index: &LabelIndex, heldout: Option<&[f32]>, rows: usize, earlier: &[usize], policy: &WindowPolicy) -> (Option<Reading>, f64, Option<(Vec<f64>, Vec<f64>)>) {
     let pending = data.pending;
     let coverage = index.coverage;
     if !policy.agreement_applies(coverage) {
         return (None, coverage, None);
     }
     let labels: Vec<u32> = data.labels[..pending].iter().copied().chain(earlier.iter().map(|&i| data.prior_labels[i].label)).collect();
-    let scores: Vec<f32> = pending_scores.iter().chain(earlier_scores).copied().collect();
-    let obs = agreement::Observations { item: &index.item, annotator: &index.vendor, label: &labels, score: &scores, items: index.items, annotators: index.vendors, classes: data.classes };
-    let Some(fit) = agreement::fit(&obs) else { return (None, coverage, None) };
+    let k = data.classes;
+    let network = heldout.map(|p| {
+        let mut per_item = vec![0f32; index.items * k];
+        // Label j is training row j (the window's) or rows + (j − pending) (an earlier one).
+        for (j, &item) in index.item.iter().enumerate() {
+            let row = if j < pending { j } else { rows + j - pending };
+            per_item[item * k..(item + 1) * k].copy_from_slice(&p[row * k..(row + 1) * k]);
+        }
+        per_item
+    });
+    let votes = agreement::Votes { item: &index.item, annotator: &index.vendor, label: &labels, items: index.items, annotators: index.vendors, classes: k, network: network.as_deref() };
+    let Some(fit) = agreement::fit_votes(&votes) else { return (None, coverage, None) };
     let p = &fit.p_correct[..pending];
     let n = pending.max(1) as f64;
     let share = 1.0 - p.iter().sum::<f64>() / n;
     let sd = p.iter().map(|q| q * (1.0 - q)).sum::<f64>().sqrt() / n;
     // The posterior's own spread understates the model's error; never claim better than ±0.02,
-    // and where few labels are shared, most posteriors rest on the scores alone: wider still.
+    // and where few labels are shared, most labels are judged by the network alone: wider still.
     let half = (policy.evidence.z * sd).max(0.02) / coverage.sqrt();
-    let (lo, hi) = evidence::no_narrower_than_its_sample(((share - half).max(0.0), (share + half).min(1.0)), share, pending, policy.evidence.z);
+    // Judged with their own votes, the labels read the share that the interval must reach too.
+    let with_own = 1.0 - fit.p_correct_with_own[..pending].iter().sum::<f64>() / n;
+    let (lo, hi) = evidence::no_narrower_than_its_sample(((share.min(with_own) - half).max(0.0), (share.max(with_own) + half).min(1.0)), share, pending, policy.evidence.z);
     let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: lo, ci_high: hi };
-    (Some(reading), coverage, Some(fit.p_correct.iter().map(|q| 1.0 - q).collect()))
+    let wrong = |p: &[f64]| p.iter().map(|q| 1.0 - q).collect();
+    (Some(reading), coverage, Some((wrong(&fit.p_correct), wrong(&fit.p_correct_with_own))))
 }
 
 #[cfg(test)]

@@ -12,20 +12,32 @@ use super::{check, DeviceSamples, O2uConfig, Samples, Silent, Trainer, WeightRng
 /// mini-batches (a small window would otherwise be scored by a barely trained network). No
 /// sample is predicted by a network that saw its label, so these probabilities measure how
 /// learnable the features are and how far the labels disagree with them.
-pub fn heldout_probabilities(train: Samples, config: &O2uConfig, folds: usize, min_steps: usize, device: &Device) -> Result<Vec<f32>> {
+///
+/// `groups` (one per sample, dense from 0) keeps the samples of a group in one fold: the labels
+/// several annotators gave one item are then all predicted by a network that saw none of them.
+/// `None` makes every sample its own group.
+pub fn heldout_probabilities(train: Samples, config: &O2uConfig, folds: usize, min_steps: usize, groups: Option<&[usize]>, device: &Device) -> Result<Vec<f32>> {
     check(&train)?;
     let n = train.len();
     if n < 4 {
         candle_core::bail!("cross-fitting needs at least 4 samples (2 per fold), got {n}");
     }
-    let folds = folds.clamp(2, n / 2);
-    let mut rng = WeightRng::new(config.seed.wrapping_add(0x5eed));
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(rng.rng());
-    let mut fold_of = vec![0usize; n];
-    for (rank, &i) in order.iter().enumerate() {
-        fold_of[i] = rank % folds;
+    if groups.is_some_and(|g| g.len() != n) {
+        candle_core::bail!("cross-fitting: {} group ids for {n} samples", groups.map_or(0, <[usize]>::len));
     }
+    let group_count = groups.map_or(n, |g| g.iter().max().map_or(0, |m| m + 1));
+    if group_count < 2 {
+        candle_core::bail!("cross-fitting needs at least 2 groups, got {group_count}");
+    }
+    let folds = folds.clamp(2, (n / 2).min(group_count));
+    let mut rng = WeightRng::new(config.seed.wrapping_add(0x5eed));
+    let mut order: Vec<usize> = (0..group_count).collect();
+    order.shuffle(rng.rng());
+    let mut fold_of_group = vec![0usize; group_count];
+    for (rank, &g) in order.iter().enumerate() {
+        fold_of_group[g] = rank % folds;
+    }
+    let fold_of: Vec<usize> = (0..n).map(|i| fold_of_group[groups.map_or(i, |g| g[i])]).collect();
     let d = train.shape.len();
     let k = train.classes;
     let mut probabilities = vec![0f32; n * k];

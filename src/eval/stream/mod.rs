@@ -34,6 +34,8 @@ pub enum StreamData {
     Synthetic,
     Mnist,
     MusicGenre,
+    /// The crowd text set of [`crate::data::crowd_text`] (empty pool only).
+    CrowdText,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -47,6 +49,9 @@ pub enum PoolStart {
 pub struct StreamCase {
     pub data: StreamData,
     pub unlearnable: bool,
+    /// The stream's features moved away from the pool's (the pool keeps the original ones).
+    #[serde(default)]
+    pub shifted: bool,
     pub window: usize,
     pub pool: PoolStart,
     /// One vendor per rate (ignored for the crowd labels, whose noise is real).
@@ -67,6 +72,8 @@ pub struct DeliveryOutcome {
     pub sla: f64,
     pub decision: Decision,
     pub review_reason: Option<String>,
+    /// Records sent to re-review.
+    pub rereview: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +120,15 @@ pub struct CaseSummary {
     pub max_window_spread: Option<f64>,
     pub review_share: f64,
     pub insufficient_share: f64,
+    /// Records sent to re-review, as a share of all records; and the same over the deliveries
+    /// whose window could not decide (bounded by the vendors' SLA error budget).
+    pub rereview_share: f64,
+    pub undecided_rereview_share: f64,
+    /// Share of windows whose evidence named a distribution shift.
+    pub shifted_window_share: f64,
+    /// Vendors (≥ 20 labels) with a gauge at the end of the stream, of those with ≥ 20 labels
+    /// (crowd labels), over the seeds.
+    pub vendors_with_gauge: Option<(usize, usize)>,
     /// Crowd labels: per-vendor accuracy against the truth (vendors with ≥ 20 labels), mean
     /// over seeds.
     pub vendor_spearman: Option<f64>,
@@ -228,6 +244,7 @@ fn outcome(v: &VerdictMessage, idx: &[usize], set: &LabelledSet, truth: &[u32], 
         sla: v.sla_accuracy,
         decision: v.decision,
         review_reason: v.review_reason.clone(),
+        rereview: v.rereview,
     }
 }
 
@@ -260,7 +277,7 @@ pub fn evaluate_case(case: StreamCase, data_dir: &Path, gate_config: &GateConfig
             .fold(0.0, f64::max)
     });
     let (mut rhos, mut maes) = (Vec::new(), Vec::new());
-    if case.data == StreamData::MusicGenre {
+    if matches!(case.data, StreamData::MusicGenre | StreamData::CrowdText) {
         for r in &runs {
             let rows: Vec<(f64, f64)> = r.vendors.values().filter(|(n, _, e)| *n >= 20 && e.is_some()).map(|(_, t, e)| (*t, e.unwrap())).collect();
             if rows.len() >= 3 {
@@ -286,6 +303,19 @@ pub fn evaluate_case(case: StreamCase, data_dir: &Path, gate_config: &GateConfig
         max_window_spread,
         review_share: all.iter().filter(|d| d.decision == Decision::Review).count() as f64 / all.len().max(1) as f64,
         insufficient_share: all.iter().filter(|d| d.review_reason.as_deref() == Some("insufficient_evidence")).count() as f64 / all.len().max(1) as f64,
+        rereview_share: all.iter().map(|d| d.rereview).sum::<usize>() as f64 / all.iter().map(|d| d.records).sum::<usize>().max(1) as f64,
+        undecided_rereview_share: {
+            let undecided: Vec<&&DeliveryOutcome> = all.iter().filter(|d| d.estimated_accuracy.is_none()).collect();
+            undecided.iter().map(|d| d.rereview).sum::<usize>() as f64 / undecided.iter().map(|d| d.records).sum::<usize>().max(1) as f64
+        },
+        shifted_window_share: {
+            let windows: Vec<&WindowOutcome> = runs.iter().flat_map(|r| &r.windows).collect();
+            windows.iter().filter(|w| w.status == EvidenceStatus::Shifted).count() as f64 / windows.len().max(1) as f64
+        },
+        vendors_with_gauge: matches!(case.data, StreamData::MusicGenre | StreamData::CrowdText).then(|| {
+            let eligible: Vec<&(usize, f64, Option<f64>)> = runs.iter().flat_map(|r| r.vendors.values()).filter(|(n, _, _)| *n >= 20).collect();
+            (eligible.iter().filter(|(_, _, e)| e.is_some()).count(), eligible.len())
+        }),
         vendor_spearman: mean(&rhos),
         vendor_mae: mean(&maes),
         case,
@@ -297,9 +327,10 @@ pub fn evaluate_case(case: StreamCase, data_dir: &Path, gate_config: &GateConfig
 pub fn table_row(s: &CaseSummary) -> String {
     let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
     format!(
-        "| {:?}{} | {} | {:?} | {} | {}/{} | {}/{} | {:.3} | {} | {} | {} | {:.2} | {:.2} | {} | {} |",
+        "| {:?}{}{} | {} | {:?} | {} | {}/{} | {}/{} | {:.3} | {} | {} | {} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {} | {} | {} |",
         s.case.data,
         if s.case.unlearnable { " (unlearnable)" } else { "" },
+        if s.case.shifted { " (shifted)" } else { "" },
         s.case.window,
         s.case.pool,
         s.deliveries,
@@ -313,9 +344,13 @@ pub fn table_row(s: &CaseSummary) -> String {
         f(s.max_window_spread),
         s.review_share,
         s.insufficient_share,
+        s.rereview_share,
+        s.undecided_rereview_share,
+        s.shifted_window_share,
         f(s.vendor_spearman),
         f(s.vendor_mae),
+        s.vendors_with_gauge.map_or("-".to_string(), |(g, n)| format!("{g}/{n}")),
     )
 }
 
-pub const TABLE_HEADER: &str = "| data | window | pool | deliveries | false rejects / good | false accepts / bad ≥500 | coverage | median abs err ≥1000 | max abs err ≥1000 | max window spread | review share | insufficient share | vendor ρ | vendor MAE |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| data | window | pool | deliveries | false rejects / good | false accepts / bad ≥500 | coverage | median abs err ≥1000 | max abs err ≥1000 | max window spread | review share | insufficient share | re-review share | undecided re-review share | shifted windows | vendor ρ | vendor MAE | vendors with a gauge |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";

@@ -60,6 +60,20 @@ fn noise_features(set: &mut LabelledSet, seed: u64) {
     }
 }
 
+/// Moves every feature by 0.75 of its standard deviation over the set: the deliveries then come
+/// from elsewhere than the pool's clean samples.
+fn shift_features(set: &mut LabelledSet) {
+    let (n, dim) = (set.len(), set.shape.len());
+    for j in 0..dim {
+        let column = (0..n).map(|i| set.features[i * dim + j] as f64);
+        let mean = column.clone().sum::<f64>() / n.max(1) as f64;
+        let sd = (column.map(|x| (x - mean).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt();
+        for i in 0..n {
+            set.features[i * dim + j] += (0.75 * sd) as f32;
+        }
+    }
+}
+
 /// Delivery sizes between a tenth and half of the window (at least 20, at most 5,000 records).
 fn sizes(window: usize, total: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<usize> {
     let hi = (window / 2).clamp(20, 5000);
@@ -76,8 +90,14 @@ fn sizes(window: usize, total: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<
 
 pub fn build(case: &StreamCase, data_dir: &Path, pool_size: usize) -> Result<Stream> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(DATA_SEED);
-    if case.data == StreamData::MusicGenre {
-        return music_stream(case, data_dir, &mut rng);
+    match case.data {
+        StreamData::MusicGenre => {
+            let set = data::music_genre::load_crowd(data_dir)?;
+            let pool_set = data::music_genre::load_test(data_dir, &set.classes)?;
+            return crowd_stream(case, set, Some(pool_set), &mut rng);
+        }
+        StreamData::CrowdText => return crowd_stream(case, data::crowd_text::load(&data::crowd_text::default_dir())?, None, &mut rng),
+        _ => {}
     }
     // Three windows' worth of records (at least 4,000), plus the pool's clean samples.
     let stream_records = (3 * case.window).max(4000);
@@ -96,11 +116,14 @@ pub fn build(case: &StreamCase, data_dir: &Path, pool_size: usize) -> Result<Str
             test.truncate(pool_size);
             (train, test)
         }
-        StreamData::MusicGenre => unreachable!(),
+        StreamData::MusicGenre | StreamData::CrowdText => unreachable!(),
     };
     if case.unlearnable {
         noise_features(&mut set, DATA_SEED);
         noise_features(&mut pool_set, DATA_SEED + 1);
+    }
+    if case.shifted {
+        shift_features(&mut set);
     }
     let truth = set.truth.clone().expect("synthetic and MNIST carry the truth");
     let classes = set.classes.len() as u32;
@@ -143,15 +166,19 @@ fn split(all: LabelledSet, n: usize) -> (LabelledSet, LabelledSet) {
     (take(0..n), take(n..all.len()))
 }
 
-/// The crowd labels: each worker a vendor, its labels in deliveries of at most 60, the sample_id
-/// the song (shared by the workers who labelled it), deliveries in a random order so that a
-/// song's labels arrive in different windows.
-fn music_stream(case: &StreamCase, data_dir: &Path, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Stream> {
-    let mut set = data::music_genre::load_crowd(data_dir)?;
-    let mut pool_set = data::music_genre::load_test(data_dir, &set.classes)?;
+/// Crowd labels: each worker a vendor, its labels in deliveries of at most 60, the sample_id
+/// the item (shared by the workers who labelled it), deliveries in a random order so that an
+/// item's labels arrive in different windows. `pool_set`: held-out items with their truth, for a
+/// full pool.
+fn crowd_stream(case: &StreamCase, mut set: LabelledSet, mut pool_set: Option<LabelledSet>, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Stream> {
     if case.unlearnable {
         noise_features(&mut set, DATA_SEED);
-        noise_features(&mut pool_set, DATA_SEED + 1);
+        if let Some(pool_set) = pool_set.as_mut() {
+            noise_features(pool_set, DATA_SEED + 1);
+        }
+    }
+    if case.shifted {
+        shift_features(&mut set);
     }
     let annotators = set.annotators.clone().expect("crowd labels name their workers");
     let mut by_worker: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -166,9 +193,10 @@ fn music_stream(case: &StreamCase, data_dir: &Path, rng: &mut rand_chacha::ChaCh
     }
     deliveries.shuffle(rng);
     let dim = set.shape.len();
-    let pool = match case.pool {
-        PoolStart::Empty => Vec::new(),
-        PoolStart::Full => (0..pool_set.len()).map(|i| (pool_set.labels[i], pool_set.features[i * dim..(i + 1) * dim].to_vec())).collect(),
+    let pool = match (case.pool, &pool_set) {
+        (PoolStart::Empty, _) => Vec::new(),
+        (PoolStart::Full, Some(pool_set)) => (0..pool_set.len()).map(|i| (pool_set.labels[i], pool_set.features[i * dim..(i + 1) * dim].to_vec())).collect(),
+        (PoolStart::Full, None) => bail!("{:?} has no held-out items for a full pool: use --pool empty", case.data),
     };
     Ok(Stream { set, deliveries, pool })
 }
