@@ -186,6 +186,7 @@ impl Event for WindowCommitted<'_> {
         t.training_loss.set(self.final_loss);
         t.window_noise_share.set(noise_share);
         t.window_evidence.with_label_values(&[evidence.status.name()]).inc();
+        t.window_feature_shift.set(evidence.distribution_shift.map_or(f64::NAN, |c| c.statistic));
         t.window_estimator_share.reset();
         for r in &evidence.readings {
             t.window_estimator_share.with_label_values(&[r.estimator.name()]).set(r.wrong_share);
@@ -198,7 +199,12 @@ impl Event for WindowCommitted<'_> {
             producing_seconds = timing.producing_seconds, final_loss = self.final_loss, noise_share, evidence = evidence.status.name(), %readings, lift,
             "window committed"
         );
-        if !evidence.status.supports_a_decision() {
+        if let Some(shift) = evidence.distribution_shift.filter(|c| c.shifted) {
+            tracing::warn!(
+                window, statistic = shift.statistic, threshold = shift.threshold,
+                "the window's records were drawn away from the reference pool (distribution_shift): its deliveries go to review and re-review gets each vendor's SLA error budget at most"
+            );
+        } else if !evidence.status.supports_a_decision() {
             tracing::warn!(
                 window, evidence = evidence.status.name(), %readings, lift,
                 "the window's wrong-label share is not identifiable from this evidence; its deliveries go to review"

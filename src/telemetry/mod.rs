@@ -60,6 +60,7 @@ pub struct Telemetry {
     window_noise_share: Gauge,
     window_evidence: IntCounterVec,
     window_estimator_share: GaugeVec,
+    window_feature_shift: Gauge,
     consumer_lag: IntGauge,
     buffered: IntGauge,
     buffer_over_bound: IntGauge,
@@ -121,7 +122,7 @@ impl Telemetry {
             window_evidence: register(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("labelgate_window_evidence_total", "Committed windows by what their wrong-label share rests on: consistent, outlier (one estimator off), disagree (beyond gate.max_estimator_gap), insufficient (the network did not learn the features), fixed."),
+                    Opts::new("labelgate_window_evidence_total", "Committed windows by what their wrong-label share rests on: consistent, outlier (one estimator off), disagree (beyond gate.max_estimator_gap), uncorroborated (one estimator could be read), shifted (records drawn away from the reference pool), insufficient (the network did not learn the features), fixed."),
                     &["status"],
                 )
                 .unwrap(),
@@ -129,6 +130,10 @@ impl Telemetry {
             window_estimator_share: register(
                 &r,
                 GaugeVec::new(Opts::new("labelgate_window_estimator_noise_share_ratio", "Each estimator's wrong-label share in the last window."), &["estimator"]).unwrap(),
+            ),
+            window_feature_shift: register(
+                &r,
+                Gauge::new("labelgate_window_feature_shift", "How far the last window's features lay from the reference pool's (root mean square standardised mean difference; above gate.max_feature_shift the window is shifted). NaN after a window without a pool to compare with, 0 before the first window.").unwrap(),
             ),
             consumer_lag: register(&r, IntGauge::new("labelgate_consumer_lag_records", "Input records not yet consumed, over this replica's partitions.").unwrap()),
             buffered: register(&r, IntGauge::new("labelgate_buffered_records", "Input records held in memory awaiting a window.").unwrap()),
