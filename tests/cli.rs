@@ -152,7 +152,8 @@ fn demo_routes_every_record_and_gives_each_delivery_a_verdict() {
 }
 
 /// The README's vendor-accuracy command: each MTurk worker as a vendor, estimated against true
-/// accuracy. Targets from the issue: MAE ≤ 0.08, Spearman ≥ 0.8 (logistic baseline 0.16 / 0.58).
+/// accuracy. Measured MAE 0.029, Spearman 0.883 (one-coin Dawid–Skene 0.082 / 0.62, CROWDLAB
+/// 0.039–0.055 / 0.86–0.92 over its fold seeds; docs/benchmarks.md §10).
 #[test]
 fn vendor_accuracy_on_the_crowd_labels_meets_its_targets() {
     let json = temp_path("vendors.json");
@@ -164,8 +165,8 @@ fn vendor_accuracy_on_the_crowd_labels_meets_its_targets() {
     assert_eq!(vendors.len(), 21, "workers with at least 20 labels");
     assert!(vendors.iter().all(|v| v["labels"].as_u64().unwrap() >= 20));
     eprintln!("vendor accuracy: MAE {mae:.4}, Spearman {rho:.4}");
-    assert!(mae <= 0.08, "MAE {mae}");
-    assert!(rho >= 0.8, "Spearman {rho}");
+    assert!(mae <= 0.04, "MAE {mae}");
+    assert!(rho >= 0.85, "Spearman {rho}");
 }
 
 /// Logs on a pipe carry no colour codes, and `LABELGATE_LOG_FORMAT=json` writes one JSON object

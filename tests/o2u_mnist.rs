@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Device;
 use labelgate::{
-    accuracy::offline::JudgeSettings,
+    accuracy::offline::{self, JudgeSettings},
     data::{self, Builtin},
     eval,
     noise::NoiseModel,
@@ -44,4 +44,24 @@ fn same_seed_same_ranking_other_seed_other_scores() {
     assert_eq!(o2u::suspects::rank_descending(&a.scores), o2u::suspects::rank_descending(&b.scores));
     assert_eq!(a.loss_variance, b.loss_variance);
     assert_ne!(a.scores, c.scores);
+}
+
+/// The MNIST test set with its published labels (label-error studies confirm about 0.15 % of them
+/// wrong): the automatic flag count comes from the gate's evidence, not the score mixture alone
+/// (which flagged 61 % of it), and its interval must hold the true share.
+#[test]
+fn a_nearly_clean_set_is_flagged_sparingly_with_an_interval_that_holds_the_truth() {
+    common::single_thread();
+    let mut test = data::mnist::load(&common::data_dir(), "t10k").unwrap();
+    data::Standardizer::standardize_in_place(&mut test.features, test.shape);
+    let config = O2uConfig::default();
+    let outcome = o2u::score(test.samples(), None, &config, &Device::Cpu, &mut Silent).unwrap();
+    let judged = offline::judge(test.samples(), &outcome, o2u::suspects::NoiseRate::Auto, &config, &JudgeSettings::gate_defaults(), &Device::Cpu);
+    let e = &judged.evidence;
+    eprintln!("{:?}: share {:.4} [{:.4}, {:.4}], {} flagged, readings {:?}", e.status, e.wrong_share, e.wrong_share_ci_low, e.wrong_share_ci_high, judged.flagged.len(), e.readings);
+    assert!(e.status.sets_the_flag_count(), "the network learns MNIST: {:?} is not the answer", e.status);
+    assert!(judged.flagged.len() <= 300, "{} of 10,000 flagged", judged.flagged.len());
+    assert!(e.wrong_share_ci_low <= 0.0015 && 0.0015 <= e.wrong_share_ci_high, "[{}, {}]", e.wrong_share_ci_low, e.wrong_share_ci_high);
+    let order = o2u::suspects::rank_descending(&outcome.scores);
+    assert_eq!(judged.flagged, order[..judged.flagged.len()], "the scores rank; the evidence says how many");
 }

@@ -138,7 +138,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         let groups = train.items.as_ref().map(|items| crate::accuracy::agreement::index_of(items.iter().map(String::as_str)).0);
         // Grouped by item: no network predicts a song whose other labels it saw.
         let heldout = o2u::heldout_probabilities(train.samples(), &config, crate::accuracy::offline::CROSSFIT_FOLDS, crate::config::Config::defaults().gate.crossfit_min_steps, groups.as_deref(), &device)?;
-        let vendors = eval::vendors::vendor_report(&train, &report.predicted, Some(&heldout), args.min_labels)?;
+        let vendors = eval::vendors::vendor_report(&train, &report.scores, &report.predicted, Some(&heldout), args.min_labels)?;
         report.vendor_accuracy_mae = Some(vendors.vendor_accuracy_mae);
         report.vendor_accuracy_spearman = Some(vendors.vendor_accuracy_spearman);
         report.vendor_report = Some(vendors);

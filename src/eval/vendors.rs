@@ -1,7 +1,8 @@
 //! Per-annotator accuracy on real crowd labels with known truth: each annotator is treated as a
 //! vendor, and the gate's estimate (the agreement model with the network's out-of-fold
-//! probabilities: each label judged by the item's other labels and the network) is compared with
-//! the annotator's true accuracy.
+//! probabilities says how many labels are wrong; the scores say which, or where the network
+//! earned no weight, each label is judged by the item's other labels) is compared with the
+//! annotator's true accuracy.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use super::metrics::spearman;
 use crate::{
     accuracy::{self, agreement},
     data::LabelledSet,
+    o2u::suspects,
     stats::z_for,
 };
 
@@ -46,7 +48,7 @@ pub struct VendorReport {
 
 /// `heldout`: per label row, out-of-fold class probabilities from networks that saw none of the
 /// item's labels (folds grouped by item).
-pub fn vendor_report(set: &LabelledSet, predicted: &[u32], heldout: Option<&[f32]>, min_labels: usize) -> Result<VendorReport> {
+pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], heldout: Option<&[f32]>, min_labels: usize) -> Result<VendorReport> {
     let (Some(annotators), Some(truth)) = (&set.annotators, &set.truth) else {
         bail!("--vendors needs a data set with annotators and true labels (music-genre)")
     };
@@ -66,6 +68,15 @@ pub fn vendor_report(set: &LabelledSet, predicted: &[u32], heldout: Option<&[f32
     });
     let votes = agreement::Votes { item: &item, annotator: &annotator, label: &set.labels, items, annotators: n_annotators, classes: k, network: network.as_deref() };
     let Some(fit) = agreement::fit_votes(&votes) else { bail!("too few labels to fit the agreement model") };
+    // As the gate's windows: a network that earned weight ranks the labels by its scores
+    // (agreement says how many); one that earned none leaves them to the votes.
+    let learned = heldout.is_some_and(|p| accuracy::evidence::ModelFit::of(p, &set.labels, k, 0.0).lift >= crate::config::Config::defaults().gate.min_model_lift);
+    let ranked_by_votes = !(learned && fit.network_outjudges_annotators());
+    let flagged_idx = suspects::select(scores, suspects::NoiseRate::Fixed(fit.noise_share)).flagged;
+    let mut flagged = vec![false; scores.len()];
+    for i in flagged_idx {
+        flagged[i] = true;
+    }
     #[derive(Default)]
     struct Tally {
         labels: usize,
@@ -79,7 +90,7 @@ pub fn vendor_report(set: &LabelledSet, predicted: &[u32], heldout: Option<&[f32
         t.labels += 1;
         t.right += (truth[i] == set.labels[i]) as usize;
         t.argmax += (predicted[i] == set.labels[i]) as usize;
-        t.p_wrong.push(1.0 - fit.p_correct[i]);
+        t.p_wrong.push(if ranked_by_votes { 1.0 - fit.p_correct[i] } else { flagged[i] as u8 as f64 });
     }
     let z = z_for(0.95);
     let vendors: Vec<VendorRow> = by_vendor

@@ -131,12 +131,16 @@ impl Gate {
             // delivery's accuracy is the mean of its labels' chances of being right. Judged by the
             // others alone a careful vendor among careless ones reads low, so the interval spans
             // that, the same with each label's own vote counted, and the delivery's flags.
+            // Where the network earned weight in the agreement model its scores ranked the labels
+            // and the flags are the estimate (that ranks vendors best where the features carry
+            // the classes; docs/benchmarks.md §10).
             Some(p_wrong) if records > 0 => {
                 let flags = accuracy::estimate(records, flagged, flagged_range, Calibration::None, self.z);
                 let by_others = accuracy::from_posteriors(&p_wrong[rows.clone()], self.z);
                 let with_own = scores.p_wrong_with_own.as_ref().map_or(by_others, |p| accuracy::from_posteriors(&p[rows], self.z));
                 let ci = (flags.ci.0.min(by_others.ci.0).min(with_own.ci.0), flags.ci.1.max(by_others.ci.1).max(with_own.ci.1));
-                (AccuracyEstimate { ci, ..by_others }, "agreement")
+                let point = if scores.ranked_by_votes { by_others } else { flags };
+                (AccuracyEstimate { ci, ..point }, "agreement")
             }
             _ => (accuracy::estimate(records, flagged, flagged_range, calibration, self.z), calibration.name()),
         }

@@ -48,6 +48,7 @@ fn scores(n: usize, flag: &[usize]) -> WindowScores {
         pool_control: None,
         p_wrong: None,
         p_wrong_with_own: None,
+        ranked_by_votes: false,
         revised: Vec::new(),
         final_loss: 0.3,
         training_seconds: 0.1,

@@ -181,6 +181,10 @@ pub struct WindowEvidence {
     /// How far the window's features lie from the reference pool's; `None` without a pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution_shift: Option<ShiftCheck>,
+    /// The weight the agreement model gave the network's out-of-fold probabilities (0: the votes
+    /// alone); `None` where agreement did not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_weight: Option<f64>,
 }
 
 impl WindowEvidence {
@@ -284,6 +288,7 @@ pub fn fixed(rate: f64, pending: usize, pool_rows: usize, z: f64) -> WindowEvide
         readings_agree: true,
         mixture_separation: None,
         distribution_shift: None,
+        network_weight: None,
     }
 }
 
@@ -309,6 +314,7 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, rows: usize, pool_
         readings_agree: false,
         mixture_separation: None,
         distribution_shift: None,
+        network_weight: None,
     };
     let learned = fit.is_some_and(|f| f.lift >= policy.min_model_lift);
     if let Some(a) = readings.iter().find(|r| r.estimator == Estimator::Agreement) {
@@ -525,19 +531,26 @@ fn confident_learning(p: &[f32], s: &WindowSignals<'_>, z: f64, min_pool_rows: u
 
 /// On the window's own records: pool rows were selected for low loss and would flatter it.
 fn model_fit(p: &[f32], s: &WindowSignals<'_>) -> ModelFit {
-    let n = s.pending;
-    let mut counts = vec![0usize; s.classes];
-    let mut right = 0usize;
-    for (i, &l) in s.labels[..s.pending].iter().enumerate() {
-        counts[l as usize] += 1;
-        let row = &p[i * s.classes..(i + 1) * s.classes];
-        let argmax = (0..s.classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
-        right += (argmax == l as usize) as usize;
+    ModelFit::of(p, &s.labels[..s.pending], s.classes, s.final_loss)
+}
+
+impl ModelFit {
+    /// How well out-of-fold probabilities `p` (`classes` per row) predict `labels`.
+    pub fn of(p: &[f32], labels: &[u32], classes: usize, final_loss: f64) -> Self {
+        let n = labels.len();
+        let mut counts = vec![0usize; classes];
+        let mut right = 0usize;
+        for (i, &l) in labels.iter().enumerate() {
+            counts[l as usize] += 1;
+            let row = &p[i * classes..(i + 1) * classes];
+            let argmax = (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+            right += (argmax == l as usize) as usize;
+        }
+        let heldout_accuracy = right as f64 / n.max(1) as f64;
+        let chance_accuracy = counts.iter().copied().max().unwrap_or(0) as f64 / n.max(1) as f64;
+        let lift = if chance_accuracy < 1.0 { (heldout_accuracy - chance_accuracy) / (1.0 - chance_accuracy) } else { 0.0 };
+        ModelFit { heldout_accuracy, chance_accuracy, lift, final_loss }
     }
-    let heldout_accuracy = right as f64 / n.max(1) as f64;
-    let chance_accuracy = counts.iter().copied().max().unwrap_or(0) as f64 / n.max(1) as f64;
-    let lift = if chance_accuracy < 1.0 { (heldout_accuracy - chance_accuracy) / (1.0 - chance_accuracy) } else { 0.0 };
-    ModelFit { heldout_accuracy, chance_accuracy, lift, final_loss: s.final_loss }
 }
 
 #[cfg(test)]

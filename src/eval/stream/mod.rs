@@ -86,6 +86,7 @@ pub struct WindowOutcome {
     pub status: EvidenceStatus,
     pub readings: Vec<(String, f64)>,
     pub lift: Option<f64>,
+    pub network_weight: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +187,7 @@ pub fn run_case(case: &StreamCase, data_dir: &Path, gate_config: &GateConfig, en
                 status: e.status,
                 readings: e.readings.iter().map(|r| (format!("{:?}", r.estimator), r.wrong_share)).collect(),
                 lift: e.model_fit.map(|f| f.lift),
+                network_weight: e.network_weight,
             });
             let reviews: std::collections::HashMap<String, ReviewStats> = std::collections::HashMap::new();
             let commit = gate.finish_window(job, &scores, &reviews, crate::clock::unix_millis());
