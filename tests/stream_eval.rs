@@ -50,17 +50,18 @@ fn crowd_labels_streamed_in_small_windows_still_rank_the_vendors() {
     // Each worker a vendor, a song's labels spread over three 1,000-record windows: later windows
     // train on the earlier labels of their songs, and the gauge ranks the 21 workers with ≥ 20
     // labels, from a full reference pool and from an empty one (where the pool fills with the
-    // same songs' accepted labels, which a window leaves out). With the full pool this read ρ
-    // 0.67 before earlier labels were trained on and 0.819 before the pool left out the window's
-    // own songs (docs/benchmarks.md §6).
+    // same songs' accepted labels, which a window leaves out). Seeds 0–1 read ρ 0.912 / MAE 0.039
+    // (full) and 0.829 / 0.055 (empty); CROWDLAB on the same labels 0.86–0.92 / 0.039–0.054
+    // (docs/benchmarks.md §10).
     common::single_thread();
     let config = Config::load(None).unwrap();
     for pool in [PoolStart::Full, PoolStart::Empty] {
         let case = StreamCase { data: StreamData::MusicGenre, unlearnable: false, shifted: false, window: 1000, pool, vendor_noise: vec![0.0] };
         let s = evaluate_case(case, &common::data_dir(), &config.gate, &config.engine, &[0, 1], &candle_core::Device::Cpu).unwrap();
         let (rho, mae) = (s.vendor_spearman.unwrap(), s.vendor_mae.unwrap());
-        assert!(rho >= 0.8, "pool {pool:?}: vendor Spearman {rho:.3}");
-        assert!(mae <= 0.07, "pool {pool:?}: vendor MAE {mae:.3}");
+        let (min_rho, max_mae) = if pool == PoolStart::Full { (0.86, 0.05) } else { (0.78, 0.065) };
+        assert!(rho >= min_rho, "pool {pool:?}: vendor Spearman {rho:.3}");
+        assert!(mae <= max_mae, "pool {pool:?}: vendor MAE {mae:.3}");
         assert_eq!(s.false_rejects, 0, "pool {pool:?}");
         assert!(s.coverage >= 0.9, "pool {pool:?}: the 95% interval held the truth for {:.3} of deliveries", s.coverage);
     }

@@ -71,7 +71,7 @@ pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], heldo
     // As the gate's windows: a network that earned weight ranks the labels by its scores
     // (agreement says how many); one that earned none leaves them to the votes.
     let learned = heldout.is_some_and(|p| accuracy::evidence::ModelFit::of(p, &set.labels, k, 0.0).lift >= crate::config::Config::defaults().gate.min_model_lift);
-    let ranked_by_votes = !(learned && fit.network_outjudges_annotators());
+    let ranked_by_votes = !(learned && fit.network_knows_more_than_it_says());
     let flagged_idx = suspects::select(scores, suspects::NoiseRate::Fixed(fit.noise_share)).flagged;
     let mut flagged = vec![false; scores.len()];
     for i in flagged_idx {

@@ -255,7 +255,7 @@ pub fn score_window(
     let mut p_wrong = None;
     let mut p_wrong_with_own = None;
     let mut network_weight = None;
-    let mut network_outjudges = false;
+    let mut network_knows_more = false;
     let mut earlier_p_wrong: Vec<f32> = Vec::new();
     let evidence = match policy.noise_rate {
         suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
@@ -269,7 +269,7 @@ pub fn score_window(
             let (agreement, coverage, posterior) = agreement_reading(&data, &index, heldout_all.as_deref(), rows, &earlier, policy);
             if let Some(judged) = posterior {
                 network_weight = Some(judged.network_weight);
-                network_outjudges = judged.network_outjudges;
+                network_knows_more = judged.network_knows_more;
                 earlier_p_wrong = judged.p_wrong[pending..].iter().map(|&p| p as f32).collect();
                 p_wrong = Some(judged.p_wrong[..pending].to_vec());
                 p_wrong_with_own = Some(judged.p_wrong_with_own[..pending].to_vec());
@@ -296,13 +296,13 @@ pub fn score_window(
         _ => NoiseRateFrom::Estimators,
     };
     // The evidence says how many; which records: by the scores, except where agreement judged
-    // the labels and the network did not learn or names an item's class less often than an
-    // annotator does ([`agreement::VoteFit::network_outjudges_annotators`]): then by agreement's
-    // probability that each is wrong, judged by the item's other labels. Scores from a network
+    // the labels and the network did not learn or earned no more than its own probabilities
+    // ([`agreement::VoteFit::network_knows_more_than_it_says`]): then by agreement's probability
+    // that each is wrong, judged by the item's other labels. Scores from a network
     // that learned nothing ranked the music-genre workers at ρ 0.64–0.67 against 0.71–0.80 by the
     // votes (docs/benchmarks.md §10).
     let learned = evidence.model_fit.is_some_and(|f| f.lift >= policy.evidence.min_model_lift);
-    let ranked_by_votes = network_weight.is_some() && !(learned && network_outjudges);
+    let ranked_by_votes = network_weight.is_some() && !(learned && network_knows_more);
     let (suspicion, earlier_suspicion): (Vec<f32>, Vec<f32>) = match &p_wrong {
         Some(p) if ranked_by_votes => (p.iter().map(|&x| x as f32).collect(), earlier_p_wrong),
         _ => (pending_scores.to_vec(), earlier_scores),
@@ -508,7 +508,7 @@ fn agreement_reading(data: &WindowData, index: &LabelIndex, heldout: Option<&[f3
     let (lo, hi) = evidence::no_narrower_than_its_sample(((share.min(with_own) - half).max(0.0), (share.max(with_own) + half).min(1.0)), share, pending, policy.evidence.z);
     let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: lo, ci_high: hi };
     let wrong = |p: &[f64]| p.iter().map(|q| 1.0 - q).collect();
-    (Some(reading), coverage, Some(AgreementJudgement { p_wrong: wrong(&fit.p_correct), p_wrong_with_own: wrong(&fit.p_correct_with_own), network_weight: fit.network_weight, network_outjudges: fit.network_outjudges_annotators() }))
+    (Some(reading), coverage, Some(AgreementJudgement { p_wrong: wrong(&fit.p_correct), p_wrong_with_own: wrong(&fit.p_correct_with_own), network_weight: fit.network_weight, network_knows_more: fit.network_knows_more_than_it_says() }))
 }
 
 /// Every label's probability of being wrong under agreement (the window's, then the earlier
@@ -519,7 +519,7 @@ struct AgreementJudgement {
     /// With its own vote counted too.
     p_wrong_with_own: Vec<f64>,
     network_weight: f64,
-    network_outjudges: bool,
+    network_knows_more: bool,
 }
 
 #[cfg(test)]
