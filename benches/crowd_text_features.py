@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Builds tests/data/crowd_text/ (the crowd-labelled text set) and its item features.
 
-Recompute the features from the committed texts (rewrites gold.csv, keeps its truth column):
+The files are not committed (the set carries no licence; tests/data/crowd_text/README.md).
+Recompute the features from texts.csv (rewrites gold.csv, keeps its truth column):
 
   ~/.cache/labelgate/bench-venv/bin/python benches/crowd_text_features.py
 
