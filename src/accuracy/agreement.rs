@@ -49,6 +49,17 @@ pub struct Votes<'a> {
     pub network: Option<&'a [f32]>,
 }
 
+/// [`Votes::network`] from out-of-fold probabilities by row (`classes` per row): label `j`'s item
+/// takes the probabilities of row `row_of(j)` (the rows of one item share its features and fold).
+pub fn network_by_item(item: &[usize], items: usize, classes: usize, p: &[f32], row_of: impl Fn(usize) -> usize) -> Vec<f32> {
+    let mut per_item = vec![0f32; items * classes];
+    for (j, &i) in item.iter().enumerate() {
+        let row = row_of(j);
+        per_item[i * classes..(i + 1) * classes].copy_from_slice(&p[row * classes..(row + 1) * classes]);
+    }
+    per_item
+}
+
 /// The network's weights tried: the item prior is `π^(1−w) · p^w`, from the class shares alone
 /// (w = 0: Dawid–Skene on the votes) to the network's probabilities alone (w = 1).
 const NETWORK_WEIGHTS: [f64; 10] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0];

@@ -55,7 +55,6 @@ pub fn judge(
     device: &Device,
 ) -> SetJudgement {
     let n = outcome.scores.len();
-    let order = suspects::rank_descending(&outcome.scores);
     let evidence = match rate {
         suspects::NoiseRate::Fixed(r) => evidence::fixed(r, n, 0, settings.evidence.z),
         suspects::NoiseRate::Auto => {
@@ -75,6 +74,6 @@ pub fn judge(
         }
     };
     let not_flagged_because = (!evidence.status.sets_the_flag_count()).then(|| evidence.status.review_reason()).flatten();
-    let k = if not_flagged_because.is_some() { 0 } else { ((evidence.wrong_share * n as f64).round() as usize).min(n) };
-    SetJudgement { flagged: order[..k].to_vec(), evidence, not_flagged_because }
+    let share = if not_flagged_because.is_some() { 0.0 } else { evidence.wrong_share };
+    SetJudgement { flagged: suspects::top_share(&outcome.scores, share), evidence, not_flagged_because }
 }

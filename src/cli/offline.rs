@@ -131,14 +131,15 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let epochs = config.stage1_epochs + config.stage2_epochs() + if args.retrain { config.retrain_epochs } else { 0 };
     tracing::info!(samples = train.len(), device = device::describe(&device), threads = args.common.threads, "evaluating");
     let mut progress = ProgressReporter::new(train.len(), epochs);
-    let mut report = eval::evaluate(&train, &test, args.noise, &config, &offline::JudgeSettings::gate_defaults(), args.retrain, &device, args.common.threads, &mut progress)?;
+    let judge = offline::JudgeSettings::gate_defaults();
+    let mut report = eval::evaluate(&train, &test, args.noise, &config, &judge, args.retrain, &device, args.common.threads, &mut progress)?;
     progress.finish();
     report.dataset = clap::ValueEnum::to_possible_value(&args.dataset).expect("named").get_name().to_string();
     if args.vendors {
         let groups = train.items.as_ref().map(|items| crate::accuracy::agreement::index_of(items.iter().map(String::as_str)).0);
         // Grouped by item: no network predicts a song whose other labels it saw.
-        let heldout = o2u::heldout_probabilities(train.samples(), &config, crate::accuracy::offline::CROSSFIT_FOLDS, crate::config::Config::defaults().gate.crossfit_min_steps, groups.as_deref(), &device)?;
-        let vendors = eval::vendors::vendor_report(&train, &report.scores, &report.predicted, Some(&heldout), args.min_labels)?;
+        let heldout = o2u::heldout_probabilities(train.samples(), &config, offline::CROSSFIT_FOLDS, judge.crossfit_min_steps, groups.as_deref(), &device)?;
+        let vendors = eval::vendors::vendor_report(&train, &report.scores, &report.predicted, Some(&heldout), judge.evidence.min_model_lift, args.min_labels)?;
         report.vendor_accuracy_mae = Some(vendors.vendor_accuracy_mae);
         report.vendor_accuracy_spearman = Some(vendors.vendor_accuracy_spearman);
         report.vendor_report = Some(vendors);

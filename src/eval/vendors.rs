@@ -47,8 +47,9 @@ pub struct VendorReport {
 }
 
 /// `heldout`: per label row, out-of-fold class probabilities from networks that saw none of the
-/// item's labels (folds grouped by item).
-pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], heldout: Option<&[f32]>, min_labels: usize) -> Result<VendorReport> {
+/// item's labels (folds grouped by item); the network counts as learned at `min_model_lift`, as in
+/// the gate's windows.
+pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], heldout: Option<&[f32]>, min_model_lift: f64, min_labels: usize) -> Result<VendorReport> {
     let (Some(annotators), Some(truth)) = (&set.annotators, &set.truth) else {
         bail!("--vendors needs a data set with annotators and true labels (music-genre)")
     };
@@ -59,22 +60,15 @@ pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], heldo
     let (item, items) = agreement::index_of(item_keys);
     let (annotator, n_annotators) = agreement::index_of(annotators.iter().map(String::as_str));
     let k = set.classes.len();
-    let network = heldout.map(|p| {
-        let mut per_item = vec![0f32; items * k];
-        for (j, &i) in item.iter().enumerate() {
-            per_item[i * k..(i + 1) * k].copy_from_slice(&p[j * k..(j + 1) * k]);
-        }
-        per_item
-    });
+    let network = heldout.map(|p| agreement::network_by_item(&item, items, k, p, |j| j));
     let votes = agreement::Votes { item: &item, annotator: &annotator, label: &set.labels, items, annotators: n_annotators, classes: k, network: network.as_deref() };
     let Some(fit) = agreement::fit_votes(&votes) else { bail!("too few labels to fit the agreement model") };
     // As the gate's windows: a network that earned weight ranks the labels by its scores
     // (agreement says how many); one that earned none leaves them to the votes.
-    let learned = heldout.is_some_and(|p| accuracy::evidence::ModelFit::of(p, &set.labels, k, 0.0).lift >= crate::config::Config::defaults().gate.min_model_lift);
+    let learned = heldout.is_some_and(|p| accuracy::evidence::ModelFit::of(p, &set.labels, k, 0.0).lift >= min_model_lift);
     let ranked_by_votes = !(learned && fit.network_knows_more_than_it_says());
-    let flagged_idx = suspects::select(scores, suspects::NoiseRate::Fixed(fit.noise_share)).flagged;
     let mut flagged = vec![false; scores.len()];
-    for i in flagged_idx {
+    for i in suspects::top_share(scores, fit.noise_share) {
         flagged[i] = true;
     }
     #[derive(Default)]

@@ -320,9 +320,7 @@ pub fn score_window(
     let mut flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
     if !evidence.status.supports_a_decision() {
         policy.review_budget.limit(&mut flagged, &order, &data.vendors);
-    }
-    // A window that cannot tell how many of its own labels are wrong does not judge earlier ones.
-    if !evidence.status.supports_a_decision() {
+        // A window that cannot tell how many of its own labels are wrong judges no earlier one.
         earlier_judged.clear();
     }
     let revised = revise_earlier_labels(earlier_judged, k.checked_sub(1).map(|last| suspicion[order[last]]));
@@ -485,15 +483,8 @@ fn agreement_reading(data: &WindowData, index: &LabelIndex, heldout: Option<&[f3
     }
     let labels: Vec<u32> = data.labels[..pending].iter().copied().chain(earlier.iter().map(|&i| data.prior_labels[i].label)).collect();
     let k = data.classes;
-    let network = heldout.map(|p| {
-        let mut per_item = vec![0f32; index.items * k];
-        // Label j is training row j (the window's) or rows + (j − pending) (an earlier one).
-        for (j, &item) in index.item.iter().enumerate() {
-            let row = if j < pending { j } else { rows + j - pending };
-            per_item[item * k..(item + 1) * k].copy_from_slice(&p[row * k..(row + 1) * k]);
-        }
-        per_item
-    });
+    // Label j is training row j (the window's) or rows + (j − pending) (an earlier one).
+    let network = heldout.map(|p| agreement::network_by_item(&index.item, index.items, k, p, |j| if j < pending { j } else { rows + j - pending }));
     let votes = agreement::Votes { item: &index.item, annotator: &index.vendor, label: &labels, items: index.items, annotators: index.vendors, classes: k, network: network.as_deref() };
     let Some(fit) = agreement::fit_votes(&votes) else { return (None, coverage, None) };
     let p = &fit.p_correct[..pending];

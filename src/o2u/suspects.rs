@@ -1,11 +1,7 @@
-//! Turns scores into a ranked suspect list: top-k when the noise rate is known, the mixture
-//! estimate of `noise_rate` when it is not.
+//! Turns scores into a ranked suspect list: the most suspect first, and the top share of it as
+//! flags. How large a share `auto` flags is the evidence's call ([`crate::accuracy::offline`]).
 
 use std::str::FromStr;
-
-use serde::Serialize;
-
-use super::noise_rate::{self, NoiseEstimate};
 
 /// How many samples to flag.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,28 +32,11 @@ pub fn rank_descending(scores: &[f32]) -> Vec<usize> {
     order
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Selection {
-    /// Indices of flagged samples, most suspect first.
-    pub flagged: Vec<usize>,
-    /// The rate used: the given one, or the estimate.
-    pub noise_rate: f64,
-    pub estimate: Option<NoiseEstimate>,
-}
-
-pub fn select(scores: &[f32], rate: NoiseRate) -> Selection {
-    let order = rank_descending(scores);
-    match rate {
-        NoiseRate::Fixed(r) => {
-            let k = ((r * scores.len() as f64).round() as usize).min(scores.len());
-            Selection { flagged: order[..k].to_vec(), noise_rate: r, estimate: None }
-        }
-        NoiseRate::Auto => {
-            let est = noise_rate::estimate(scores);
-            let flagged = order.into_iter().take_while(|&i| scores[i] >= est.threshold).collect();
-            Selection { flagged, noise_rate: est.rate, estimate: Some(est) }
-        }
-    }
+/// The top `share` of the samples by score (`round(share · n)` of them), most suspect first.
+pub fn top_share(scores: &[f32], share: f64) -> Vec<usize> {
+    let mut order = rank_descending(scores);
+    order.truncate(((share * scores.len() as f64).round() as usize).min(scores.len()));
+    order
 }
 
 #[cfg(test)]
@@ -75,8 +54,7 @@ mod tests {
     #[test]
     fn fixed_rate_flags_the_top_k() {
         let scores = [0.1, 0.9, -0.3, 0.5, 0.0];
-        let sel = select(&scores, NoiseRate::Fixed(0.4));
-        assert_eq!(sel.flagged, vec![1, 3]);
+        assert_eq!(top_share(&scores, 0.4), vec![1, 3]);
         assert_eq!(rank_descending(&scores), vec![1, 3, 0, 4, 2]);
     }
 }

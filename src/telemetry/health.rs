@@ -305,6 +305,14 @@ mod tests {
         t0 + Duration::from_secs(secs)
     }
 
+    /// Each second of `seconds` after t0: the broker answers the monitor and the loop steps.
+    fn stepping(h: &Health, t0: Instant, seconds: std::ops::RangeInclusive<u64>) {
+        for s in seconds {
+            h.broker_answered(at(t0, s), false);
+            h.beat(at(t0, s));
+        }
+    }
+
     /// A watched gate at t0 + 1 s with a broker that answered, one partition, nothing behind.
     fn consuming() -> (Health, Instant) {
         let t0 = Instant::now();
@@ -348,10 +356,7 @@ mod tests {
     #[test]
     fn records_behind_with_nothing_consumed_is_unhealthy_unless_a_window_or_the_store_explains_it() {
         let (h, t0) = consuming();
-        for s in 2..=40 {
-            h.broker_answered(at(t0, s), false);
-            h.beat(at(t0, s));
-        }
+        stepping(&h, t0, 2..=40);
         h.set_lag(4_645, true, at(t0, 2));
         // Records that have just fallen behind have not waited yet.
         assert_eq!(h.liveness(at(t0, 3)), Ok(()));
@@ -397,10 +402,7 @@ mod tests {
         h.set_positions(vec![], at(t0, 2));
         // Four replicas for four partitions: this one should hold some.
         h.set_group(3, 4);
-        for s in 2..=40 {
-            h.broker_answered(at(t0, s), false);
-            h.beat(at(t0, s));
-        }
+        stepping(&h, t0, 2..=40);
         assert_eq!(h.readiness(at(t0, 3)).unwrap_err(), "no input partitions assigned");
         assert_eq!(h.liveness(at(t0, 31)), Ok(()));
         assert!(h.liveness(at(t0, 33)).unwrap_err().contains("no input partitions assigned for 31 s"));
@@ -414,10 +416,7 @@ mod tests {
         let (h, t0) = consuming();
         h.set_positions(vec![], at(t0, 2));
         h.set_group(4, 4);
-        for s in 2..=100 {
-            h.broker_answered(at(t0, s), false);
-            h.beat(at(t0, s));
-        }
+        stepping(&h, t0, 2..=100);
         assert_eq!(h.readiness(at(t0, 100)).unwrap_err(), "no input partitions assigned");
         assert_eq!(h.liveness(at(t0, 100)), Ok(()));
     }
