@@ -6,6 +6,7 @@
 //! - [`device`]: where training runs (CPU, or CUDA when built with it).
 //! - [`progress`]: the terminal progress bar of training.
 //! - [`data`]: readers for user records and the built-in data sets; [`noise`]: synthetic noise.
+//! - [`encoder`]: texts and text pairs to feature vectors (a sentence encoder and its cache).
 //! - [`accuracy`]: wrong-label shares, their evidence, and accuracy estimates.
 //! - [`wire`]: the Kafka message contract (what vendors send and what the gate writes).
 //! - [`config`]: layered configuration (embedded defaults, file, `LABELGATE__` environment).
@@ -26,6 +27,7 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod encoder;
 pub mod eval;
 pub mod gate;
 pub mod noise;

@@ -15,7 +15,8 @@ use crate::{
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// JSONL (`sample_id`, `label`, `features`) or CSV (`id,label,feature...`) file.
+    /// JSONL (`sample_id`, `label`, and `features` or `text` [+ `text_pair`]) or CSV
+    /// (`id,label,feature...`) file.
     #[arg(long, conflicts_with = "dataset", required_unless_present = "dataset")]
     pub input: Option<PathBuf>,
     /// Input format; by default from the extension (.csv is CSV, else JSONL).
@@ -96,12 +97,15 @@ pub struct CommonArgs {
     /// Seed of weights, shuffling and dropout: the same seed gives the same scores on the CPU.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Data directory holding mnist/ and music_genre_crowd/.
+    /// Data directory holding mnist/, music_genre_crowd/ and sentence_polarity/.
     #[arg(long, env = "LABELGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Engine settings; each flag overrides the engine's default.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// The sentence encoder, for records that carry `text`.
+    #[command(flatten)]
+    pub text: super::embed::TextModelArgs,
 }
 
 #[derive(Args)]

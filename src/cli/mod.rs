@@ -3,6 +3,7 @@
 //! `eval`); the service commands (`run`, `demo`, `eval-stream`) are here.
 
 mod args;
+mod embed;
 mod offline;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -39,6 +40,8 @@ enum Command {
     /// Turn suspects on the re-review topic into Label Studio tasks and reviewers' answers into
     /// reviews, until SIGTERM / SIGINT (the `[review_bridge]` settings).
     ReviewBridge(ReviewBridgeArgs),
+    /// Embed texts with the sentence encoder; prints texts per second and writes the vectors.
+    Embed(embed::EmbedArgs),
     /// Benchmark: consume N input records through the gate's consumer, parser and buffer with
     /// no window running; prints records per second.
     #[command(hide = true)]
@@ -147,6 +150,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run_gate(args),
         Command::ReviewBridge(args) => review_bridge(args),
         Command::BenchIngest(args) => bench_ingest(args),
+        Command::Embed(args) => embed::embed(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,10 +44,18 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 None => records::Format::from_path(path),
             };
             let mut set = records::read(path, format, args.classes.as_deref())?;
+            args.common.text.embed_sets(&mut [&mut set])?;
             data::Standardizer::standardize_in_place(&mut set.features, set.shape);
             set
         }
-        (None, Some(which)) => data::load_builtin(which, &args.common.data_dir())?.0,
+        (None, Some(which)) => {
+            let (mut set, mut test) = data::load_builtin(which, &args.common.data_dir())?;
+            if set.needs_embedding() {
+                args.common.text.embed_sets(&mut [&mut set, &mut test])?;
+                data::standardize_split(&mut set, &mut test);
+            }
+            set
+        }
         (None, None) => bail!("give --input FILE or --dataset NAME"),
     };
     if set.classes.len() < 2 {
@@ -110,13 +118,17 @@ fn log_judgement(j: &offline::SetJudgement, samples: usize) {
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let config = args.common.o2u_config(Some(args.dataset))?;
     let device = args.common.device();
-    let (mut train, test) = data::load_builtin(args.dataset, &args.common.data_dir())?;
+    let (mut train, mut test) = data::load_builtin(args.dataset, &args.common.data_dir())?;
     if let Some(limit) = args.limit {
         train.truncate(limit);
     }
+    if train.needs_embedding() {
+        args.common.text.embed_sets(&mut [&mut train, &mut test])?;
+        data::standardize_split(&mut train, &mut test);
+    }
     match (args.dataset, args.noise) {
         (Builtin::MusicGenre, Some(_)) => bail!("--noise: music-genre carries real crowd noise; drop --noise"),
-        (Builtin::Mnist, None) => bail!("--noise: MNIST needs injected noise, e.g. --noise symmetric:0.2"),
+        (Builtin::Mnist | Builtin::SentencePolarity, None) => bail!("--noise: this set's labels are clean; inject noise, e.g. --noise symmetric:0.2"),
         (_, Some(noise)) => eval::inject_noise(&mut train, noise, args.noise_seed)?,
         _ => {}
     }

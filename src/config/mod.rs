@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, de::IgnoredAny, Deserialize};
 
 pub use review_bridge::BridgeConfig;
 pub use secret::Secret;
-pub use sections::{GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
+pub use sections::{EncoderConfig, GatedInput, TextEncoderConfig, GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
 
 use crate::o2u::O2uConfig;
 
@@ -35,6 +35,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `labelgate review-bridge`: suspects to Label Studio tasks, answers back as reviews.
     pub review_bridge: BridgeConfig,
+    /// How texts become features (used when `gate.input` is `text` or `text_pair`).
+    pub encoder: EncoderConfig,
 }
 
 /// All configuration problems, one per line.
@@ -65,6 +67,7 @@ struct Sections {
     state: IgnoredAny,
     metrics: IgnoredAny,
     review_bridge: IgnoredAny,
+    encoder: IgnoredAny,
 }
 
 /// Each problem of a failed extraction as `key: what (where to set it)`, under `section`.
@@ -140,15 +143,17 @@ impl Config {
         }
         let metrics: Option<MetricsConfig> = section(&figment, "metrics", &mut problems);
         let review_bridge: Option<BridgeConfig> = section(&figment, "review_bridge", &mut problems);
+        let encoder: Option<EncoderConfig> = section(&figment, "encoder", &mut problems);
         problems.extend(kafka.iter().flat_map(validate::kafka));
         problems.extend(gate.iter().flat_map(validate::gate));
         problems.extend(engine.iter().flat_map(|e| e.validate().into_iter().map(|e| format!("engine.{e}"))));
         problems.extend(runtime.iter().flat_map(validate::runtime));
         problems.extend(state.iter().flat_map(validate::state));
         problems.extend(metrics.iter().flat_map(validate::metrics));
-        match (kafka, gate, engine, runtime, state, metrics, review_bridge) {
-            (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics), Some(review_bridge)) if problems.is_empty() => {
-                let config = Config { kafka, gate, engine, runtime, state, metrics, review_bridge };
+        problems.extend(encoder.iter().flat_map(validate::encoder));
+        match (kafka, gate, engine, runtime, state, metrics, review_bridge, encoder) {
+            (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics), Some(review_bridge), Some(encoder)) if problems.is_empty() => {
+                let config = Config { kafka, gate, engine, runtime, state, metrics, review_bridge, encoder };
                 Ok(config)
             }
             _ => Err(ConfigErrors(problems)),

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Secret;
+pub use crate::wire::GatedInput;
 use crate::{device::DeviceChoice, o2u::suspects::NoiseRate};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +85,11 @@ pub struct KafkaConfig {
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
     pub classes: Vec<String>,
+    /// What records carry: feature vectors (or raw pixel arrays), texts or text pairs.
+    #[serde(default)]
+    pub input: GatedInput,
+    /// Length of a record's feature vector (`input = "features"`); text inputs take the
+    /// encoder's.
     pub feature_dim: usize,
     pub delivery_timeout_secs: u64,
     pub min_window_records: usize,
@@ -127,6 +133,28 @@ pub struct GateConfig {
     pub max_id_length: usize,
     /// Longest label or gold label (bytes); longer: DLQ `field_too_long`.
     pub max_label_length: usize,
+    /// Longest `text` or `text_pair` (bytes); longer: DLQ `text_too_long`.
+    pub max_text_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    pub text: TextEncoderConfig,
+}
+
+/// The sentence encoder of text records.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderConfig {
+    /// A sentence-transformers directory of a BERT-family model (`config.json`,
+    /// `tokenizer.json`, `model.safetensors`); empty = all-MiniLM-L6-v2 in the model cache.
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// Texts per encoder run.
+    pub batch_size: usize,
+    /// Embeddings kept by content hash (384 floats each for the default model); 0 = none.
+    pub cache_entries: usize,
 }
 
 impl GateConfig {

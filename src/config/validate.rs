@@ -1,7 +1,7 @@
 //! Checks that serde cannot make: ranges, relations between keys, URLs. One function per section,
 //! so that a section that fails to parse does not hide the problems of the others.
 
-use super::{GateConfig, KafkaConfig, MetricsConfig, RuntimeConfig, StateBackend, StateConfig};
+use super::{EncoderConfig, GateConfig, KafkaConfig, MetricsConfig, RuntimeConfig, StateBackend, StateConfig};
 
 pub fn runtime(r: &RuntimeConfig) -> Vec<String> {
     let mut p = Vec::new();
@@ -51,8 +51,19 @@ pub fn gate(g: &GateConfig) -> Vec<String> {
     if !(0.0..1.0).contains(&g.min_model_lift) {
         p.push(format!("gate.min_model_lift = {}: a share in [0, 1), e.g. 0.25", g.min_model_lift));
     }
+    if g.max_text_bytes == 0 {
+        p.push("gate.max_text_bytes: must be positive, e.g. 16384".into());
+    }
     if g.vendor_accuracy_window_secs == 0 {
         p.push("gate.vendor_accuracy_window_secs: must be positive, e.g. 86400 (a day)".into());
+    }
+    p
+}
+
+pub fn encoder(e: &EncoderConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if e.text.batch_size == 0 {
+        p.push("encoder.text.batch_size: must be positive, e.g. 32".into());
     }
     p
 }

@@ -44,5 +44,6 @@ pub fn load(dir: &Path, split: &str) -> Result<LabelledSet> {
         classes: (0..10).map(|d| d.to_string()).collect(),
         annotators: None,
         items: None,
+        texts: None,
     })
 }

@@ -5,6 +5,7 @@ pub mod mnist;
 pub mod crowd_text;
 pub mod music_genre;
 pub mod records;
+pub mod sentence_polarity;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,9 @@ pub struct LabelledSet {
     /// What was labelled, when several samples label the same thing (the song a crowd worker
     /// labelled): the key that lets annotators' agreement count.
     pub items: Option<Vec<String>>,
+    /// The texts (and pairs), when the samples came as text: `features` stay empty until an
+    /// encoder embeds them ([`LabelledSet::set_embedded`]).
+    pub texts: Option<Vec<crate::encoder::TextInput>>,
 }
 
 impl LabelledSet {
@@ -69,6 +73,21 @@ impl LabelledSet {
         if let Some(i) = &mut self.items {
             i.truncate(n);
         }
+        if let Some(t) = &mut self.texts {
+            t.truncate(n);
+        }
+    }
+
+    /// The texts' features, `dim` per sample, from an encoder.
+    pub fn set_embedded(&mut self, features: Vec<f32>, dim: usize) {
+        debug_assert_eq!(features.len(), self.len() * dim);
+        self.features = features;
+        self.shape = InputShape::Vector { dim };
+    }
+
+    /// Whether the samples came as text and still need an encoder.
+    pub fn needs_embedding(&self) -> bool {
+        self.texts.is_some() && self.features.is_empty()
     }
 }
 
@@ -167,6 +186,9 @@ pub enum Builtin {
     Mnist,
     /// 2,945 real crowd labels on 700 songs; 300 held-out songs as the test set.
     MusicGenre,
+    /// 10,662 movie-review sentences by polarity (texts: needs the text encoder); the last
+    /// fifth is the test set.
+    SentencePolarity,
 }
 
 impl Builtin {
@@ -177,13 +199,16 @@ impl Builtin {
         match self {
             Builtin::Mnist => crate::o2u::O2uConfig::default().stage1_epochs,
             Builtin::MusicGenre => 20,
+            Builtin::SentencePolarity => crate::o2u::O2uConfig::default().stage1_epochs,
         }
     }
 }
 
-/// Loads a built-in data set as (train, clean test), features standardised on the train split.
+/// Loads a built-in data set as (train, clean test), features standardised on the train split;
+/// a set of texts comes with its texts and no features yet (see [`standardize_split`]).
 pub fn load_builtin(which: Builtin, dir: &Path) -> anyhow::Result<(LabelledSet, LabelledSet)> {
     let (mut train, mut test) = match which {
+        Builtin::SentencePolarity => return sentence_polarity::load_split(dir),
         Builtin::Mnist => (mnist::load(dir, "train")?, mnist::load(dir, "t10k")?),
         Builtin::MusicGenre => {
             let train = music_genre::load_crowd(dir)?;
@@ -191,9 +216,14 @@ pub fn load_builtin(which: Builtin, dir: &Path) -> anyhow::Result<(LabelledSet, 
             (train, test)
         }
     };
+    standardize_split(&mut train, &mut test);
+    Ok((train, test))
+}
+
+/// Scales both splits by the train split's mean and deviation.
+pub fn standardize_split(train: &mut LabelledSet, test: &mut LabelledSet) {
     let scaler = Standardizer::fit(&train.features, train.shape);
     let dim = train.shape.len();
     scaler.apply(&mut train.features, dim);
     scaler.apply(&mut test.features, dim);
-    Ok((train, test))
 }

@@ -65,6 +65,7 @@ pub(super) fn load_answers(gold: &Path, answers: &Path, columns: AnswerColumns) 
         truth: Some(Vec::new()),
         annotators: Some(Vec::new()),
         items: Some(Vec::new()),
+        texts: None,
     };
     for (i, row) in reader.records().enumerate() {
         let row = row.with_context(|| format!("{} line {}", path.display(), i + 2))?;
@@ -106,5 +107,6 @@ pub fn load_test(dir: &Path, classes: &[String]) -> Result<LabelledSet> {
         classes: classes.to_vec(),
         annotators: None,
         items: None,
+        texts: None,
     })
 }

@@ -1,5 +1,6 @@
-//! User-supplied labelled records: JSONL (`{"sample_id", "label", "features": [...]}` per line)
-//! or CSV (`id,label,feature...`, header optional). Every problem names the line.
+//! User-supplied labelled records: JSONL (`{"sample_id", "label", "features": [...]}` per line,
+//! or `"text"` and for pair tasks `"text_pair"` instead of `features`) or CSV
+//! (`id,label,feature...`, header optional). Every problem names the line.
 
 use std::{
     collections::HashSet,
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::LabelledSet;
-use crate::o2u::InputShape;
+use crate::{encoder::TextInput, o2u::InputShape};
 
 #[derive(Debug, Error)]
 pub enum InputError {
@@ -44,7 +45,12 @@ impl Format {
 struct JsonRecord {
     sample_id: serde_json::Value,
     label: serde_json::Value,
-    features: Vec<serde_json::Value>,
+    #[serde(default)]
+    features: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    text_pair: Option<String>,
     #[serde(default)]
     annotator_id: Option<String>,
     #[serde(default)]
@@ -82,7 +88,13 @@ pub fn read(path: &Path, format: Format, classes: Option<&[String]>) -> Result<L
     builder.finish()
 }
 
-type Parsed = (String, String, Vec<f32>, Option<String>);
+/// What a record carries.
+enum Payload {
+    Features(Vec<f32>),
+    Text(TextInput),
+}
+
+type Parsed = (String, String, Payload, Option<String>);
 
 fn parse_json(line: &str) -> Result<Parsed, String> {
     let rec: JsonRecord = serde_json::from_str(line).map_err(|e| format!("not a valid record: {e}"))?;
@@ -91,8 +103,14 @@ fn parse_json(line: &str) -> Result<Parsed, String> {
         serde_json::Value::Number(n) => Ok(n.to_string()),
         other => Err(format!("{what} must be a string or a number, got {other}")),
     };
-    let features = rec
-        .features
+    let features = match (rec.features, rec.text) {
+        (Some(features), None) if rec.text_pair.is_none() => features,
+        (None, Some(text)) => return Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, Payload::Text(TextInput { text, pair: rec.text_pair }), rec.annotator_id.or(rec.vendor_id))),
+        (None, None) if rec.text_pair.is_some() => return Err("`text_pair` without `text`".into()),
+        (None, None) => return Err("no `features` and no `text`".into()),
+        _ => return Err("give `features` or `text`, not both".into()),
+    };
+    let features = features
         .iter()
         .enumerate()
         .map(|(j, v)| match v.as_f64() {
@@ -100,7 +118,7 @@ fn parse_json(line: &str) -> Result<Parsed, String> {
             None => Err(format!("feature {j} is {v}, not a number")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, features, rec.annotator_id.or(rec.vendor_id)))
+    Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, Payload::Features(features), rec.annotator_id.or(rec.vendor_id)))
 }
 
 fn parse_csv(line: &str) -> Result<Parsed, String> {
@@ -113,7 +131,7 @@ fn parse_csv(line: &str) -> Result<Parsed, String> {
         .enumerate()
         .map(|(j, c)| c.parse::<f32>().map_err(|_| format!("feature {j} (column {}) is `{c}`, not a number", j + 3)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((cols[0].to_string(), cols[1].to_string(), features, None))
+    Ok((cols[0].to_string(), cols[1].to_string(), Payload::Features(features), None))
 }
 
 fn looks_like_header(line: &str) -> bool {
@@ -144,6 +162,7 @@ impl<'a> Builder<'a> {
                 truth: None,
                 annotators: None,
                 items: None,
+                texts: None,
             },
             label_names: Vec::new(),
             annotators: Vec::new(),
@@ -154,7 +173,29 @@ impl<'a> Builder<'a> {
         InputError::Bad { path: self.path.into(), line, problem }
     }
 
-    fn push(&mut self, line: usize, id: String, label: String, features: Vec<f32>, annotator: Option<String>) -> Result<(), InputError> {
+    fn push(&mut self, line: usize, id: String, label: String, payload: Payload, annotator: Option<String>) -> Result<(), InputError> {
+        let first = self.set.sample_ids.is_empty();
+        let features = match payload {
+            Payload::Text(text) => {
+                if !first && self.set.texts.is_none() {
+                    return Err(self.bad(line, "a `text` record, but the first record has `features`".into()));
+                }
+                if text.text.trim().is_empty() || text.pair.as_ref().is_some_and(|p| p.trim().is_empty()) {
+                    return Err(self.bad(line, "empty `text` or `text_pair`".into()));
+                }
+                let texts = self.set.texts.get_or_insert_with(Vec::new);
+                if texts.first().is_some_and(|t: &TextInput| t.pair.is_some() != text.pair.is_some()) {
+                    return Err(self.bad(line, "every record of a file of pairs needs `text_pair`, and no record of a file of single texts may have one".into()));
+                }
+                texts.push(text);
+                Vec::new()
+            }
+            Payload::Features(_) if self.set.texts.is_some() => return Err(self.bad(line, "a `features` record, but the first record has `text`".into())),
+            Payload::Features(features) => features,
+        };
+        if self.set.texts.is_some() {
+            return self.keep(line, id, label, features, annotator);
+        }
         if features.is_empty() {
             return Err(self.bad(line, "no features".into()));
         }
@@ -166,6 +207,11 @@ impl<'a> Builder<'a> {
         if let Some(j) = features.iter().position(|v| !v.is_finite()) {
             return Err(self.bad(line, format!("feature {j} is {}, features must be finite", features[j])));
         }
+        self.keep(line, id, label, features, annotator)
+    }
+
+    /// The record's label, id and annotator (its features checked already).
+    fn keep(&mut self, line: usize, id: String, label: String, features: Vec<f32>, annotator: Option<String>) -> Result<(), InputError> {
         if let Some(classes) = self.fixed_classes {
             if !classes.contains(&label) {
                 return Err(self.bad(line, format!("unknown label `{label}`; known classes: {}", classes.join(", "))));

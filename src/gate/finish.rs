@@ -77,7 +77,8 @@ impl Gate {
         } else {
             // The pool is the next windows' control for right labels: a window that could not
             // tell how many of its labels are wrong would bias it, so it adds nothing.
-            if scores.evidence.may_feed_pool() {
+            // (A text whose embedding failed has no features to pool.)
+            if scores.evidence.may_feed_pool() && !a.features.is_empty() {
                 self.pool.add(a.label, &a.features);
                 commit.state.pool_added.push((a.label, a.features.clone()));
             }
@@ -108,6 +109,8 @@ impl Gate {
             reason: reason.into(),
             item: a.item.clone(),
             image: a.image_shape.map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
+            text: a.text.as_ref().map(|t| t.text.clone()),
+            text_pair: a.text.as_ref().and_then(|t| t.pair.clone()),
         }
     }
 

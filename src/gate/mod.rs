@@ -111,6 +111,8 @@ pub struct WindowJob {
     pub data: WindowData,
     /// When its earliest delivery closed: the window's waiting time starts there.
     pub first_closed: Instant,
+    /// What embedding its texts did (set by the window thread; `None` without texts).
+    pub embedding: Option<crate::encoder::EmbeddingReport>,
 }
 
 impl WindowJob {
@@ -137,8 +139,21 @@ impl WindowJob {
             sample_ids: vec![],
             vendors: vec![],
             prior_labels: vec![],
+            texts: vec![],
         };
         std::mem::replace(&mut self.data, empty)
+    }
+
+    /// Gives the records that came as text their embedded features (`dim` each, in row order),
+    /// so accepted ones can join the pool.
+    pub fn set_embedded(&mut self, rows: &[usize], features: &[f32]) {
+        let dim = self.data.dim;
+        let mut next = rows.iter().zip(features.chunks_exact(dim)).peekable();
+        for (row, r) in self.deliveries.iter_mut().flat_map(|d| &mut d.records).enumerate() {
+            if let Some((_, f)) = next.next_if(|(&want, _)| want == row) {
+                r.annotation.features = f.to_vec();
+            }
+        }
     }
 
     pub fn vendors(&self) -> Vec<String> {
@@ -187,7 +202,7 @@ const GATED_MEMORY: usize = 100_000;
 
 impl Gate {
     pub fn new(config: GateConfig, max_message_bytes: usize, model_version: String, instance: String) -> Self {
-        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length);
+        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length).with_input(config.input, config.max_text_bytes);
         let z = crate::stats::z_for(config.confidence);
         let pool = ReferencePool::new(config.classes.len(), config.reference_pool_size);
         Self {
@@ -402,19 +417,29 @@ impl Gate {
         let mut labels = Vec::with_capacity(records + self.pool.len());
         let (mut sample_ids, mut vendors) = (Vec::with_capacity(records), Vec::with_capacity(records));
         let mut own_items = std::collections::HashSet::with_capacity(records);
-        for r in deliveries.iter().flat_map(|d| &d.records) {
-            features.extend_from_slice(&r.annotation.features);
+        let mut texts = Vec::new();
+        for (row, r) in deliveries.iter().flat_map(|d| &d.records).enumerate() {
+            match &r.annotation.text {
+                // Embedded on the window thread; until then, zeros.
+                Some(text) => {
+                    features.resize(features.len() + dim, 0.0);
+                    texts.push((row, text.clone()));
+                }
+                None => {
+                    features.extend_from_slice(&r.annotation.features);
+                    own_items.insert(pool::feature_key(&r.annotation.features));
+                }
+            }
             labels.push(r.annotation.label);
             sample_ids.push(r.annotation.sample_id.clone());
             vendors.push(r.annotation.vendor_id.clone());
-            own_items.insert(pool::feature_key(&r.annotation.features));
         }
         for (label, f) in self.pool.samples_except(&own_items) {
             features.extend_from_slice(f);
             labels.push(label);
         }
-        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len(), sample_ids, vendors, prior_labels: Vec::new() };
-        Some(WindowJob { id, deliveries, data, first_closed })
+        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len(), sample_ids, vendors, prior_labels: Vec::new(), texts };
+        Some(WindowJob { id, deliveries, data, first_closed, embedding: None })
     }
 
     /// A window whose partitions were partly revoked while it trained: deliveries still owned

@@ -31,7 +31,11 @@ pub struct WindowData {
     pub vendors: Vec<String>,
     /// Earlier windows' labels of the same sample_ids (filled in by the edge from the store).
     pub prior_labels: Vec<PriorLabel>,
+    /// Pending rows that came as text, with their text: their features are zeros until the
+    /// window thread embeds them ([`WindowData::set_embedded`]).
+    pub texts: Vec<(usize, crate::encoder::TextInput)>,
 }
+
 
 /// A label given to a sample in an earlier window, from the state store: agreement sees it
 /// whichever window it arrived in.
@@ -75,6 +79,13 @@ pub struct Revision {
 }
 
 impl WindowData {
+    /// Writes the embedded texts' features (`dim` each, in the order of `texts`) into their rows.
+    pub fn set_embedded(&mut self, features: &[f32]) {
+        for ((row, _), f) in self.texts.iter().zip(features.chunks_exact(self.dim)) {
+            self.features[row * self.dim..(row + 1) * self.dim].copy_from_slice(f);
+        }
+    }
+
     /// Adds earlier windows' labels of this window's samples, except a vendor's own label of a
     /// sample it labels here (a replayed window finds its own labels in the store).
     pub fn attach_prior_labels(&mut self, labels: Vec<PriorLabel>) {
@@ -532,6 +543,7 @@ mod tests {
             sample_ids: vec!["a".into(), "b".into()],
             vendors: vec!["v1".into(), "v1".into()],
             prior_labels,
+            texts: vec![],
         }
     }
 
@@ -546,7 +558,7 @@ mod tests {
         }
         let sample_ids: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
         let prior_labels = (0..shared).map(|i| prior(&sample_ids[i], "v2", labels[i], 0.0)).collect();
-        WindowData { features, labels, pending: 40, dim: 2, classes: 2, vendors: vec!["v1".into(); 40], sample_ids, prior_labels }
+        WindowData { features, labels, pending: 40, dim: 2, classes: 2, vendors: vec!["v1".into(); 40], sample_ids, prior_labels, texts: vec![] }
     }
 
     #[test]

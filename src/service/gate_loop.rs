@@ -140,7 +140,12 @@ impl<'a> GateLoop<'a> {
         let k = &config.kafka;
         let instance = clients::instance_id(config);
         let model_version = format!("labelgate-{}/o2u-{}", env!("CARGO_PKG_VERSION"), super::model_name(config));
-        let mut gate = Gate::new(config.gate.clone(), k.max_message_bytes, model_version, instance.clone());
+        let embedder = startup::text_embedder(config)?;
+        let mut gate_config = config.gate.clone();
+        if let Some(e) = &embedder {
+            gate_config.feature_dim = e.feature_dim();
+        }
+        let mut gate = Gate::new(gate_config, k.max_message_bytes, model_version, instance.clone());
         startup::wait_for_kafka(config, stop)?;
         // Deliveries gated before: late records and repeated batch_ends go to the DLQ.
         startup::retry_while_settling("reading the verdicts topic", config, || {
@@ -151,7 +156,7 @@ impl<'a> GateLoop<'a> {
         let producer = startup::retry_while_settling("initialising transactions", config, || clients::transactional_producer(config, &instance))?;
         let consumer = clients::input_consumer(config)?;
         let reviews = clients::reviews_consumer(config)?;
-        let window_thread = WindowThread::start(config, &hooks);
+        let window_thread = WindowThread::start(config, &hooks, embedder);
         let parsers = input::parser_pool()?;
         Ok(Self {
             config,
@@ -364,6 +369,9 @@ impl<'a> GateLoop<'a> {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("window {} failed", job.id))),
         };
         let (window_id, first_closed, records, deliveries) = (job.id.clone(), job.first_closed, job.records(), job.deliveries());
+        if let Some(report) = &job.embedding {
+            self.telemetry.emit(events::TextsEmbedded { window_id: &window_id, report });
+        }
         let mut review_stats: HashMap<String, ReviewStats> = HashMap::new();
         for v in job.vendors() {
             let stats = self.with_state("review_stats", |s| s.review_stats(&v))?;

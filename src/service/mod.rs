@@ -197,8 +197,15 @@ pub async fn shutdown_signal() {
 
 /// The model's short name, for `labelgate_build_info` and the model version on outputs.
 pub fn model_name(config: &Config) -> String {
-    match &config.engine.model {
+    let network = match &config.engine.model {
         crate::o2u::ModelConfig::Mlp { hidden } => format!("mlp-{}", hidden.iter().map(usize::to_string).collect::<Vec<_>>().join("x")),
         crate::o2u::ModelConfig::Cnn9 { .. } => "cnn9".into(),
+    };
+    if !config.gate.input.is_text() {
+        return network;
     }
+    // The features come from the encoder: a verdict names it.
+    let dir = crate::encoder::model_dir::text_model_dir(config.encoder.text.model_dir.as_deref());
+    let encoder = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+    format!("{network}+{encoder}")
 }

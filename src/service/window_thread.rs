@@ -9,6 +9,7 @@ use super::{EpochHook, Hooks};
 use crate::{
     config::Config,
     device,
+    encoder::{EmbeddingReport, TextEmbedder},
     gate::{
         window::{self, WindowScores},
         WindowJob,
@@ -36,7 +37,9 @@ impl TrainingObserver for EpochForwarder {
 }
 
 impl WindowThread {
-    pub fn start(config: &Config, hooks: &Hooks) -> Self {
+    /// `embedder`: the sentence encoder of a text gate (the thread embeds each window's new
+    /// texts before training, so the consumer loop never waits on the encoder).
+    pub fn start(config: &Config, hooks: &Hooks, mut embedder: Option<TextEmbedder>) -> Self {
         let (job_tx, job_rx) = mpsc::channel::<WindowJob>();
         let (res_tx, res_rx) = mpsc::channel();
         let engine = config.engine.clone();
@@ -50,7 +53,20 @@ impl WindowThread {
                 // environment, which must not happen while other threads run).
                 let mut dev = device::select(choice);
                 while let Ok(mut job) = job_rx.recv() {
-                    let data = job.take_data();
+                    let mut data = job.take_data();
+                    if !data.texts.is_empty() {
+                        match embed_texts(embedder.as_mut(), &mut job, &mut data) {
+                            Ok(report) => job.embedding = Some(report),
+                            Err(e) => {
+                                // Its records go to people (`window_failed`); the gate goes on.
+                                let why = format!("embedding the window's texts: {e:#}");
+                                if res_tx.send((job, Err(WindowError::Data(why)))).is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     // A copy to retry on the CPU if the GPU fails (none is kept on the CPU).
                     let spare = (!dev.is_cpu()).then(|| data.clone());
                     let mut result = window::score_window(data, &engine, &policy, &dev, &mut EpochForwarder(on_epoch.clone()));
@@ -82,4 +98,15 @@ impl WindowThread {
             Err(mpsc::TryRecvError::Disconnected) => bail!("window thread stopped"),
         }
     }
+}
+
+/// Embeds the window's texts into its training rows and its records.
+fn embed_texts(embedder: Option<&mut TextEmbedder>, job: &mut WindowJob, data: &mut window::WindowData) -> anyhow::Result<EmbeddingReport> {
+    let embedder = embedder.context("text records reached a gate without a text encoder")?;
+    let inputs: Vec<_> = data.texts.iter().map(|(_, t)| t.clone()).collect();
+    let (features, report) = embedder.embed(&inputs)?;
+    data.set_embedded(&features);
+    let rows: Vec<usize> = data.texts.iter().map(|(row, _)| *row).collect();
+    job.set_embedded(&rows, &features);
+    Ok(report)
 }

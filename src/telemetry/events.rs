@@ -164,6 +164,27 @@ impl Event for DeliveryStatesNotMarked<'_> {
     }
 }
 
+/// The window thread embedded a window's new texts.
+pub struct TextsEmbedded<'a> {
+    pub window_id: &'a str,
+    pub report: &'a crate::encoder::EmbeddingReport,
+}
+
+impl Event for TextsEmbedded<'_> {
+    fn emit(self, t: &Telemetry) {
+        let r = self.report;
+        t.text_embeddings.with_label_values(&["hit"]).inc_by(r.cache.hits);
+        t.text_embeddings.with_label_values(&["miss"]).inc_by(r.cache.misses);
+        t.texts_truncated.inc_by(r.truncated as u64);
+        t.window_phase.with_label_values(&["embedding"]).observe(r.seconds);
+        let window = self.window_id;
+        tracing::info!(window, records = r.records, cache_hits = r.cache.hits, cache_misses = r.cache.misses, truncated = r.truncated, seconds = r.seconds, "texts embedded");
+        if r.truncated > 0 {
+            tracing::warn!(window, truncated = r.truncated, "texts longer than the encoder's token limit were truncated: their end does not count in their features");
+        }
+    }
+}
+
 /// A window's verdicts committed.
 pub struct WindowCommitted<'a> {
     pub window_id: &'a str,

@@ -61,6 +61,8 @@ pub struct Telemetry {
     window_evidence: IntCounterVec,
     window_estimator_share: GaugeVec,
     window_feature_shift: Gauge,
+    text_embeddings: IntCounterVec,
+    texts_truncated: IntCounter,
     consumer_lag: IntGauge,
     buffered: IntGauge,
     buffer_over_bound: IntGauge,
@@ -110,13 +112,18 @@ impl Telemetry {
             window_duration: register(&r, Histogram::with_opts(HistogramOpts::new("labelgate_window_duration_seconds", "From a window's first closed delivery to its committed verdicts.").buckets(buckets_seconds.clone())).unwrap()),
             window_phase: register(
                 &r,
-                HistogramVec::new(HistogramOpts::new("labelgate_window_phase_duration_seconds", "Window time by phase (waiting, training, producing).").buckets(buckets_seconds), &["phase"]).unwrap(),
+                HistogramVec::new(HistogramOpts::new("labelgate_window_phase_duration_seconds", "Window time by phase (waiting, embedding, training, producing; embedding is part of training).").buckets(buckets_seconds), &["phase"]).unwrap(),
             ),
             window_records: register(
                 &r,
                 Histogram::with_opts(HistogramOpts::new("labelgate_window_records", "Records gated per window.").buckets(vec![10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0])).unwrap(),
             ),
             window_last_completed: register(&r, Gauge::new("labelgate_window_last_completed_timestamp_seconds", "When the last window committed (process start until then).").unwrap()),
+            text_embeddings: register(
+                &r,
+                IntCounterVec::new(Opts::new("labelgate_text_embeddings_total", "Text lookups of the sentence encoder by whether the embedding cache had them (cache=hit, miss); a pair is two."), &["cache"]).unwrap(),
+            ),
+            texts_truncated: register(&r, IntCounter::new("labelgate_texts_truncated_total", "Texts cut at the sentence encoder's token limit before embedding.").unwrap()),
             training_loss: register(&r, Gauge::new("labelgate_training_loss", "Mean training loss of the last window's final epoch.").unwrap()),
             window_noise_share: register(&r, Gauge::new("labelgate_window_noise_share_ratio", "Estimated share of wrong labels in the last window.").unwrap()),
             window_evidence: register(

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::encoder::TextInput;
+
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Largest `item` (its JSON) a record may carry: the item travels through the gate's buffer and
@@ -25,6 +27,33 @@ pub mod headers {
     /// SHA-256 (hex).
     pub const PAYLOAD_BYTES: &str = "labelgate-payload-bytes";
     pub const PAYLOAD_SHA256: &str = "labelgate-payload-sha256";
+}
+
+/// What the gate's records carry (`gate.input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatedInput {
+    /// `features`, or an `image` of raw pixels, of `gate.feature_dim` values.
+    #[default]
+    Features,
+    /// `text`, embedded by the sentence encoder.
+    Text,
+    /// `text` and `text_pair`, embedded as the Sentence-BERT classification input.
+    TextPair,
+}
+
+impl GatedInput {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatedInput::Features => "features",
+            GatedInput::Text => "text",
+            GatedInput::TextPair => "text_pair",
+        }
+    }
+
+    pub fn is_text(self) -> bool {
+        !matches!(self, GatedInput::Features)
+    }
 }
 
 /// Why a record went to the dead-letter topic.
@@ -52,6 +81,15 @@ pub enum DlqReason {
     KeyMismatch,
     /// An `item` that is not an object, has a non-text `uri` or `text`, or is over `MAX_ITEM_BYTES`.
     InvalidItem,
+    /// A `text` or `text_pair` that is empty or only white space.
+    EmptyText,
+    /// A `text` or `text_pair` over `encoder.text.max_text_bytes`.
+    TextTooLong,
+    /// More than one payload on one record (`features`, `image`, `text`).
+    MixedPayload,
+    /// A payload of another kind than `gate.input` takes (a `text` at a gate of feature
+    /// vectors, a `text_pair` at a single-text gate, features at a text gate).
+    UnexpectedPayload,
 }
 
 impl DlqReason {
@@ -72,10 +110,14 @@ impl DlqReason {
             DlqReason::FieldTooLong => "field_too_long",
             DlqReason::KeyMismatch => "key_mismatch",
             DlqReason::InvalidItem => "invalid_item",
+            DlqReason::EmptyText => "empty_text",
+            DlqReason::TextTooLong => "text_too_long",
+            DlqReason::MixedPayload => "mixed_payload",
+            DlqReason::UnexpectedPayload => "unexpected_payload",
         }
     }
 
-    pub const ALL: [DlqReason; 15] = [
+    pub const ALL: [DlqReason; 19] = [
         DlqReason::Oversized,
         DlqReason::InvalidJson,
         DlqReason::MissingField,
@@ -91,6 +133,10 @@ impl DlqReason {
         DlqReason::FieldTooLong,
         DlqReason::KeyMismatch,
         DlqReason::InvalidItem,
+        DlqReason::EmptyText,
+        DlqReason::TextTooLong,
+        DlqReason::MixedPayload,
+        DlqReason::UnexpectedPayload,
     ];
 }
 
@@ -115,7 +161,10 @@ pub struct Annotation {
     pub annotator_id: Option<String>,
     /// Index into the configured classes.
     pub label: u32,
+    /// The record's features; empty for a text record until the window thread embeds it.
     pub features: Vec<f32>,
+    /// The text (and pair) of a text record, which the gate embeds itself.
+    pub text: Option<TextInput>,
     pub gold_label: Option<u32>,
     /// What a human looks at (`uri`, `text`, display fields), passed through to re-review.
     pub item: Option<serde_json::Map<String, serde_json::Value>>,
@@ -159,6 +208,8 @@ struct RawInput {
     /// Parsed straight into f32: a number beyond f32's range becomes ±inf and is rejected below.
     features: Option<Vec<f32>>,
     image: Option<RawImage>,
+    text: Option<String>,
+    text_pair: Option<String>,
     gold_label: Option<String>,
     item: Option<serde_json::Value>,
     count: Option<usize>,
@@ -182,12 +233,22 @@ pub struct Schema {
     pub max_id_length: usize,
     /// Longest label or gold label, in bytes (checked before the class lookup).
     pub max_label_length: usize,
+    /// The payload records carry.
+    pub input: GatedInput,
+    /// Longest `text` or `text_pair`, in bytes.
+    pub max_text_bytes: usize,
 }
 
 impl Schema {
     pub fn new(classes: &[String], feature_dim: usize, max_message_bytes: usize) -> Self {
         let class_index = classes.iter().enumerate().map(|(i, c)| (c.clone(), i as u32)).collect();
-        Self { class_index, feature_dim, max_message_bytes, max_id_length: 256, max_label_length: 256 }
+        Self { class_index, feature_dim, max_message_bytes, max_id_length: 256, max_label_length: 256, input: GatedInput::Features, max_text_bytes: 16 * 1024 }
+    }
+
+    /// Records carry `input`, texts of at most `max_text_bytes`.
+    pub fn with_input(mut self, input: GatedInput, max_text_bytes: usize) -> Self {
+        (self.input, self.max_text_bytes) = (input, max_text_bytes);
+        self
     }
 
     /// These bounds on ids and labels.
@@ -243,6 +304,15 @@ impl Schema {
                 let gold_label = raw.gold_label.map(|g| self.class(&g, "gold_label")).transpose()?;
                 let item = raw.item.map(item).transpose()?;
                 let image_shape = raw.image.as_ref().and_then(|i| <[usize; 3]>::try_from(i.shape.as_slice()).ok());
+                let has_text = raw.text.is_some() || raw.text_pair.is_some();
+                if has_text && (raw.features.is_some() || raw.image.is_some()) {
+                    return Err(Rejection::new(DlqReason::MixedPayload, "give one of `features`, `image` or `text`"));
+                }
+                if has_text || self.input.is_text() {
+                    let text = self.text(raw.text, raw.text_pair, raw.features.is_some() || raw.image.is_some())?;
+                    let text = Some(text);
+                    return Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: Vec::new(), text, gold_label, item, image_shape: None }));
+                }
                 let features = match (raw.features, raw.image) {
                     (Some(f), None) => {
                         if f.len() != self.feature_dim {
@@ -257,10 +327,37 @@ impl Schema {
                     (Some(_), Some(_)) => return Err(Rejection::new(DlqReason::MissingField, "give `features` or `image`, not both")),
                     (None, None) => return Err(Rejection::new(DlqReason::MissingField, "`features` or `image` is missing")),
                 };
-                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, gold_label, item, image_shape }))
+                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, text: None, gold_label, item, image_shape }))
             }
             Some(other) => Err(Rejection::new(DlqReason::UnknownMessageType, format!("type `{other}`; expected `batch_end` or none"))),
         }
+    }
+
+    /// The text payload, checked against `gate.input` and the byte bound. `other_payload`: the
+    /// record carries features or an image instead (at a text gate).
+    fn text(&self, text: Option<String>, pair: Option<String>, other_payload: bool) -> Result<TextInput, Rejection> {
+        let unexpected = |m: String| Rejection::new(DlqReason::UnexpectedPayload, m);
+        match self.input {
+            GatedInput::Features => return Err(unexpected("this gate takes `features` or `image` (gate.input = \"features\"); a text gate has gate.input = \"text\" or \"text_pair\"".into())),
+            GatedInput::Text | GatedInput::TextPair if other_payload => {
+                return Err(unexpected(format!("this gate takes `text` (gate.input = \"{}\"), not `features` or `image`", self.input.as_str())))
+            }
+            GatedInput::Text if pair.is_some() => return Err(unexpected("`text_pair` at a single-text gate (gate.input = \"text\"); pair tasks use gate.input = \"text_pair\"".into())),
+            _ => {}
+        }
+        let check = |value: Option<String>, field: &str| -> Result<String, Rejection> {
+            let value = value.ok_or_else(|| Rejection::new(DlqReason::MissingField, format!("`{field}` is missing")))?;
+            if value.trim().is_empty() {
+                return Err(Rejection::new(DlqReason::EmptyText, format!("`{field}` is empty")));
+            }
+            if value.len() > self.max_text_bytes {
+                return Err(Rejection::new(DlqReason::TextTooLong, format!("`{field}` is {} bytes, limit {} (encoder.text.max_text_bytes)", value.len(), self.max_text_bytes)));
+            }
+            Ok(value)
+        };
+        let text = check(text, "text")?;
+        let pair = if self.input == GatedInput::TextPair { Some(check(pair, "text_pair")?) } else { None };
+        Ok(TextInput { text, pair })
     }
 
     /// u8 pixels `[h, w, c]`, base64, scaled to [0, 1] and flattened.
@@ -352,6 +449,12 @@ pub struct RereviewMessage {
     /// The pixels, when the annotation came as an `image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImagePixels>,
+    /// The record's `text`, when it came as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The record's `text_pair`, for pair tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pair: Option<String>,
 }
 
 /// accept / reject / review (defined with the accuracy estimate it judges).

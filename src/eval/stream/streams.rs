@@ -44,6 +44,7 @@ fn synthetic(n: usize, seed: u64) -> LabelledSet {
         truth: Some(truth),
         annotators: None,
         items: None,
+        texts: None,
     }
 }
 
@@ -162,6 +163,7 @@ fn split(all: LabelledSet, n: usize) -> (LabelledSet, LabelledSet) {
         truth: all.truth.as_ref().map(|t| t[range.clone()].to_vec()),
         annotators: None,
         items: None,
+        texts: None,
     };
     (take(0..n), take(n..all.len()))
 }
