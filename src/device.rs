@@ -64,6 +64,35 @@ pub fn set_cpu_threads(threads: usize) {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
 }
 
+/// While it lives, candle's matrix products run on the calling thread alone; on drop the
+/// threads set by [`set_cpu_threads`] are back. For work that is parallel across calls (the
+/// sentence encoder's batches side by side), where a product split across the pool only waits.
+///
+/// candle reads the thread count from `RAYON_NUM_THREADS` at every product, so this rewrites
+/// that variable. [`set_cpu_threads`] set it at start-up, so the rewrite replaces an existing
+/// entry, which glibc does in place without freeing the old string (a concurrent `getenv` in C
+/// reads the old or the new value); Rust readers are serialised by std's environment lock.
+pub struct SerialKernels {
+    before: Option<String>,
+}
+
+impl SerialKernels {
+    pub fn enter() -> Self {
+        let before = std::env::var("RAYON_NUM_THREADS").ok();
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+        Self { before }
+    }
+}
+
+impl Drop for SerialKernels {
+    fn drop(&mut self) {
+        match &self.before {
+            Some(v) => std::env::set_var("RAYON_NUM_THREADS", v),
+            None => std::env::remove_var("RAYON_NUM_THREADS"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,8 +24,8 @@ pub struct TextModelArgs {
     /// all-MiniLM-L6-v2 in the model cache (`bash scripts/models.sh` installs it).
     #[arg(long, env = "LABELGATE_TEXT_MODEL")]
     pub text_model: Option<PathBuf>,
-    /// Texts per encoder run.
-    #[arg(long, default_value_t = 32)]
+    /// Texts per encoder run (16 was fastest for short sentences, docs/benchmarks.md §11).
+    #[arg(long, default_value_t = 16)]
     pub text_batch_size: usize,
 }
 
