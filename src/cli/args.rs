@@ -118,7 +118,7 @@ pub struct EngineArgs {
     pub hidden: Vec<usize>,
     #[arg(long, default_value_t = O2uConfig::default().batch_size)]
     pub batch_size: usize,
-    /// E1: stage-1 epochs at --stage1-lr [default: 5; 20 for --dataset music-genre]
+    /// E1: stage-1 epochs at --stage1-lr [default: 5; 20 for --dataset music-genre; 1 for texts]
     #[arg(long)]
     pub stage1_epochs: Option<usize>,
     #[arg(long, default_value_t = O2uConfig::default().stage1_lr)]
@@ -127,8 +127,9 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = O2uConfig::default().cycles)]
     pub cycles: usize,
     /// c: epochs per cycle.
-    #[arg(long, default_value_t = O2uConfig::default().schedule.cycle_len)]
-    pub cycle_len: usize,
+    /// [default: 10; 5 for texts]
+    #[arg(long)]
+    pub cycle_len: Option<usize>,
     /// r1: the cycle's highest rate.
     #[arg(long, default_value_t = O2uConfig::default().schedule.lr_max)]
     pub lr_max: f64,
@@ -145,8 +146,10 @@ pub struct EngineArgs {
 }
 
 impl CommonArgs {
-    /// `dataset` picks the stage-1 default when `--stage1-epochs` is not given.
-    pub fn o2u_config(&self, dataset: Option<Builtin>) -> Result<O2uConfig> {
+    /// `dataset`, and whether the samples are `texts` (sentence embeddings), pick the defaults
+    /// of the flags not given.
+    pub fn o2u_config(&self, dataset: Option<Builtin>, texts: bool) -> Result<O2uConfig> {
+        use o2u::SentenceEmbeddingDefaults as Text;
         let e = &self.engine;
         let mut config = O2uConfig {
             model: match e.model.as_str() {
@@ -154,10 +157,10 @@ impl CommonArgs {
                 _ => ModelConfig::Mlp { hidden: e.hidden.clone() },
             },
             batch_size: e.batch_size,
-            stage1_epochs: e.stage1_epochs.unwrap_or_else(|| dataset.map_or(O2uConfig::default().stage1_epochs, Builtin::default_stage1_epochs)),
+            stage1_epochs: e.stage1_epochs.unwrap_or_else(|| if texts { Text::STAGE1_EPOCHS } else { dataset.map_or(O2uConfig::default().stage1_epochs, Builtin::default_stage1_epochs) }),
             stage1_lr: e.stage1_lr,
             cycles: e.cycles,
-            schedule: o2u::CyclicalSchedule { lr_max: e.lr_max, lr_min: e.lr_min, cycle_len: e.cycle_len },
+            schedule: o2u::CyclicalSchedule { lr_max: e.lr_max, lr_min: e.lr_min, cycle_len: e.cycle_len.unwrap_or(if texts { Text::CYCLE_LEN } else { O2uConfig::default().schedule.cycle_len }) },
             momentum: e.momentum,
             weight_decay: e.weight_decay,
             seed: self.seed,

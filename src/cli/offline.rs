@@ -34,7 +34,6 @@ struct SuspectLine<'a> {
 }
 
 pub fn score(args: ScoreArgs) -> Result<()> {
-    let config = args.common.o2u_config(args.dataset)?;
     let device = args.common.device();
     let set: LabelledSet = match (&args.input, args.dataset) {
         (Some(path), _) => {
@@ -58,6 +57,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
         (None, None) => bail!("give --input FILE or --dataset NAME"),
     };
+    let config = args.common.o2u_config(args.dataset, set.texts.is_some())?;
     if set.classes.len() < 2 {
         bail!("all {} samples carry the same label `{}`: there is nothing to learn", set.len(), set.classes[0]);
     }
@@ -116,9 +116,9 @@ fn log_judgement(j: &offline::SetJudgement, samples: usize) {
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
-    let config = args.common.o2u_config(Some(args.dataset))?;
     let device = args.common.device();
     let (mut train, mut test) = data::load_builtin(args.dataset, &args.common.data_dir())?;
+    let config = args.common.o2u_config(Some(args.dataset), train.texts.is_some())?;
     if let Some(limit) = args.limit {
         train.truncate(limit);
     }

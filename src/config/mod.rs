@@ -39,6 +39,16 @@ pub struct Config {
     pub encoder: EncoderConfig,
 }
 
+/// The engine defaults of a text gate ([`crate::o2u::SentenceEmbeddingDefaults`]).
+fn text_engine_defaults() -> Figment {
+    use crate::o2u::SentenceEmbeddingDefaults as Text;
+    use figment::providers::Serialized;
+    Figment::new()
+        .merge(Serialized::default("engine.stage1_epochs", Text::STAGE1_EPOCHS))
+        .merge(Serialized::default("engine.min_stage1_steps", Text::MIN_STAGE1_STEPS))
+        .merge(Serialized::default("engine.schedule.cycle_len", Text::CYCLE_LEN))
+}
+
 /// All configuration problems, one per line.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -89,11 +99,19 @@ impl Config {
     }
 
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut figment = Self::defaults_figment();
-        if let Some(path) = file {
-            figment = figment.merge(Toml::file_exact(path));
+        let over = |mut figment: Figment| {
+            if let Some(path) = file {
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            figment.merge(Env::prefixed("LABELGATE__").split("__").lowercase(true))
+        };
+        let figment = over(Self::defaults_figment());
+        // A text gate starts from the engine settings for sentence embeddings, under the file and
+        // the environment, which still override them.
+        match figment.extract_inner::<GatedInput>("gate.input") {
+            Ok(input) if input.is_text() => over(Self::defaults_figment().merge(text_engine_defaults())),
+            _ => figment,
         }
-        figment.merge(Env::prefixed("LABELGATE__").split("__").lowercase(true))
     }
 
     /// The embedded defaults alone (no file, no environment): for unit tests and the demo.

@@ -82,3 +82,23 @@ fn a_stall_bound_too_short_to_be_safe_is_refused() {
     let text = with("[runtime]\nstall_timeout_secs = 3\n").unwrap_err().to_string();
     assert!(text.contains("runtime.stall_timeout_secs = 3"), "{text}");
 }
+
+#[test]
+fn a_text_gate_starts_from_the_sentence_embedding_engine_settings() {
+    use crate::o2u::SentenceEmbeddingDefaults as Text;
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("features.toml", "")?;
+        jail.create_file("text.toml", "[gate]\ninput = \"text\"\n")?;
+        jail.create_file("tuned.toml", "[gate]\ninput = \"text_pair\"\n[engine]\nstage1_epochs = 3\n")?;
+        let features = Config::load(Some(Path::new("features.toml"))).unwrap();
+        assert_eq!((features.gate.input, features.engine.stage1_epochs, features.engine.schedule.cycle_len), (GatedInput::Features, 5, 10));
+        let text = Config::load(Some(Path::new("text.toml"))).unwrap();
+        assert_eq!((text.engine.stage1_epochs, text.engine.schedule.cycle_len, text.engine.min_stage1_steps), (Text::STAGE1_EPOCHS, Text::CYCLE_LEN, Text::MIN_STAGE1_STEPS));
+        assert_eq!(text.engine.schedule.lr_max, features.engine.schedule.lr_max, "the rest of the schedule is the default's");
+        let tuned = Config::load(Some(Path::new("tuned.toml"))).unwrap();
+        assert_eq!((tuned.engine.stage1_epochs, tuned.engine.schedule.cycle_len), (3, Text::CYCLE_LEN), "the file still overrides");
+        jail.set_env("LABELGATE__GATE__INPUT", "text");
+        assert_eq!(Config::load(Some(Path::new("features.toml"))).unwrap().engine.stage1_epochs, Text::STAGE1_EPOCHS, "set by the environment too");
+        Ok(())
+    });
+}

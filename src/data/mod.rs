@@ -199,7 +199,7 @@ impl Builtin {
         match self {
             Builtin::Mnist => crate::o2u::O2uConfig::default().stage1_epochs,
             Builtin::MusicGenre => 20,
-            Builtin::SentencePolarity => crate::o2u::O2uConfig::default().stage1_epochs,
+            Builtin::SentencePolarity => crate::o2u::SentenceEmbeddingDefaults::STAGE1_EPOCHS,
         }
     }
 }

@@ -136,3 +136,6 @@ impl TextEmbedder {
         Ok((out, report))
     }
 }
+
+#[cfg(test)]
+mod tests;

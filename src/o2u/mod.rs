@@ -66,7 +66,28 @@ impl Default for O2uConfig {
     }
 }
 
+/// The engine settings that differ for sentence embeddings (text records). A network on
+/// normalised 384-wide sentence vectors fits wrong labels within a few epochs, after which their
+/// losses no longer stand out: one stage-1 epoch and five-epoch cycles ranked flipped
+/// sentence-polarity labels at AP 0.56 / 0.64 (20 % / 40 % flipped), where the image defaults
+/// (5 and 10) gave 0.47 / 0.50 (docs/benchmarks.md §11).
+pub struct SentenceEmbeddingDefaults;
+
+impl SentenceEmbeddingDefaults {
+    pub const STAGE1_EPOCHS: usize = 1;
+    pub const CYCLE_LEN: usize = 5;
+    /// About one epoch of the 8,529 sentences at batch 128: small windows train as long.
+    pub const MIN_STAGE1_STEPS: usize = 60;
+}
+
 impl O2uConfig {
+    /// These settings with [`SentenceEmbeddingDefaults`] (for configurations made in code; a
+    /// loaded text gate's configuration gets them as a layer under the file).
+    pub fn with_sentence_embedding_defaults(self) -> Self {
+        use SentenceEmbeddingDefaults as Text;
+        Self { stage1_epochs: Text::STAGE1_EPOCHS, min_stage1_steps: Text::MIN_STAGE1_STEPS, schedule: CyclicalSchedule { cycle_len: Text::CYCLE_LEN, ..self.schedule }, ..self }
+    }
+
     pub fn stage2_epochs(&self) -> usize {
         self.cycles * self.schedule.cycle_len
     }

@@ -89,3 +89,41 @@ fn image_pixels_survive_the_round_trip_through_features() {
     let back = ImagePixels::from_features(a.image_shape.unwrap(), &a.features);
     assert_eq!(back.pixels().unwrap(), pixels);
 }
+
+fn text_schema(input: GatedInput) -> Schema {
+    schema().with_input(input, 20)
+}
+
+fn text_reason(input: GatedInput, payload: &str) -> DlqReason {
+    text_schema(input).parse(payload.as_bytes()).unwrap_err().reason
+}
+
+#[test]
+fn a_text_gate_takes_texts_and_pairs() {
+    let msg = r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"dog","text":"a good film"}"#;
+    let Inbound::Annotation(a) = text_schema(GatedInput::Text).parse(msg.as_bytes()).unwrap() else { panic!() };
+    assert_eq!(a.text, Some(TextInput { text: "a good film".into(), pair: None }));
+    assert!(a.features.is_empty(), "embedded later, on the window thread");
+    let pair = r#"{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"dog","text":"a man sleeps","text_pair":"a person rests"}"#;
+    let Inbound::Annotation(a) = text_schema(GatedInput::TextPair).parse(pair.as_bytes()).unwrap() else { panic!() };
+    assert_eq!(a.text.unwrap().pair.as_deref(), Some("a person rests"));
+}
+
+#[test]
+fn each_kind_of_bad_text_has_its_reason() {
+    use GatedInput::*;
+    let rec = |fields: &str| format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"dog",{fields}}}"#);
+    assert_eq!(text_reason(Text, &rec(r#""text":"  ""#)), DlqReason::EmptyText);
+    assert_eq!(text_reason(Text, &rec(r#""text":"twenty-one bytes long""#)), DlqReason::TextTooLong);
+    assert_eq!(text_reason(Text, &rec(r#""text":"ok","features":[1,2,3]"#)), DlqReason::MixedPayload);
+    assert_eq!(text_reason(Features, &rec(r#""text":"ok","features":[1,2,3]"#)), DlqReason::MixedPayload);
+    assert_eq!(text_reason(Features, &rec(r#""text":"ok""#)), DlqReason::UnexpectedPayload, "a text at a gate of features");
+    assert_eq!(text_reason(Text, &rec(r#""features":[1,2,3]"#)), DlqReason::UnexpectedPayload, "features at a text gate");
+    assert_eq!(text_reason(Text, &rec(r#""text":"ok","text_pair":"ok""#)), DlqReason::UnexpectedPayload, "a pair at a single-text gate");
+    assert_eq!(text_reason(TextPair, &rec(r#""text":"ok""#)), DlqReason::MissingField, "a pair gate needs text_pair");
+    assert_eq!(text_reason(TextPair, &rec(r#""text":"ok","text_pair":"""#)), DlqReason::EmptyText);
+    assert_eq!(text_reason(Text, &rec(r#""text":7"#)), DlqReason::InvalidJson, "a text must be a string");
+    // The message says which setting decides.
+    let e = text_schema(Features).parse(rec(r#""text":"ok""#).as_bytes()).unwrap_err();
+    assert!(e.message.contains("gate.input"), "{}", e.message);
+}
