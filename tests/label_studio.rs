@@ -289,6 +289,8 @@ fn suspect(i: usize) -> RereviewMessage {
         reason: "o2u_high_loss".into(),
         item,
         image,
+        text: None,
+        text_pair: None,
     }
 }
 

@@ -49,7 +49,7 @@ pub fn task(msg: &RereviewMessage) -> Value {
         "score": format!("{:.3}", msg.score),
         "rank_percentile": msg.rank_percentile,
         "window_id": msg.window_id,
-        "item_html": render::item_html(msg.item.as_ref(), msg.image.as_ref()),
+        "item_html": render::item_html(msg.item.as_ref(), msg.image.as_ref(), msg.text.as_deref().map(|t| (t, msg.text_pair.as_deref()))),
     });
     if let Some(annotator) = &msg.annotator_id {
         data["annotator_id"] = json!(annotator);
@@ -95,11 +95,16 @@ mod tests {
             reason: "o2u_high_loss".into(),
             item: serde_json::json!({"text": "a <b>"}).as_object().cloned(),
             image: None,
+            text: None,
+            text_pair: None,
         };
         let t = task(&msg);
         assert_eq!(t["data"][KEY_FIELD], r#"["v","s1"]"#);
         assert_eq!(t["predictions"][0]["result"][0]["value"]["choices"][0], "dog");
         assert!(t["data"]["item_html"].as_str().unwrap().contains("a &lt;b&gt;"));
+        let pair = RereviewMessage { item: None, text: Some("a man <sleeps>".into()), text_pair: Some("a person rests".into()), ..msg };
+        let html = task(&pair)["data"]["item_html"].as_str().unwrap().to_string();
+        assert!(html.contains("a man &lt;sleeps&gt;") && html.contains("a person rests") && !html.contains("carried no item"), "{html}");
         assert_eq!(suspect_key("v:1", "s"), r#"["v:1","s"]"#, "no vendor and sample pair collides with another");
     }
 }
