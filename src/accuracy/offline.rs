@@ -25,9 +25,11 @@ pub struct JudgeSettings {
 }
 
 impl JudgeSettings {
-    /// The gate's defaults (`config/default.toml`): the offline commands judge as the gate does.
-    pub fn gate_defaults() -> Self {
-        let gate = crate::config::Config::defaults().gate;
+    /// The gate's defaults (`config/default.toml`, and a text gate's for `texts`): the offline
+    /// commands judge as the gate does.
+    pub fn gate_defaults(texts: bool) -> Self {
+        use crate::config::Config;
+        let gate = if texts { Config::text_defaults() } else { Config::defaults() }.gate;
         JudgeSettings { evidence: EvidencePolicy::from_config(&gate), crossfit_min_steps: gate.crossfit_min_steps }
     }
 }

@@ -47,6 +47,8 @@ fn text_engine_defaults() -> Figment {
         .merge(Serialized::default("engine.stage1_epochs", Text::STAGE1_EPOCHS))
         .merge(Serialized::default("engine.min_stage1_steps", Text::MIN_STAGE1_STEPS))
         .merge(Serialized::default("engine.schedule.cycle_len", Text::CYCLE_LEN))
+        // The cross-fitting networks that check the fit train as long as stage 1.
+        .merge(Serialized::default("gate.crossfit_min_steps", Text::MIN_STAGE1_STEPS))
 }
 
 /// All configuration problems, one per line.
@@ -122,6 +124,14 @@ impl Config {
     /// The embedded defaults alone, parsed.
     pub fn defaults() -> Self {
         Self::from_figment(Self::defaults_figment()).expect("the embedded defaults are valid")
+    }
+
+    /// The embedded defaults of a text gate: `gate.input = "text"` with the engine settings for
+    /// sentence embeddings.
+    pub fn text_defaults() -> Self {
+        use figment::providers::Serialized;
+        let figment = Self::defaults_figment().merge(text_engine_defaults()).merge(Serialized::default("gate.input", GatedInput::Text));
+        Self::from_figment(figment).expect("the embedded text defaults are valid")
     }
 
     /// Each section is read and checked on its own, so that every problem is reported at once:
