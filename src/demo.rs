@@ -1,8 +1,8 @@
 //! `labelgate demo`: the whole gate with no services. librdkafka's mock cluster stands in for
 //! Kafka; vendor deliveries are made from the real data in the data directory (MNIST digits with
 //! a different injected noise rate per vendor, then the music-genre crowd labels with each
-//! worker as a vendor); the gate runs, and the verdicts and suspects are checked against the
-//! truth.
+//! worker as a vendor, then movie-review sentences as text records that the gate embeds itself);
+//! the gate runs, and the verdicts and suspects are checked against the truth.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -94,6 +94,33 @@ fn mnist_scenario(dir: &Path, per_delivery: usize) -> Result<Scenario> {
     Ok(Scenario { name: "MNIST vendors (3% / 12% / 35% of labels flipped)", set, deliveries, gold, extra_bad_records })
 }
 
+/// Text deliveries: sentences a vendor labelled, sent as `text`. Vendors and their error rates as
+/// for MNIST; fewer records per delivery, as each is embedded.
+fn text_scenario(dir: &Path, per_delivery: usize) -> Result<Scenario> {
+    let mut set = data::sentence_polarity::load(dir)?;
+    let vendors = [("acme-labels", 0.03), ("bolt-annotate", 0.12), ("crux-crowd", 0.35)];
+    let per_delivery = per_delivery.min(500);
+    set.truncate(vendors.len() * 2 * per_delivery);
+    let truth = set.truth.clone().expect("polarity is known");
+    let mut deliveries = Vec::new();
+    for (v, (vendor, rate)) in vendors.iter().enumerate() {
+        for d in 0..2 {
+            let start = (v * 2 + d) * per_delivery;
+            let idx: Vec<usize> = (start..start + per_delivery).collect();
+            let slice: Vec<u32> = idx.iter().map(|&i| truth[i]).collect();
+            for (&i, l) in idx.iter().zip(NoiseModel::Symmetric(*rate).apply(&slice, 2, (v * 10 + d) as u64)) {
+                set.labels[i] = l;
+            }
+            deliveries.push((format!("{vendor}-text-{:03}", d + 1), vendor.to_string(), idx));
+        }
+    }
+    let extra_bad_records = vec![
+        json!({"sample_id": "empty-1", "batch_id": "acme-labels-text-001", "vendor_id": "acme-labels", "label": "positive", "text": " "}).to_string(),
+        json!({"sample_id": "mixed-1", "batch_id": "acme-labels-text-001", "vendor_id": "acme-labels", "label": "positive", "text": "fine", "features": [0.5]}).to_string(),
+    ];
+    Ok(Scenario { name: "movie-review sentences as text (3% / 12% / 35% of labels flipped)", set, deliveries, gold: HashSet::new(), extra_bad_records })
+}
+
 fn music_scenario(dir: &Path) -> Result<Scenario> {
     let set = data::music_genre::load_crowd(dir)?;
     let annotators = set.annotators.clone().unwrap();
@@ -127,6 +154,11 @@ fn scenario_config(s: &Scenario, bootstrap: &str, prefix: &str) -> Result<Config
     // Zero setup: state in this process, no HTTP server.
     config.state.backend = crate::config::StateBackend::Memory;
     config.metrics.listen = String::new();
+    if s.set.texts.is_some() {
+        // What loading a file with gate.input = "text" gives: the text gate's engine settings.
+        let text = Config::text_defaults();
+        (config.gate.input, config.engine, config.gate.crossfit_min_steps) = (text.gate.input, text.engine, text.gate.crossfit_min_steps);
+    }
     config.gate.classes = s.set.classes.clone();
     config.gate.feature_dim = s.set.shape.len();
     config.gate.delivery_timeout_secs = 5;
@@ -169,15 +201,16 @@ fn produce(s: &Scenario, config: &Config) -> Result<(usize, usize)> {
                 "label": s.set.classes[s.set.labels[i] as usize],
             });
             let values = &s.set.features[i * dim..(i + 1) * dim];
-            match image {
+            match (image, &s.set.texts) {
+                (_, Some(texts)) => rec["text"] = json!(texts[i].text),
                 // Images travel as base64 u8 pixels: a fifth of the bytes of a JSON array (the
                 // mock cluster keeps only 5 MB per partition).
-                Some(shape) => {
+                (Some(shape), None) => {
                     use base64::Engine;
                     let pixels: Vec<u8> = values.iter().map(|v| (v * 255.0).round() as u8).collect();
                     rec["image"] = json!({"shape": shape, "data_b64": base64::engine::general_purpose::STANDARD.encode(pixels)});
                 }
-                None => rec["features"] = json!(values),
+                (None, None) => rec["features"] = json!(values),
             }
             if s.gold.contains(&i) {
                 rec["gold_label"] = json!(s.set.classes[truth[i] as usize]);
@@ -370,6 +403,15 @@ pub async fn run(data_dir: &Path, per_delivery: usize) -> Result<Vec<ScenarioRep
         let report = run_scenario(&scenario, &mock, prefix).await?;
         print_report(&report);
         reports.push(report);
+    }
+    // The text scenario needs the sentence encoder's model, which the demo does not download.
+    let model = crate::encoder::model_dir::text_model_dir(None);
+    if model.join("config.json").is_file() {
+        let report = run_scenario(&text_scenario(data_dir, per_delivery)?, &mock, "text").await?;
+        print_report(&report);
+        reports.push(report);
+    } else {
+        println!("\n== text records: skipped, the sentence encoder is not installed at {}; {}", model.display(), crate::encoder::model_dir::how_to_install());
     }
     Ok(reports)
 }
