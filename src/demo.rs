@@ -166,7 +166,7 @@ fn scenario_config(s: &Scenario, bootstrap: &str, prefix: &str) -> Result<Config
     config.gate.min_window_records = s.set.len().min(2000);
     config.gate.max_window_records = s.set.len().max(2000);
     config.gate.max_buffered_records = config.gate.max_window_records * 2;
-    if s.set.shape.len() < 200 {
+    if s.set.texts.is_none() && s.set.shape.len() < 200 {
         // Small crowd sets (2,945 labels of 124 features) need more warm-up steps than MNIST
         // windows before their losses separate (see docs/benchmarks.md).
         config.engine.stage1_epochs = 20;

@@ -180,6 +180,10 @@ fn eval_stream(args: EvalStreamArgs) -> Result<()> {
     device::set_cpu_threads(config.runtime.threads);
     let dev = device::select(config.runtime.device);
     let dir = args.data_dir.unwrap_or_else(data::default_data_dir);
+    // The harness embeds the sentences once and sends their vectors: a text gate's engine
+    // settings, records of features.
+    let mut text_config = crate::config::Config::text_defaults();
+    text_config.gate.input = crate::config::GatedInput::Features;
     let mut summaries = Vec::new();
     println!("{}", eval::stream::TABLE_HEADER);
     for &data in &args.data {
@@ -188,6 +192,8 @@ fn eval_stream(args: EvalStreamArgs) -> Result<()> {
                 for &window in &args.window {
                     for &pool in &args.pool {
                         let case = eval::stream::StreamCase { data, unlearnable: unlearnable == YesNo::Yes, shifted: shifted == YesNo::Yes, window, pool, vendor_noise: args.noise.clone() };
+                        // Texts with no file are judged with a text gate's defaults.
+                        let config = if data.is_text() && args.config.is_none() { &text_config } else { &config };
                         let summary = eval::stream::evaluate_case(case, &dir, &config.gate, &config.engine, &args.seeds, &dev)?;
                         println!("{}", eval::stream::table_row(&summary));
                         summaries.push(summary);

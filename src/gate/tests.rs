@@ -311,3 +311,30 @@ fn a_window_trains_on_the_pool_less_its_own_items() {
     assert_eq!(job.data.labels, vec![0, 0, 1], "the two records, then only the other item's pool row");
     assert_eq!(&job.data.features[4..], &[7.0, 8.0]);
 }
+
+#[test]
+fn text_records_wait_as_text_and_join_the_pool_with_their_embeddings() {
+    let now = Instant::now();
+    let mut c = config();
+    c.input = wire::GatedInput::Text;
+    let mut g = Gate::new(c, 10_000, "m".into(), "t".into());
+    let text = |id: &str, label: &str, t: &str| format!(r#"{{"sample_id":"{id}","batch_id":"b1","vendor_id":"v","label":"{label}","text":"{t}"}}"#);
+    for (i, (id, label, t)) in [("s1", "a", "good"), ("s2", "b", "bad"), ("s3", "a", "fine")].into_iter().enumerate() {
+        assert_eq!(g.ingest(msg(i as i64, &text(id, label, t)), now), Ingested::Buffered);
+    }
+    assert_eq!(g.ingest(msg(3, &rec("s4", "b1", "a")), now), Ingested::Rejected(DlqReason::UnexpectedPayload));
+    g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
+    let mut job = g.take_window().unwrap();
+    let mut data = job.take_data();
+    assert_eq!(data.texts.iter().map(|(row, t)| (*row, t.text.as_str())).collect::<Vec<_>>(), vec![(0, "good"), (1, "bad"), (2, "fine")]);
+    assert!(data.features.iter().all(|&f| f == 0.0), "zeros until embedded");
+    // What the window thread does with the encoder's vectors.
+    let embedded = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    data.set_embedded(&embedded);
+    job.set_embedded(&[0, 1, 2], &embedded);
+    assert_eq!(data.features, embedded);
+    g.finish_window(job, &scores(3, &[1]), &HashMap::new(), 0);
+    let mut pooled: Vec<(u32, Vec<f32>)> = g.pool.samples().map(|(l, f)| (l, f.to_vec())).collect();
+    pooled.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap());
+    assert_eq!(pooled, vec![(0, vec![1.0, 2.0]), (0, vec![5.0, 6.0])], "the two accepted records, by their embeddings");
+}

@@ -36,6 +36,16 @@ pub enum StreamData {
     MusicGenre,
     /// The crowd text set of [`crate::data::crowd_text`] (empty pool only).
     CrowdText,
+    /// Movie-review sentences, embedded by the default sentence encoder as a text gate would;
+    /// the pool's clean samples come from the test split.
+    SentencePolarity,
+}
+
+impl StreamData {
+    /// Whether the records are texts (the gate's text engine settings apply).
+    pub fn is_text(self) -> bool {
+        matches!(self, StreamData::SentencePolarity)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

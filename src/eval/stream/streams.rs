@@ -117,6 +117,15 @@ pub fn build(case: &StreamCase, data_dir: &Path, pool_size: usize) -> Result<Str
             test.truncate(pool_size);
             (train, test)
         }
+        StreamData::SentencePolarity => {
+            let (mut train, mut test) = embedded_sentence_polarity(data_dir)?;
+            if train.len() < stream_records {
+                bail!("sentence polarity has {} training sentences; a window of {} needs {stream_records}", train.len(), case.window);
+            }
+            train.truncate(stream_records);
+            test.truncate(pool_size);
+            (train, test)
+        }
         StreamData::MusicGenre | StreamData::CrowdText => unreachable!(),
     };
     if case.unlearnable {
@@ -150,6 +159,24 @@ pub fn build(case: &StreamCase, data_dir: &Path, pool_size: usize) -> Result<Str
         PoolStart::Full => (0..pool_set.len()).map(|i| (pool_set.truth.as_ref().unwrap()[i], pool_set.features[i * dim..(i + 1) * dim].to_vec())).collect(),
     };
     Ok(Stream { set, deliveries, pool })
+}
+
+/// The sentence-polarity splits with the default encoder's vectors, embedded once per process
+/// (every case and seed replays the same sentences).
+fn embedded_sentence_polarity(data_dir: &Path) -> Result<(LabelledSet, LabelledSet)> {
+    static EMBEDDED: std::sync::Mutex<Option<(std::path::PathBuf, LabelledSet, LabelledSet)>> = std::sync::Mutex::new(None);
+    let mut cached = EMBEDDED.lock().expect("not poisoned");
+    if let Some((_, train, test)) = cached.as_ref().filter(|(dir, _, _)| dir == data_dir) {
+        return Ok((train.clone(), test.clone()));
+    }
+    let (mut train, mut test) = data::load_builtin(data::Builtin::SentencePolarity, data_dir)?;
+    let mut embedder = crate::encoder::TextEmbedder::load(None, 16, 0, false)?;
+    for set in [&mut train, &mut test] {
+        let (features, _) = embedder.embed(set.texts.as_ref().expect("texts"))?;
+        set.set_embedded(features, embedder.feature_dim());
+    }
+    *cached = Some((data_dir.to_path_buf(), train.clone(), test.clone()));
+    Ok((train, test))
 }
 
 fn split(all: LabelledSet, n: usize) -> (LabelledSet, LabelledSet) {
