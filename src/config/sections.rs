@@ -135,6 +135,10 @@ pub struct GateConfig {
     pub max_label_length: usize,
     /// Longest `text` or `text_pair` (bytes); longer: DLQ `text_too_long`.
     pub max_text_bytes: usize,
+    /// `[height, width, channels]` that encoded images (PNG, JPEG) are converted and resized
+    /// to; unset = encoded images go to the DLQ (`invalid_image`).
+    #[serde(default)]
+    pub image_shape: Option<[usize; 3]>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

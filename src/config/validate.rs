@@ -51,6 +51,15 @@ pub fn gate(g: &GateConfig) -> Vec<String> {
     if !(0.0..1.0).contains(&g.min_model_lift) {
         p.push(format!("gate.min_model_lift = {}: a share in [0, 1), e.g. 0.25", g.min_model_lift));
     }
+    if let Some(shape) = g.image_shape {
+        let values: usize = shape.iter().product();
+        if shape.contains(&0) || ![1, 3, 4].contains(&shape[2]) || values != g.feature_dim {
+            p.push(format!(
+                "gate.image_shape = {shape:?}: [height, width, channels] with 1, 3 or 4 channels and height·width·channels = gate.feature_dim ({}), e.g. [28, 28, 1] for 784",
+                g.feature_dim
+            ));
+        }
+    }
     if g.max_text_bytes == 0 {
         p.push("gate.max_text_bytes: must be positive, e.g. 16384".into());
     }

@@ -3,6 +3,7 @@
 
 pub mod mnist;
 pub mod crowd_text;
+pub mod image;
 pub mod music_genre;
 pub mod records;
 pub mod sentence_polarity;

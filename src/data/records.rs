@@ -1,5 +1,6 @@
 //! User-supplied labelled records: JSONL (`{"sample_id", "label", "features": [...]}` per line,
-//! or `"text"` and for pair tasks `"text_pair"` instead of `features`) or CSV
+//! or `"text"` and for pair tasks `"text_pair"` instead of `features`, or an `"image"`: raw u8
+//! pixels `{"shape": [h, w, c], "data_b64"}` or a file `{"format": "png" | "jpeg", "data_b64"}`) or CSV
 //! (`id,label,feature...`, header optional). Every problem names the line.
 
 use std::{
@@ -52,6 +53,8 @@ struct JsonRecord {
     #[serde(default)]
     text_pair: Option<String>,
     #[serde(default)]
+    image: Option<JsonImage>,
+    #[serde(default)]
     annotator_id: Option<String>,
     #[serde(default)]
     vendor_id: Option<String>,
@@ -88,10 +91,51 @@ pub fn read(path: &Path, format: Format, classes: Option<&[String]>) -> Result<L
     builder.finish()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonImage {
+    shape: Option<Vec<usize>>,
+    format: Option<String>,
+    data_b64: String,
+}
+
 /// What a record carries.
 enum Payload {
     Features(Vec<f32>),
     Text(TextInput),
+    /// Pixels scaled to [0, 1], `[h, w, c]`.
+    Image(Vec<f32>, [usize; 3]),
+}
+
+/// Raw pixels of their `shape`, or a PNG or JPEG at its own size and channels (grey stays grey).
+fn image_pixels(image: JsonImage) -> Result<Payload, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(image.data_b64.as_bytes()).map_err(|e| format!("image.data_b64: {e}"))?;
+    let (pixels, shape) = match (image.format, image.shape) {
+        (None, Some(shape)) => {
+            let shape: [usize; 3] = shape.as_slice().try_into().map_err(|_| format!("image.shape {shape:?}: expected [height, width, channels]"))?;
+            if bytes.len() != shape.iter().product::<usize>() {
+                return Err(format!("{} bytes of pixels for image.shape {shape:?}", bytes.len()));
+            }
+            (bytes, shape)
+        }
+        (Some(format), None) => {
+            let encoding = super::image::Encoding::parse(&format).ok_or_else(|| format!("image.format `{format}`: use png or jpeg"))?;
+            let channels = if encoding == super::image::Encoding::Png { png_channels(&bytes) } else { 3 };
+            super::image::decode(encoding, &bytes, channels, None)?
+        }
+        _ => return Err("`image` needs `shape` (raw u8 pixels) or `format` (png or jpeg), not both".into()),
+    };
+    Ok(Payload::Image(pixels.into_iter().map(|b| b as f32 / 255.0).collect(), shape))
+}
+
+/// 1 for a grey PNG (its alpha dropped), 4 for RGBA, else 3: the colour type in its header.
+fn png_channels(bytes: &[u8]) -> usize {
+    match bytes.get(25) {
+        Some(0 | 4) => 1,
+        Some(6) => 4,
+        _ => 3,
+    }
 }
 
 type Parsed = (String, String, Payload, Option<String>);
@@ -103,6 +147,12 @@ fn parse_json(line: &str) -> Result<Parsed, String> {
         serde_json::Value::Number(n) => Ok(n.to_string()),
         other => Err(format!("{what} must be a string or a number, got {other}")),
     };
+    if let Some(image) = rec.image {
+        if rec.features.is_some() || rec.text.is_some() {
+            return Err("give one of `features`, `image` or `text`".into());
+        }
+        return Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, image_pixels(image)?, rec.annotator_id.or(rec.vendor_id)));
+    }
     let features = match (rec.features, rec.text) {
         (Some(features), None) if rec.text_pair.is_none() => features,
         (None, Some(text)) => return Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, Payload::Text(TextInput { text, pair: rec.text_pair }), rec.annotator_id.or(rec.vendor_id))),
@@ -190,8 +240,18 @@ impl<'a> Builder<'a> {
                 texts.push(text);
                 Vec::new()
             }
-            Payload::Features(_) if self.set.texts.is_some() => return Err(self.bad(line, "a `features` record, but the first record has `text`".into())),
+            Payload::Features(_) | Payload::Image(..) if self.set.texts.is_some() => return Err(self.bad(line, "a `features` or `image` record, but the first record has `text`".into())),
+            Payload::Features(_) if !first && matches!(self.set.shape, InputShape::Image { .. }) => return Err(self.bad(line, "a `features` record, but the first record has `image`".into())),
             Payload::Features(features) => features,
+            Payload::Image(pixels, [height, width, channels]) => {
+                let shape = InputShape::Image { channels, height, width };
+                if first {
+                    self.set.shape = shape;
+                } else if self.set.shape != shape {
+                    return Err(self.bad(line, format!("an image of {height}×{width}×{channels}, but the first record has {:?} (one size and kind per file)", self.set.shape)));
+                }
+                return self.keep(line, id, label, pixels, annotator);
+            }
         };
         if self.set.texts.is_some() {
             return self.keep(line, id, label, features, annotator);

@@ -202,7 +202,7 @@ const GATED_MEMORY: usize = 100_000;
 
 impl Gate {
     pub fn new(config: GateConfig, max_message_bytes: usize, model_version: String, instance: String) -> Self {
-        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length).with_input(config.input, config.max_text_bytes);
+        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length).with_input(config.input, config.max_text_bytes).with_image_shape(config.image_shape);
         let z = crate::stats::z_for(config.confidence);
         let pool = ReferencePool::new(config.classes.len(), config.reference_pool_size);
         Self {

@@ -217,10 +217,14 @@ struct RawInput {
     ts: Option<serde_json::Value>,
 }
 
+/// `image`: raw pixels (`shape`, `data_b64`), an encoded file (`format`, `data_b64`), or a
+/// reference (`uri`, not taken yet).
 #[derive(Deserialize)]
 struct RawImage {
-    shape: Vec<usize>,
-    data_b64: String,
+    shape: Option<Vec<usize>>,
+    format: Option<String>,
+    data_b64: Option<String>,
+    uri: Option<String>,
 }
 
 /// What the parser needs to know about the deployment.
@@ -237,12 +241,20 @@ pub struct Schema {
     pub input: GatedInput,
     /// Longest `text` or `text_pair`, in bytes.
     pub max_text_bytes: usize,
+    /// `[height, width, channels]` encoded images are converted to (`gate.image_shape`).
+    pub image_shape: Option<[usize; 3]>,
 }
 
 impl Schema {
     pub fn new(classes: &[String], feature_dim: usize, max_message_bytes: usize) -> Self {
         let class_index = classes.iter().enumerate().map(|(i, c)| (c.clone(), i as u32)).collect();
-        Self { class_index, feature_dim, max_message_bytes, max_id_length: 256, max_label_length: 256, input: GatedInput::Features, max_text_bytes: 16 * 1024 }
+        Self { class_index, feature_dim, max_message_bytes, max_id_length: 256, max_label_length: 256, input: GatedInput::Features, max_text_bytes: 16 * 1024, image_shape: None }
+    }
+
+    /// Encoded images become `[height, width, channels]` pixels.
+    pub fn with_image_shape(mut self, shape: Option<[usize; 3]>) -> Self {
+        self.image_shape = shape;
+        self
     }
 
     /// Records carry `input`, texts of at most `max_text_bytes`.
@@ -303,7 +315,7 @@ impl Schema {
                 let label = self.class(&need(raw.label, "label")?, "label")?;
                 let gold_label = raw.gold_label.map(|g| self.class(&g, "gold_label")).transpose()?;
                 let item = raw.item.map(item).transpose()?;
-                let image_shape = raw.image.as_ref().and_then(|i| <[usize; 3]>::try_from(i.shape.as_slice()).ok());
+
                 let has_text = raw.text.is_some() || raw.text_pair.is_some();
                 if has_text && (raw.features.is_some() || raw.image.is_some()) {
                     return Err(Rejection::new(DlqReason::MixedPayload, "give one of `features`, `image` or `text`"));
@@ -323,11 +335,14 @@ impl Schema {
                         }
                         f
                     }
-                    (None, Some(image)) => self.image(image)?,
+                    (None, Some(image)) => {
+                        let (pixels, shape) = self.image(image)?;
+                        return Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: pixels, text: None, gold_label, item, image_shape: Some(shape) }));
+                    }
                     (Some(_), Some(_)) => return Err(Rejection::new(DlqReason::MissingField, "give `features` or `image`, not both")),
                     (None, None) => return Err(Rejection::new(DlqReason::MissingField, "`features` or `image` is missing")),
                 };
-                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, text: None, gold_label, item, image_shape }))
+                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, text: None, gold_label, item, image_shape: None }))
             }
             Some(other) => Err(Rejection::new(DlqReason::UnknownMessageType, format!("type `{other}`; expected `batch_end` or none"))),
         }
@@ -360,24 +375,46 @@ impl Schema {
         Ok(TextInput { text, pair })
     }
 
-    /// u8 pixels `[h, w, c]`, base64, scaled to [0, 1] and flattened.
-    fn image(&self, image: RawImage) -> Result<Vec<f32>, Rejection> {
+    /// The image's pixels scaled to [0, 1] and flattened, with their `[h, w, c]`: raw u8 pixels
+    /// of the record's shape, or an encoded PNG or JPEG converted to `gate.image_shape`.
+    fn image(&self, image: RawImage) -> Result<(Vec<f32>, [usize; 3]), Rejection> {
         use base64::Engine;
         let bad = |m: String| Rejection::new(DlqReason::InvalidImage, m);
-        if image.shape.len() != 3 || image.shape.contains(&0) {
-            return Err(bad(format!("shape {:?}: expected [height, width, channels]", image.shape)));
+        if image.uri.is_some() {
+            return Err(bad("`image.uri` is not taken yet: send the file as {\"format\": \"png\" | \"jpeg\", \"data_b64\": …}".into()));
         }
-        // Undecodable pixels are a bad image, whatever the shape says.
-        let bytes = base64::engine::general_purpose::STANDARD.decode(image.data_b64.as_bytes()).map_err(|e| bad(format!("data_b64: {e}")))?;
-        // A product that overflows is no shape of any image.
-        let expected = image.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
-        if expected != self.feature_dim {
-            return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {expected} values, expected {}", self.feature_dim)));
+        let data = image.data_b64.ok_or_else(|| bad("`image.data_b64` is missing".into()))?;
+        // Undecodable bytes are a bad image, whatever else the record says.
+        let bytes = base64::engine::general_purpose::STANDARD.decode(data.as_bytes()).map_err(|e| bad(format!("data_b64: {e}")))?;
+        let (bytes, shape) = match (image.format, image.shape) {
+            (Some(format), None) => {
+                let encoding = crate::data::image::Encoding::parse(&format).ok_or_else(|| bad(format!("format `{format}`: use png or jpeg")))?;
+                let [h, w, c] = self.image_shape.ok_or_else(|| bad("an encoded image at a gate without gate.image_shape (the [height, width, channels] to convert it to)".into()))?;
+                crate::data::image::decode(encoding, &bytes, c, Some((h as u32, w as u32))).map_err(bad)?
+            }
+            (None, Some(shape)) => {
+                let shape: [usize; 3] = match <[usize; 3]>::try_from(shape.as_slice()) {
+                    Ok(s) if !s.contains(&0) => s,
+                    _ => return Err(bad(format!("shape {shape:?}: expected [height, width, channels]"))),
+                };
+                // A product that overflows is no shape of any image.
+                let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
+                if expected != self.feature_dim {
+                    return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {expected} values, expected {}", self.feature_dim)));
+                }
+                if bytes.len() != expected {
+                    return Err(bad(format!("{} bytes of pixels for shape {shape:?} ({expected})", bytes.len())));
+                }
+                (bytes, shape)
+            }
+            (Some(_), Some(_)) => return Err(bad("give `shape` (raw pixels) or `format` (an encoded file), not both".into())),
+            (None, None) => return Err(bad("`image` needs `shape` (raw u8 pixels) or `format` (png or jpeg)".into())),
+        };
+        let len: usize = shape.iter().product();
+        if len != self.feature_dim {
+            return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {len} values, expected {}", self.feature_dim)));
         }
-        if bytes.len() != expected {
-            return Err(bad(format!("{} bytes of pixels for shape {:?} ({expected})", bytes.len(), image.shape)));
-        }
-        Ok(bytes.into_iter().map(|b| b as f32 / 255.0).collect())
+        Ok((bytes.into_iter().map(|b| b as f32 / 255.0).collect(), shape))
     }
 }
 

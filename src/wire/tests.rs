@@ -127,3 +127,51 @@ fn each_kind_of_bad_text_has_its_reason() {
     let e = text_schema(Features).parse(rec(r#""text":"ok""#).as_bytes()).unwrap_err();
     assert!(e.message.contains("gate.input"), "{}", e.message);
 }
+
+fn png_b64(pixels: &[u8], w: u32, h: u32, colour: png::ColorType) -> String {
+    use base64::Engine;
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(colour);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(pixels).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+#[test]
+fn encoded_images_become_the_configured_pixels() {
+    use base64::Engine;
+    let grey = [0u8, 255, 51];
+    let schema = schema().with_image_shape(Some([1, 3, 1]));
+    let encoded = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"format":"png","data_b64":"{}"}}}}"#, png_b64(&grey, 3, 1, png::ColorType::Grayscale));
+    let raw = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"shape":[1,3,1],"data_b64":"{}"}}}}"#, base64::engine::general_purpose::STANDARD.encode(grey));
+    let (Inbound::Annotation(a), Inbound::Annotation(b)) = (schema.parse(encoded.as_bytes()).unwrap(), schema.parse(raw.as_bytes()).unwrap()) else { panic!() };
+    assert_eq!(a.features, b.features, "a lossless file gives the raw pixels");
+    assert_eq!(a.image_shape, Some([1, 3, 1]), "re-review can show it");
+    // Colour converted to the configured grey, and resized.
+    let rgb: Vec<u8> = (0..2 * 6 * 3).map(|i| (i * 7) as u8).collect();
+    let colour = format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{{"format":"PNG","data_b64":"{}"}}}}"#, png_b64(&rgb, 6, 2, png::ColorType::Rgb));
+    let Inbound::Annotation(c) = schema.parse(colour.as_bytes()).unwrap() else { panic!() };
+    assert_eq!(c.features.len(), 3);
+}
+
+#[test]
+fn each_kind_of_bad_encoded_image_has_its_reason() {
+    let rec = |image: &str| format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{image}}}"#);
+    let png = png_b64(&[1, 2, 3], 3, 1, png::ColorType::Grayscale);
+    let with_shape = schema().with_image_shape(Some([1, 3, 1]));
+    let reason_of = |schema: &Schema, image: &str| schema.parse(rec(image).as_bytes()).unwrap_err();
+    let no_shape = reason_of(&schema(), &format!(r#"{{"format":"png","data_b64":"{png}"}}"#));
+    assert_eq!(no_shape.reason, DlqReason::InvalidImage);
+    assert!(no_shape.message.contains("gate.image_shape"), "{}", no_shape.message);
+    for image in [
+        r#"{"format":"gif","data_b64":"AAAA"}"#.to_string(),
+        r#"{"format":"jpeg","data_b64":"AAAA"}"#.to_string(),
+        r#"{"format":"png","data_b64":"not base64!"}"#.to_string(),
+        r#"{"uri":"https://images.example/1.png"}"#.to_string(),
+        format!(r#"{{"format":"png","shape":[1,3,1],"data_b64":"{png}"}}"#),
+        r#"{"data_b64":"AAAA"}"#.to_string(),
+    ] {
+        assert_eq!(reason_of(&with_shape, &image).reason, DlqReason::InvalidImage, "{image}");
+    }
+}
