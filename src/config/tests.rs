@@ -102,3 +102,11 @@ fn a_text_gate_starts_from_the_sentence_embedding_engine_settings() {
         Ok(())
     });
 }
+
+#[test]
+fn an_image_shape_must_match_the_feature_length() {
+    assert!(with("[gate]\nimage_shape = [28, 28, 1]\n").is_ok());
+    let e = with("[gate]\nimage_shape = [28, 28, 3]\n").unwrap_err().to_string();
+    assert!(e.contains("gate.image_shape = [28, 28, 3]") && e.contains("784"), "{e}");
+    assert!(with("[gate]\nimage_shape = [392, 1, 2]\n").is_err(), "two channels");
+}
