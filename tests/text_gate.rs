@@ -58,31 +58,13 @@ fn bad_records() -> Vec<(String, &'static str)> {
     ]
 }
 
-#[test]
-fn a_text_gate_embeds_routes_and_judges_vendor_sentences() {
-    let config = test_config("text", 384);
+/// `labelgate run` as a text gate on `config`'s topics until `deliveries` verdicts are counted in
+/// `/metrics`; the last scrape. Only the input kind and the classes change: a text gate's engine
+/// settings come from the layer under the file (one stage-1 epoch, five-epoch cycles).
+fn run_until_gated(config: &labelgate::config::Config, deliveries: usize) -> String {
     let http_port = reserve_port();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(service::ensure_topics(&config, 2)).unwrap();
-    let mut set = sentence_polarity::load(&common::data_dir()).unwrap();
-    let ds = deliveries(&mut set);
-    let texts = set.texts.clone().unwrap();
-    let mut messages = Vec::new();
-    for (batch, vendor, idx) in &ds {
-        for &i in idx {
-            let payload = json!({"sample_id": set.sample_ids[i], "batch_id": batch, "vendor_id": vendor, "label": set.classes[set.labels[i] as usize], "text": texts[i].text});
-            messages.push((batch.clone(), payload.to_string()));
-        }
-        messages.push((batch.clone(), json!({"type": "batch_end", "batch_id": batch, "vendor_id": vendor, "count": idx.len()}).to_string()));
-    }
-    let bad = bad_records();
-    messages.extend(bad.iter().map(|(payload, _)| ("bad-1".to_string(), payload.clone())));
-    produce(&config, &messages);
-
-    // Only the input kind and the classes change: a text gate's engine settings come from the
-    // layer under the file (one stage-1 epoch, five-epoch cycles).
     let _gate = KillOnDrop(
-        gate_command(&config)
+        gate_command(config)
             .env("LABELGATE__GATE__INPUT", "text")
             .env("LABELGATE__GATE__CLASSES", r#"["negative", "positive"]"#)
             .env("LABELGATE__GATE__MAX_TEXT_BYTES", MAX_TEXT_BYTES.to_string())
@@ -92,12 +74,38 @@ fn a_text_gate_embeds_routes_and_judges_vendor_sentences() {
             .unwrap(),
     );
     let mut metrics = String::new();
-    wait_for("six verdicts", Duration::from_secs(300), || {
+    wait_for("every verdict", Duration::from_secs(300), || {
         metrics = http_get(http_port, "/metrics").map(|r| r.1).unwrap_or_default();
         let gated: f64 = metrics.lines().filter(|l| l.starts_with("labelgate_deliveries_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
-        gated == ds.len() as f64
+        gated == deliveries as f64
     });
+    metrics
+}
 
+fn batch_end(batch: &str, vendor: &str, count: usize) -> String {
+    json!({"type": "batch_end", "batch_id": batch, "vendor_id": vendor, "count": count}).to_string()
+}
+
+#[test]
+fn a_text_gate_embeds_routes_and_judges_vendor_sentences() {
+    let config = test_config("text", 384);
+    let mut set = sentence_polarity::load(&common::data_dir()).unwrap();
+    let ds = deliveries(&mut set);
+    let texts = set.texts.clone().unwrap();
+    let mut messages = Vec::new();
+    for (batch, vendor, idx) in &ds {
+        for &i in idx {
+            let payload = json!({"sample_id": set.sample_ids[i], "batch_id": batch, "vendor_id": vendor, "label": set.classes[set.labels[i] as usize], "text": texts[i].text});
+            messages.push((batch.clone(), payload.to_string()));
+        }
+        messages.push((batch.clone(), batch_end(batch, vendor, idx.len())));
+    }
+    let bad = bad_records();
+    messages.extend(bad.iter().map(|(payload, _)| ("bad-1".to_string(), payload.clone())));
+    tokio::runtime::Runtime::new().unwrap().block_on(service::ensure_topics(&config, 2)).unwrap();
+    produce(&config, &messages);
+
+    let metrics = run_until_gated(&config, ds.len());
     // Every text embedded once, none cut (movie-review sentences are short).
     assert_eq!(sample(&metrics, "labelgate_text_embeddings_total{cache=\"miss\"}"), Some((VENDORS.len() * 2 * PER_DELIVERY) as f64), "{metrics}");
     assert_eq!(sample(&metrics, "labelgate_texts_truncated_total"), Some(0.0));
@@ -154,4 +162,31 @@ fn a_text_gate_embeds_routes_and_judges_vendor_sentences() {
         covered += (low <= truth && truth <= high) as usize;
     }
     assert!(covered as f64 / ds.len() as f64 >= 0.8, "{covered} of {} intervals hold the truth", ds.len());
+}
+
+/// Three vendors label the same 600 sentences (the same `sample_id` and text), each in its own
+/// delivery: each sentence is embedded once, and the other two labels of it are cache hits,
+/// within a window and across windows.
+#[test]
+fn vendors_labelling_the_same_sentences_embed_each_once() {
+    let config = test_config("text-shared", 384);
+    let set = sentence_polarity::load(&common::data_dir()).unwrap();
+    let texts = set.texts.as_ref().unwrap();
+    let (items, vendors) = (600, ["acme-labels", "bolt-annotate", "crux-crowd"]);
+    let mut messages = Vec::new();
+    for vendor in vendors {
+        let batch = format!("{vendor}-shared");
+        for i in 0..items {
+            let payload = json!({"sample_id": set.sample_ids[i], "batch_id": batch, "vendor_id": vendor, "label": set.classes[set.truth.as_ref().unwrap()[i] as usize], "text": texts[i].text});
+            messages.push((batch.clone(), payload.to_string()));
+        }
+        messages.push((batch.clone(), batch_end(&batch, vendor, items)));
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(service::ensure_topics(&config, 2)).unwrap();
+    produce(&config, &messages);
+    let metrics = run_until_gated(&config, vendors.len());
+    let hits = sample(&metrics, "labelgate_text_embeddings_total{cache=\"hit\"}").unwrap();
+    let misses = sample(&metrics, "labelgate_text_embeddings_total{cache=\"miss\"}").unwrap();
+    eprintln!("shared sentences: {hits} cache hits, {misses} misses (hit rate {:.3})", hits / (hits + misses));
+    assert_eq!((hits, misses), (((vendors.len() - 1) * items) as f64, items as f64));
 }
