@@ -44,7 +44,7 @@ server() {
     LABEL_STUDIO_BASE_DATA_DIR=$run/data LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true \
     LABEL_STUDIO_SSRF_PROTECTION_ENABLED=false LABEL_STUDIO_LATEST_VERSION_CHECK=false \
     LABEL_STUDIO_SENTRY_DSN= LABEL_STUDIO_FRONTEND_SENTRY_DSN= SENTRY_DSN= FRONTEND_SENTRY_DSN= \
-    LABEL_STUDIO_COLLECT_ANALYTICS=false DJANGO_DB=sqlite \
+    LABEL_STUDIO_COLLECT_ANALYTICS=false DJANGO_DB=sqlite SECRET_KEY=$(cat "$run/secret_key") \
       setsid "$venv/bin/label-studio" start --no-browser --internal-host 127.0.0.1 --port "$port" \
       >>"$run/label-studio.log" 2>&1 &
     echo $! >"$run/pid"
@@ -88,6 +88,10 @@ start() {
   else
     mkdir -p "$run"; chmod 700 "$run"
     [ -s "$run/password" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$run/password")
+    # Django's key, which also signs the access tokens, set here: left to Label Studio, each of
+    # its starting processes may generate and append its own to data/.env (a race seen on loaded
+    # machines), and a token one signed is then "invalid" to another.
+    [ -s "$run/secret_key" ] || (umask 077; head -c 48 /dev/urandom | base64 | tr -d '/+=\n' >"$run/secret_key")
     server
   fi
   token
