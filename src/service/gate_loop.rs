@@ -140,7 +140,7 @@ impl<'a> GateLoop<'a> {
         let k = &config.kafka;
         let instance = clients::instance_id(config);
         let model_version = format!("labelgate-{}/o2u-{}", env!("CARGO_PKG_VERSION"), super::model_name(config));
-        let embedder = startup::text_embedder(config)?;
+        let embedder = super::window_thread::load_text_embedder(config)?;
         let mut gate_config = config.gate.clone();
         if let Some(e) = &embedder {
             gate_config.feature_dim = e.feature_dim();

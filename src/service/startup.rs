@@ -209,15 +209,3 @@ mod tests {
         assert_ne!(a, complaint("FAIL", "127.0.0.1:19092/1: Disconnected: connection reset by peer (after 1ms in state UP)"));
     }
 }
-
-/// The sentence encoder of a text gate (`gate.input` = `text` or `text_pair`), loaded before
-/// anything is consumed so that a missing model stops start-up with how to install it.
-pub fn text_embedder(config: &Config) -> Result<Option<crate::encoder::TextEmbedder>> {
-    if !config.gate.input.is_text() {
-        return Ok(None);
-    }
-    let t = &config.encoder.text;
-    let embedder = crate::encoder::TextEmbedder::load(t.model_dir.as_deref(), t.batch_size, t.cache_entries, config.gate.input == crate::config::GatedInput::TextPair)?;
-    tracing::info!(model = %embedder.encoder().dir().display(), features = embedder.feature_dim(), "text encoder loaded");
-    Ok(Some(embedder))
-}

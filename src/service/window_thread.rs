@@ -1,5 +1,6 @@
 //! The thread that trains and scores windows, so the loop keeps consuming (and the consumer
-//! stays in its group) while a window trains: jobs go in, (job, scores) come back.
+//! stays in its group) while a window trains: jobs go in, (job, scores) come back. At a text gate
+//! it first embeds each window's new texts with the encoder it owns.
 
 use std::{sync::mpsc, thread};
 
@@ -98,6 +99,18 @@ impl WindowThread {
             Err(mpsc::TryRecvError::Disconnected) => bail!("window thread stopped"),
         }
     }
+}
+
+/// The sentence encoder of a text gate (`gate.input` = `text` or `text_pair`), loaded before
+/// anything is consumed so that a missing model stops start-up with how to install it.
+pub fn load_text_embedder(config: &Config) -> Result<Option<TextEmbedder>> {
+    if !config.gate.input.is_text() {
+        return Ok(None);
+    }
+    let t = &config.encoder.text;
+    let embedder = TextEmbedder::load(t.model_dir.as_deref(), t.batch_size, t.cache_entries, config.gate.input == crate::config::GatedInput::TextPair)?;
+    tracing::info!(model = %embedder.encoder().dir().display(), features = embedder.feature_dim(), "text encoder loaded");
+    Ok(Some(embedder))
 }
 
 /// Embeds the window's texts into its training rows and its records.
