@@ -406,7 +406,7 @@ pub async fn run(data_dir: &Path, per_delivery: usize) -> Result<Vec<ScenarioRep
     }
     // The text scenario needs the sentence encoder's model, which the demo does not download.
     let model = crate::encoder::model_dir::text_model_dir(None);
-    if model.join("config.json").is_file() {
+    if crate::encoder::text::missing_files(&model).is_empty() {
         let report = run_scenario(&text_scenario(data_dir, per_delivery)?, &mock, "text").await?;
         print_report(&report);
         reports.push(report);

@@ -5,8 +5,8 @@
 //! - [`o2u`]: the engine (pure computation: models, SGD, the three stages, scores, noise rate).
 //! - [`device`]: where training runs (CPU, or CUDA when built with it).
 //! - [`progress`]: the terminal progress bar of training.
-//! - [`data`]: readers for user records and the built-in data sets; [`noise`]: synthetic noise.
 //! - [`encoder`]: texts and text pairs to feature vectors (a sentence encoder and its cache).
+//! - [`data`]: readers for user records and the built-in data sets; [`noise`]: synthetic noise.
 //! - [`accuracy`]: wrong-label shares, their evidence, and accuracy estimates.
 //! - [`wire`]: the Kafka message contract (what vendors send and what the gate writes).
 //! - [`config`]: layered configuration (embedded defaults, file, `LABELGATE__` environment).

@@ -41,14 +41,22 @@ impl TextModelArgs {
         let pairs = first.texts.as_ref().is_some_and(|t| t.first().is_some_and(|t| t.pair.is_some()));
         let mut embedder = self.embedder(pairs)?;
         for set in sets.iter_mut().filter(|s| s.needs_embedding()) {
-            let texts = set.texts.as_ref().expect("a set of texts");
-            tracing::info!(texts = texts.len(), model = %embedder.encoder().dir().display(), "embedding texts");
-            let (features, report) = embedder.embed(texts)?;
+            tracing::info!(texts = set.len(), model = %embedder.encoder().dir().display(), "embedding texts");
+            let report = set.embed(&mut embedder)?;
             if report.truncated > 0 {
                 tracing::warn!(truncated = report.truncated, max_tokens = embedder.encoder().max_tokens(), "texts longer than the encoder's token limit were truncated");
             }
             tracing::info!(seconds = report.seconds, texts_per_second = (report.records as f64 / report.seconds).round(), "texts embedded");
-            set.set_embedded(features, embedder.feature_dim());
+        }
+        Ok(())
+    }
+
+    /// A built-in set's train and test splits of texts, embedded and standardised on the train
+    /// split (sets of features come standardised already).
+    pub fn embed_split(&self, train: &mut LabelledSet, test: &mut LabelledSet) -> Result<()> {
+        if train.needs_embedding() {
+            self.embed_sets(&mut [&mut *train, &mut *test])?;
+            data::standardize_split(train, test);
         }
         Ok(())
     }

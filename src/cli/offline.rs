@@ -49,10 +49,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
         (None, Some(which)) => {
             let (mut set, mut test) = data::load_builtin(which, &args.common.data_dir())?;
-            if set.needs_embedding() {
-                args.common.text.embed_sets(&mut [&mut set, &mut test])?;
-                data::standardize_split(&mut set, &mut test);
-            }
+            args.common.text.embed_split(&mut set, &mut test)?;
             set
         }
         (None, None) => bail!("give --input FILE or --dataset NAME"),
@@ -122,10 +119,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if let Some(limit) = args.limit {
         train.truncate(limit);
     }
-    if train.needs_embedding() {
-        args.common.text.embed_sets(&mut [&mut train, &mut test])?;
-        data::standardize_split(&mut train, &mut test);
-    }
+    args.common.text.embed_split(&mut train, &mut test)?;
     match (args.dataset, args.noise) {
         (Builtin::MusicGenre, Some(_)) => bail!("--noise: music-genre carries real crowd noise; drop --noise"),
         (Builtin::Mnist | Builtin::SentencePolarity, None) => bail!("--noise: this set's labels are clean; inject noise, e.g. --noise symmetric:0.2"),

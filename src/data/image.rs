@@ -35,8 +35,9 @@ pub const MAX_SIDE: u32 = 8192;
 
 /// Decodes `bytes` into u8 pixels `[height, width, channels]` (row-major, channels last): the
 /// image's own size when `size` is `None`, else resized to `size` = (height, width).
-/// `channels` is 1 (grey), 3 (RGB) or 4 (RGBA).
-pub fn decode(encoding: Encoding, bytes: &[u8], channels: usize, size: Option<(u32, u32)>) -> Result<(Vec<u8>, [usize; 3]), String> {
+/// `channels` is 1 (grey), 3 (RGB) or 4 (RGBA); `None` keeps the image's own (grey with alpha
+/// becomes grey).
+pub fn decode(encoding: Encoding, bytes: &[u8], channels: Option<usize>, size: Option<(u32, u32)>) -> Result<(Vec<u8>, [usize; 3]), String> {
     let mut reader = image::io::Reader::with_format(Cursor::new(bytes), encoding.format());
     let mut limits = Limits::default();
     (limits.max_image_width, limits.max_image_height) = (Some(MAX_SIDE), Some(MAX_SIDE));
@@ -48,6 +49,10 @@ pub fn decode(encoding: Encoding, bytes: &[u8], channels: usize, size: Option<(u
         img = img.resize_exact(w, h, FilterType::Triangle);
     }
     let (h, w) = (img.height() as usize, img.width() as usize);
+    let channels = channels.unwrap_or(match img.color().channel_count() {
+        2 => 1,
+        n => n as usize,
+    });
     let pixels = match channels {
         1 => img.to_luma8().into_raw(),
         3 => img.to_rgb8().into_raw(),
@@ -73,7 +78,7 @@ mod tests {
     #[test]
     fn a_png_decodes_to_its_own_pixels() {
         let grey: Vec<u8> = (0..12).map(|i| i * 20).collect();
-        let (pixels, shape) = decode(Encoding::Png, &png(&grey, 4, 3, png::ColorType::Grayscale), 1, None).unwrap();
+        let (pixels, shape) = decode(Encoding::Png, &png(&grey, 4, 3, png::ColorType::Grayscale), None, None).unwrap();
         assert_eq!((pixels, shape), (grey, [3, 4, 1]));
     }
 
@@ -81,22 +86,22 @@ mod tests {
     fn channels_are_converted_and_sizes_resized() {
         let rgb = [255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255];
         let encoded = png(&rgb, 2, 2, png::ColorType::Rgb);
-        let (grey, shape) = decode(Encoding::Png, &encoded, 1, None).unwrap();
+        let (grey, shape) = decode(Encoding::Png, &encoded, Some(1), None).unwrap();
         assert_eq!(shape, [2, 2, 1]);
         assert_eq!(grey[3], 255, "white stays white");
         assert!(grey[0] < grey[1], "red is darker than green in luma");
-        let (small, shape) = decode(Encoding::Png, &encoded, 3, Some((1, 1))).unwrap();
+        let (small, shape) = decode(Encoding::Png, &encoded, None, Some((1, 1))).unwrap();
         assert_eq!((small.len(), shape), (3, [1, 1, 3]));
     }
 
     #[test]
     fn what_is_not_an_image_is_refused_with_why() {
-        let e = decode(Encoding::Jpeg, b"not a jpeg", 1, None).unwrap_err();
+        let e = decode(Encoding::Jpeg, b"not a jpeg", None, None).unwrap_err();
         assert!(e.contains("not a Jpeg image"), "{e}");
         // A PNG whose header declares 100,000 × 100,000 pixels is refused.
         let mut bomb = png(&[0], 1, 1, png::ColorType::Grayscale);
         bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        assert!(decode(Encoding::Png, &bomb, 1, None).is_err());
+        assert!(decode(Encoding::Png, &bomb, None, None).is_err());
     }
 }

@@ -30,7 +30,7 @@ pub struct LabelledSet {
     /// labelled): the key that lets annotators' agreement count.
     pub items: Option<Vec<String>>,
     /// The texts (and pairs), when the samples came as text: `features` stay empty until an
-    /// encoder embeds them ([`LabelledSet::set_embedded`]).
+    /// encoder embeds them ([`LabelledSet::embed`]).
     pub texts: Option<Vec<crate::encoder::TextInput>>,
 }
 
@@ -79,11 +79,13 @@ impl LabelledSet {
         }
     }
 
-    /// The texts' features, `dim` per sample, from an encoder.
-    pub fn set_embedded(&mut self, features: Vec<f32>, dim: usize) {
-        debug_assert_eq!(features.len(), self.len() * dim);
+    /// Gives the texts their features from `embedder`.
+    pub fn embed(&mut self, embedder: &mut crate::encoder::TextEmbedder) -> anyhow::Result<crate::encoder::EmbeddingReport> {
+        let texts = self.texts.as_ref().ok_or_else(|| anyhow::anyhow!("the samples carry features, not texts"))?;
+        let (features, report) = embedder.embed(texts)?;
         self.features = features;
-        self.shape = InputShape::Vector { dim };
+        self.shape = InputShape::Vector { dim: embedder.feature_dim() };
+        Ok(report)
     }
 
     /// Whether the samples came as text and still need an encoder.

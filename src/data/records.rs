@@ -121,21 +121,11 @@ fn image_pixels(image: JsonImage) -> Result<Payload, String> {
         }
         (Some(format), None) => {
             let encoding = super::image::Encoding::parse(&format).ok_or_else(|| format!("image.format `{format}`: use png or jpeg"))?;
-            let channels = if encoding == super::image::Encoding::Png { png_channels(&bytes) } else { 3 };
-            super::image::decode(encoding, &bytes, channels, None)?
+            super::image::decode(encoding, &bytes, None, None)?
         }
         _ => return Err("`image` needs `shape` (raw u8 pixels) or `format` (png or jpeg), not both".into()),
     };
     Ok(Payload::Image(pixels.into_iter().map(|b| b as f32 / 255.0).collect(), shape))
-}
-
-/// 1 for a grey PNG (its alpha dropped), 4 for RGBA, else 3: the colour type in its header.
-fn png_channels(bytes: &[u8]) -> usize {
-    match bytes.get(25) {
-        Some(0 | 4) => 1,
-        Some(6) => 4,
-        _ => 3,
-    }
 }
 
 type Parsed = (String, String, Payload, Option<String>);

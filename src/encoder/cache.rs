@@ -20,13 +20,6 @@ pub struct CacheCounts {
     pub misses: u64,
 }
 
-impl CacheCounts {
-    pub fn hit_rate(&self) -> Option<f64> {
-        let total = self.hits + self.misses;
-        (total > 0).then(|| self.hits as f64 / total as f64)
-    }
-}
-
 pub struct EmbeddingCache {
     /// `None` when the cache holds nothing (`cache_entries = 0`).
     entries: Option<LruCache<ContentHash, Box<[f32]>>>,

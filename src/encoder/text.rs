@@ -13,6 +13,11 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams, Tr
 /// The files a model directory must hold.
 pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
+/// Which of [`MODEL_FILES`] `dir` lacks (none: a model is there to load).
+pub fn missing_files(dir: &Path) -> Vec<&'static str> {
+    MODEL_FILES.iter().copied().filter(|f| !dir.join(f).is_file()).collect()
+}
+
 /// How token vectors become one sentence vector (`1_Pooling/config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
@@ -47,7 +52,7 @@ impl SentenceEncoder {
     /// sentence-transformers files that set the token limit (`sentence_bert_config.json`), the
     /// pooling (`1_Pooling/config.json`) and normalisation (`modules.json`).
     pub fn load(dir: &Path, batch_size: usize, device: &Device) -> Result<Self> {
-        let missing: Vec<&str> = MODEL_FILES.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+        let missing = missing_files(dir);
         if !missing.is_empty() {
             bail!("no sentence encoder at {}: {} missing", dir.display(), missing.join(", "));
         }

@@ -83,7 +83,7 @@ pub enum DlqReason {
     InvalidItem,
     /// A `text` or `text_pair` that is empty or only white space.
     EmptyText,
-    /// A `text` or `text_pair` over `encoder.text.max_text_bytes`.
+    /// A `text` or `text_pair` over `gate.max_text_bytes`.
     TextTooLong,
     /// More than one payload on one record (`features`, `image`, `text`).
     MixedPayload,
@@ -322,8 +322,7 @@ impl Schema {
                 }
                 if has_text || self.input.is_text() {
                     let text = self.text(raw.text, raw.text_pair, raw.features.is_some() || raw.image.is_some())?;
-                    let text = Some(text);
-                    return Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: Vec::new(), text, gold_label, item, image_shape: None }));
+                    return Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: Vec::new(), text: Some(text), gold_label, item, image_shape: None }));
                 }
                 let features = match (raw.features, raw.image) {
                     (Some(f), None) => {
@@ -366,7 +365,7 @@ impl Schema {
                 return Err(Rejection::new(DlqReason::EmptyText, format!("`{field}` is empty")));
             }
             if value.len() > self.max_text_bytes {
-                return Err(Rejection::new(DlqReason::TextTooLong, format!("`{field}` is {} bytes, limit {} (encoder.text.max_text_bytes)", value.len(), self.max_text_bytes)));
+                return Err(Rejection::new(DlqReason::TextTooLong, format!("`{field}` is {} bytes, limit {} (gate.max_text_bytes)", value.len(), self.max_text_bytes)));
             }
             Ok(value)
         };
@@ -390,7 +389,10 @@ impl Schema {
             (Some(format), None) => {
                 let encoding = crate::data::image::Encoding::parse(&format).ok_or_else(|| bad(format!("format `{format}`: use png or jpeg")))?;
                 let [h, w, c] = self.image_shape.ok_or_else(|| bad("an encoded image at a gate without gate.image_shape (the [height, width, channels] to convert it to)".into()))?;
-                crate::data::image::decode(encoding, &bytes, c, Some((h as u32, w as u32))).map_err(bad)?
+                if h * w * c != self.feature_dim {
+                    return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("gate.image_shape of {} values, expected {}", h * w * c, self.feature_dim)));
+                }
+                crate::data::image::decode(encoding, &bytes, Some(c), Some((h as u32, w as u32))).map_err(bad)?
             }
             (None, Some(shape)) => {
                 let shape: [usize; 3] = match <[usize; 3]>::try_from(shape.as_slice()) {
@@ -410,10 +412,6 @@ impl Schema {
             (Some(_), Some(_)) => return Err(bad("give `shape` (raw pixels) or `format` (an encoded file), not both".into())),
             (None, None) => return Err(bad("`image` needs `shape` (raw u8 pixels) or `format` (png or jpeg)".into())),
         };
-        let len: usize = shape.iter().product();
-        if len != self.feature_dim {
-            return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {len} values, expected {}", self.feature_dim)));
-        }
         Ok((bytes.into_iter().map(|b| b as f32 / 255.0).collect(), shape))
     }
 }

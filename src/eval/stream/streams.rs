@@ -172,8 +172,7 @@ fn embedded_sentence_polarity(data_dir: &Path) -> Result<(LabelledSet, LabelledS
     let (mut train, mut test) = data::load_builtin(data::Builtin::SentencePolarity, data_dir)?;
     let mut embedder = crate::encoder::TextEmbedder::load(None, 16, 0, false)?;
     for set in [&mut train, &mut test] {
-        let (features, _) = embedder.embed(set.texts.as_ref().expect("texts"))?;
-        set.set_embedded(features, embedder.feature_dim());
+        set.embed(&mut embedder)?;
     }
     *cached = Some((data_dir.to_path_buf(), train.clone(), test.clone()));
     Ok((train, test))
