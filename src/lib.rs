@@ -9,6 +9,7 @@
 //! - [`data`]: readers for user records and the built-in data sets; [`noise`]: synthetic noise.
 //! - [`accuracy`]: wrong-label shares, their evidence, and accuracy estimates.
 //! - [`wire`]: the Kafka message contract (what vendors send and what the gate writes).
+//! - [`image_fetch`]: the images records name by URI, fetched from allowed hosts or a file root.
 //! - [`config`]: layered configuration (embedded defaults, file, `LABELGATE__` environment).
 //! - [`gate`]: the streaming gate's state machine (no I/O; time is an argument).
 //! - [`state`]: what outlives a process (Redis, or memory for the demo and unit tests).
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod device;
 pub mod encoder;
 pub mod eval;
+pub mod image_fetch;
 pub mod gate;
 pub mod noise;
 pub mod o2u;

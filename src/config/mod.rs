@@ -20,6 +20,7 @@ pub use review_bridge::BridgeConfig;
 pub use secret::Secret;
 pub use sections::{EncoderConfig, GatedInput, TextEncoderConfig, GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
 
+pub use crate::image_fetch::ImageFetchConfig;
 use crate::o2u::O2uConfig;
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -37,6 +38,8 @@ pub struct Config {
     pub review_bridge: BridgeConfig,
     /// How texts become features (used when `gate.input` is `text` or `text_pair`).
     pub encoder: EncoderConfig,
+    /// Where images named by URI are fetched from.
+    pub image_fetch: ImageFetchConfig,
 }
 
 /// The engine defaults of a text gate ([`crate::o2u::SentenceEmbeddingDefaults`]).
@@ -80,6 +83,7 @@ struct Sections {
     metrics: IgnoredAny,
     review_bridge: IgnoredAny,
     encoder: IgnoredAny,
+    image_fetch: IgnoredAny,
 }
 
 /// Each problem of a failed extraction as `key: what (where to set it)`, under `section`.
@@ -172,6 +176,7 @@ impl Config {
         let metrics: Option<MetricsConfig> = section(&figment, "metrics", &mut problems);
         let review_bridge: Option<BridgeConfig> = section(&figment, "review_bridge", &mut problems);
         let encoder: Option<EncoderConfig> = section(&figment, "encoder", &mut problems);
+        let image_fetch: Option<ImageFetchConfig> = section(&figment, "image_fetch", &mut problems);
         problems.extend(kafka.iter().flat_map(validate::kafka));
         problems.extend(gate.iter().flat_map(validate::gate));
         problems.extend(engine.iter().flat_map(|e| e.validate().into_iter().map(|e| format!("engine.{e}"))));
@@ -179,9 +184,10 @@ impl Config {
         problems.extend(state.iter().flat_map(validate::state));
         problems.extend(metrics.iter().flat_map(validate::metrics));
         problems.extend(encoder.iter().flat_map(validate::encoder));
-        match (kafka, gate, engine, runtime, state, metrics, review_bridge, encoder) {
-            (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics), Some(review_bridge), Some(encoder)) if problems.is_empty() => {
-                let config = Config { kafka, gate, engine, runtime, state, metrics, review_bridge, encoder };
+        problems.extend(image_fetch.iter().flat_map(validate::image_fetch));
+        match (kafka, gate, engine, runtime, state, metrics, review_bridge, encoder, image_fetch) {
+            (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics), Some(review_bridge), Some(encoder), Some(image_fetch)) if problems.is_empty() => {
+                let config = Config { kafka, gate, engine, runtime, state, metrics, review_bridge, encoder, image_fetch };
                 Ok(config)
             }
             _ => Err(ConfigErrors(problems)),

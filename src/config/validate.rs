@@ -1,7 +1,7 @@
 //! Checks that serde cannot make: ranges, relations between keys, URLs. One function per section,
 //! so that a section that fails to parse does not hide the problems of the others.
 
-use super::{EncoderConfig, GateConfig, KafkaConfig, MetricsConfig, RuntimeConfig, StateBackend, StateConfig};
+use super::{EncoderConfig, GateConfig, ImageFetchConfig, KafkaConfig, MetricsConfig, RuntimeConfig, StateBackend, StateConfig};
 
 pub fn runtime(r: &RuntimeConfig) -> Vec<String> {
     let mut p = Vec::new();
@@ -73,6 +73,22 @@ pub fn encoder(e: &EncoderConfig) -> Vec<String> {
     let mut p = Vec::new();
     if e.text.batch_size == 0 {
         p.push("encoder.text.batch_size: must be positive, e.g. 32".into());
+    }
+    p
+}
+
+pub fn image_fetch(f: &ImageFetchConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if let Err(e) = crate::image_fetch::AllowList::parse(&f.allowed_hosts) {
+        p.push(e);
+    }
+    if f.file_root.as_ref().is_some_and(|r| !r.is_absolute()) {
+        p.push("image_fetch.file_root: must be an absolute path, e.g. \"/data/images\"".into());
+    }
+    for (key, value, example) in [("max_bytes", f.max_bytes, "10485760 (10 MiB)"), ("timeout_secs", f.timeout_secs, "10"), ("concurrency", f.concurrency as u64, "16")] {
+        if value == 0 {
+            p.push(format!("image_fetch.{key}: must be positive, e.g. {example}"));
+        }
     }
     p
 }

@@ -21,6 +21,15 @@ impl Encoding {
         }
     }
 
+    /// The encoding a file's first bytes show (its signature), if PNG or JPEG.
+    pub fn sniff(bytes: &[u8]) -> Option<Self> {
+        match image::guess_format(bytes).ok()? {
+            ImageFormat::Png => Some(Encoding::Png),
+            ImageFormat::Jpeg => Some(Encoding::Jpeg),
+            _ => None,
+        }
+    }
+
     fn format(self) -> ImageFormat {
         match self {
             Encoding::Png => ImageFormat::Png,

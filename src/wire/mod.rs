@@ -14,6 +14,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// into the re-review record, so it is a reference or a short text, not the content itself.
 pub const MAX_ITEM_BYTES: usize = 16 * 1024;
 
+/// Longest `image.uri`, in bytes (what browsers and CDNs take).
+pub const MAX_URI_BYTES: usize = 2048;
+
 /// Header names on output records.
 pub mod headers {
     pub const SCORE: &str = "labelgate-score";
@@ -27,6 +30,8 @@ pub mod headers {
     /// SHA-256 (hex).
     pub const PAYLOAD_BYTES: &str = "labelgate-payload-bytes";
     pub const PAYLOAD_SHA256: &str = "labelgate-payload-sha256";
+    /// On a dead letter whose `image.uri` could not be fetched: that URI (normalised, ASCII).
+    pub const IMAGE_URI: &str = "labelgate-image-uri";
 }
 
 /// What the gate's records carry (`gate.input`).
@@ -90,6 +95,18 @@ pub enum DlqReason {
     /// A payload of another kind than `gate.input` takes (a `text` at a gate of feature
     /// vectors, a `text_pair` at a single-text gate, features at a text gate).
     UnexpectedPayload,
+    /// An `image.uri` that answers 404 or 410, or names no file under `image_fetch.file_root`.
+    ImageNotFound,
+    /// An `image.uri` that answers 401 or 403, or names a file the gate may not read.
+    ImageForbidden,
+    /// An image over `image_fetch.max_bytes`.
+    ImageTooLarge,
+    /// An `image.uri` the gate does not fetch: a host not on `image_fetch.allowed_hosts`, a
+    /// redirect to another host, a name that resolves to a private address that is not listed,
+    /// or a file outside `image_fetch.file_root`. Never requested.
+    ImageHostNotAllowed,
+    /// An `image.uri` that answers another client error (400, 405, …) or redirects too often.
+    ImageFetchFailed,
 }
 
 impl DlqReason {
@@ -114,10 +131,15 @@ impl DlqReason {
             DlqReason::TextTooLong => "text_too_long",
             DlqReason::MixedPayload => "mixed_payload",
             DlqReason::UnexpectedPayload => "unexpected_payload",
+            DlqReason::ImageNotFound => "image_not_found",
+            DlqReason::ImageForbidden => "image_forbidden",
+            DlqReason::ImageTooLarge => "image_too_large",
+            DlqReason::ImageHostNotAllowed => "image_host_not_allowed",
+            DlqReason::ImageFetchFailed => "image_fetch_failed",
         }
     }
 
-    pub const ALL: [DlqReason; 19] = [
+    pub const ALL: [DlqReason; 24] = [
         DlqReason::Oversized,
         DlqReason::InvalidJson,
         DlqReason::MissingField,
@@ -137,6 +159,11 @@ impl DlqReason {
         DlqReason::TextTooLong,
         DlqReason::MixedPayload,
         DlqReason::UnexpectedPayload,
+        DlqReason::ImageNotFound,
+        DlqReason::ImageForbidden,
+        DlqReason::ImageTooLarge,
+        DlqReason::ImageHostNotAllowed,
+        DlqReason::ImageFetchFailed,
     ];
 }
 
@@ -144,11 +171,18 @@ impl DlqReason {
 pub struct Rejection {
     pub reason: DlqReason,
     pub message: String,
+    /// The `image.uri` that could not be fetched, for the dead letter's header.
+    pub image_uri: Option<String>,
 }
 
 impl Rejection {
-    fn new(reason: DlqReason, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+    pub fn new(reason: DlqReason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into(), image_uri: None }
+    }
+
+    pub fn with_image_uri(mut self, uri: &str) -> Self {
+        self.image_uri = Some(uri.to_string());
+        self
     }
 }
 
@@ -170,6 +204,16 @@ pub struct Annotation {
     pub item: Option<serde_json::Map<String, serde_json::Value>>,
     /// `[h, w, c]` when the features came as u8 pixels, so re-review can show them as an image.
     pub image_shape: Option<[usize; 3]>,
+    /// The `image.uri` the pixels come from. Until the edge has fetched them, `features` is
+    /// empty ([`Annotation::awaits_image`]); re-review shows the image by this URI.
+    pub image_uri: Option<String>,
+}
+
+impl Annotation {
+    /// The record names its image by URI and the pixels are not fetched yet.
+    pub fn awaits_image(&self) -> bool {
+        self.image_uri.is_some() && self.features.is_empty()
+    }
 }
 
 /// Closes a delivery: `count` records were sent.
@@ -218,7 +262,7 @@ struct RawInput {
 }
 
 /// `image`: raw pixels (`shape`, `data_b64`), an encoded file (`format`, `data_b64`), or a
-/// reference (`uri`, not taken yet).
+/// reference (`uri`: https, http or file) that the edge fetches.
 #[derive(Deserialize)]
 struct RawImage {
     shape: Option<Vec<usize>>,
@@ -320,11 +364,12 @@ impl Schema {
                 if has_text && (raw.features.is_some() || raw.image.is_some()) {
                     return Err(Rejection::new(DlqReason::MixedPayload, "give one of `features`, `image` or `text`"));
                 }
+                let mut a = Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: Vec::new(), text: None, gold_label, item, image_shape: None, image_uri: None };
                 if has_text || self.input.is_text() {
-                    let text = self.text(raw.text, raw.text_pair, raw.features.is_some() || raw.image.is_some())?;
-                    return Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: Vec::new(), text: Some(text), gold_label, item, image_shape: None }));
+                    a.text = Some(self.text(raw.text, raw.text_pair, raw.features.is_some() || raw.image.is_some())?);
+                    return Ok(Inbound::Annotation(a));
                 }
-                let features = match (raw.features, raw.image) {
+                match (raw.features, raw.image) {
                     (Some(f), None) => {
                         if f.len() != self.feature_dim {
                             return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("{} features, expected {}", f.len(), self.feature_dim)));
@@ -332,16 +377,21 @@ impl Schema {
                         if let Some(i) = f.iter().position(|x| !x.is_finite()) {
                             return Err(Rejection::new(DlqReason::NonFiniteFeature, format!("feature {i} is beyond the f32 range")));
                         }
-                        f
+                        a.features = f;
+                    }
+                    (None, Some(image)) if image.uri.is_some() => {
+                        // Fetched at the edge before the gate ingests it (`Annotation::image_uri`).
+                        a.image_uri = Some(self.image_reference(image)?);
+                        a.image_shape = self.image_shape;
                     }
                     (None, Some(image)) => {
                         let (pixels, shape) = self.image(image)?;
-                        return Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: pixels, text: None, gold_label, item, image_shape: Some(shape) }));
+                        (a.features, a.image_shape) = (pixels, Some(shape));
                     }
                     (Some(_), Some(_)) => return Err(Rejection::new(DlqReason::MissingField, "give `features` or `image`, not both")),
                     (None, None) => return Err(Rejection::new(DlqReason::MissingField, "`features` or `image` is missing")),
-                };
-                Ok(Inbound::Annotation(Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features, text: None, gold_label, item, image_shape: None }))
+                }
+                Ok(Inbound::Annotation(a))
             }
             Some(other) => Err(Rejection::new(DlqReason::UnknownMessageType, format!("type `{other}`; expected `batch_end` or none"))),
         }
@@ -374,25 +424,61 @@ impl Schema {
         Ok(TextInput { text, pair })
     }
 
+    /// The `[height, width, channels]` encoded images are converted to, checked against the
+    /// feature dimension.
+    fn converted_shape(&self) -> Result<[usize; 3], Rejection> {
+        let [h, w, c] = self.image_shape.ok_or_else(|| Rejection::new(DlqReason::InvalidImage, "an encoded image at a gate without gate.image_shape (the [height, width, channels] to convert it to)"))?;
+        if h * w * c != self.feature_dim {
+            return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("gate.image_shape of {} values, expected {}", h * w * c, self.feature_dim)));
+        }
+        Ok([h, w, c])
+    }
+
+    /// An encoded file decoded and converted to `gate.image_shape`, as u8 pixels.
+    fn convert(&self, encoding: crate::data::image::Encoding, bytes: &[u8]) -> Result<(Vec<u8>, [usize; 3]), Rejection> {
+        let [h, w, c] = self.converted_shape()?;
+        crate::data::image::decode(encoding, bytes, Some(c), Some((h as u32, w as u32))).map_err(|e| Rejection::new(DlqReason::InvalidImage, e))
+    }
+
+    /// A fetched file (its encoding told by its first bytes, whatever the URI or server says)
+    /// as the gate's features: pixels scaled to [0, 1], converted to `gate.image_shape`.
+    pub fn decode_fetched(&self, bytes: &[u8]) -> Result<Vec<f32>, Rejection> {
+        let encoding = crate::data::image::Encoding::sniff(bytes).ok_or_else(|| Rejection::new(DlqReason::InvalidImage, "not a PNG or JPEG file"))?;
+        let (pixels, _) = self.convert(encoding, bytes)?;
+        Ok(pixels.into_iter().map(|b| b as f32 / 255.0).collect())
+    }
+
+    /// An `image.uri` as the fetcher takes it: http, https or file, at most [`MAX_URI_BYTES`],
+    /// at a gate that converts images (`gate.image_shape`), with nothing else in `image`.
+    fn image_reference(&self, image: RawImage) -> Result<String, Rejection> {
+        let bad = |m: String| Rejection::new(DlqReason::InvalidImage, m);
+        if image.data_b64.is_some() || image.format.is_some() || image.shape.is_some() {
+            return Err(bad("give `image.uri` or the image's data (`data_b64` with `format` or `shape`), not both".into()));
+        }
+        let uri = image.uri.unwrap_or_default();
+        if uri.len() > MAX_URI_BYTES {
+            return Err(Rejection::new(DlqReason::FieldTooLong, format!("`image.uri` is {} bytes, limit {MAX_URI_BYTES}", uri.len())));
+        }
+        let url = url::Url::parse(&uri).map_err(|e| bad(format!("`image.uri` is not a URI ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https" | "file") {
+            return Err(bad(format!("`image.uri` scheme `{}`: use https, http or file", url.scheme())));
+        }
+        self.converted_shape()?;
+        Ok(url.into())
+    }
+
     /// The image's pixels scaled to [0, 1] and flattened, with their `[h, w, c]`: raw u8 pixels
     /// of the record's shape, or an encoded PNG or JPEG converted to `gate.image_shape`.
     fn image(&self, image: RawImage) -> Result<(Vec<f32>, [usize; 3]), Rejection> {
         use base64::Engine;
         let bad = |m: String| Rejection::new(DlqReason::InvalidImage, m);
-        if image.uri.is_some() {
-            return Err(bad("`image.uri` is not taken yet: send the file as {\"format\": \"png\" | \"jpeg\", \"data_b64\": …}".into()));
-        }
         let data = image.data_b64.ok_or_else(|| bad("`image.data_b64` is missing".into()))?;
         // Undecodable bytes are a bad image, whatever else the record says.
         let bytes = base64::engine::general_purpose::STANDARD.decode(data.as_bytes()).map_err(|e| bad(format!("data_b64: {e}")))?;
         let (bytes, shape) = match (image.format, image.shape) {
             (Some(format), None) => {
                 let encoding = crate::data::image::Encoding::parse(&format).ok_or_else(|| bad(format!("format `{format}`: use png or jpeg")))?;
-                let [h, w, c] = self.image_shape.ok_or_else(|| bad("an encoded image at a gate without gate.image_shape (the [height, width, channels] to convert it to)".into()))?;
-                if h * w * c != self.feature_dim {
-                    return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("gate.image_shape of {} values, expected {}", h * w * c, self.feature_dim)));
-                }
-                crate::data::image::decode(encoding, &bytes, Some(c), Some((h as u32, w as u32))).map_err(bad)?
+                self.convert(encoding, &bytes)?
             }
             (None, Some(shape)) => {
                 let shape: [usize; 3] = match <[usize; 3]>::try_from(shape.as_slice()) {
