@@ -27,7 +27,8 @@ pub fn measure_ingest(config: &Config, records: u64) -> Result<f64> {
         batch.extend(after);
         if !batch.is_empty() {
             started.get_or_insert_with(Instant::now);
-            service::ingest_batch(&mut gate, &parsers, batch, &mut summary);
+            let parsed = service::parse_batch(&gate, &parsers, &batch);
+            service::ingest_parsed(&mut gate, batch, parsed, &mut summary);
         }
     }
     if summary.consumed < records {

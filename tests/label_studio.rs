@@ -289,6 +289,7 @@ fn suspect(i: usize) -> RereviewMessage {
         reason: "o2u_high_loss".into(),
         item,
         image,
+        image_uri: None,
         text: None,
         text_pair: None,
     }

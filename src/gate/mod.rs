@@ -280,8 +280,12 @@ impl Gate {
             return Ingested::Skipped;
         }
         track.in_flight.insert(msg.pos.offset);
+        let mut image_uri = None;
         let outcome = match parsed {
-            Err(rejection) => Err((rejection.reason, rejection.message)),
+            Err(rejection) => {
+                image_uri = rejection.image_uri;
+                Err((rejection.reason, rejection.message))
+            }
             Ok(inbound) if msg.key.as_deref().is_some_and(|k| k != inbound.batch_id().as_bytes()) => {
                 Err((DlqReason::KeyMismatch, format!("message key differs from batch_id `{}`; key records by their batch_id", inbound.batch_id())))
             }
@@ -293,7 +297,10 @@ impl Gate {
                 if closed { Ingested::DeliveryClosed } else { Ingested::Buffered }
             }
             Err((reason, message)) => {
-                let (mut key, mut payload, mut dropped) = (msg.key, msg.payload, None);
+                let (mut key, mut payload, mut headers, mut dropped) = (msg.key, msg.payload, msg.headers, None);
+                if let Some(uri) = image_uri {
+                    headers.push((wire::headers::IMAGE_URI.to_string(), uri.into_bytes()));
+                }
                 if reason == DlqReason::Oversized {
                     dropped = Some(DroppedPayload::of(&payload));
                     payload = Vec::new();
@@ -301,7 +308,7 @@ impl Gate {
                 if let Some(k) = key.as_mut().filter(|k| k.len() > MAX_DEAD_LETTER_KEY) {
                     k.truncate(MAX_DEAD_LETTER_KEY);
                 }
-                self.dead_letters.push(Output::DeadLetter { key, payload, headers: msg.headers, dropped, reason, message, pos: msg.pos });
+                self.dead_letters.push(Output::DeadLetter { key, payload, headers, dropped, reason, message, pos: msg.pos });
                 Ingested::Rejected(reason)
             }
         }
@@ -322,6 +329,11 @@ impl Gate {
     }
 
     fn add_annotation(&mut self, a: Annotation, msg: &InputMessage, now: Instant) -> Result<bool, (DlqReason, String)> {
+        if a.awaits_image() {
+            // The edge fetches named images before ingesting; one that reaches the gate unfetched
+            // has no pixels to train on.
+            return Err((DlqReason::InvalidImage, "the image named by `image.uri` was not fetched".into()));
+        }
         if self.gated.contains(&a.batch_id) || self.in_window.contains_key(&a.batch_id) {
             return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
         }

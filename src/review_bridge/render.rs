@@ -118,10 +118,17 @@ fn field_text(value: &Value) -> String {
     }
 }
 
-/// The HTML a reviewer sees for one suspect: the record's own text (and pair) or pixels, then
-/// its item.
-pub fn item_html(item: Option<&Map<String, Value>>, image: Option<&ImagePixels>, text: Option<(&str, Option<&str>)>) -> String {
+/// The HTML a reviewer sees for one suspect: the record's own text (and pair), its image (from
+/// its http(s) URI, or its pixels), then its item.
+pub fn item_html(item: Option<&Map<String, Value>>, image: Option<&ImagePixels>, image_uri: Option<&str>, text: Option<(&str, Option<&str>)>) -> String {
     let mut html = String::from(r#"<div class="labelgate-item">"#);
+    match image_uri {
+        // The reviewer's browser loads the vendor's image itself; it is an image whatever its name.
+        Some(uri) if is_safe_uri(uri) => html.push_str(&format!(r#"<img class="labelgate-image" src="{}" alt="item" style="max-width:100%;min-width:{MIN_DISPLAY_PX}px"/>"#, escape(uri))),
+        // A file the browser cannot reach: its pixels below, and where it lies.
+        Some(uri) => html.push_str(&format!(r#"<p class="labelgate-uri">{}</p>"#, escape(uri))),
+        None => {}
+    }
     if let Some(image) = image {
         html.push_str(&pixels_html(image));
     }
@@ -150,7 +157,7 @@ pub fn item_html(item: Option<&Map<String, Value>>, image: Option<&ImagePixels>,
             html.push_str("</table>");
         }
     }
-    if item.is_none() && image.is_none() && text.is_none() {
+    if item.is_none() && image.is_none() && image_uri.is_none() && text.is_none() {
         html.push_str(r#"<p class="labelgate-note">The vendor's record carried no item (only features): ask the vendor to send an <code>item</code>.</p>"#);
     }
     html.push_str("</div>");
@@ -164,7 +171,7 @@ mod tests {
     #[test]
     fn vendor_strings_are_escaped_and_unsafe_uris_are_not_links() {
         let item = serde_json::json!({"text": "<script>alert(1)</script>", "uri": "javascript:alert(2)", "note\"": "a & b"});
-        let html = item_html(item.as_object(), None, None);
+        let html = item_html(item.as_object(), None, None, None);
         assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("href=\"javascript") && !html.contains("src=\"javascript"), "{html}");
         assert!(html.contains("note&quot;") && html.contains("a &amp; b"), "{html}");
@@ -172,7 +179,7 @@ mod tests {
 
     #[test]
     fn uris_become_the_right_element() {
-        let html = |uri: &str| item_html(serde_json::json!({ "uri": uri }).as_object(), None, None);
+        let html = |uri: &str| item_html(serde_json::json!({ "uri": uri }).as_object(), None, None, None);
         assert!(html("https://x/cat.JPG?sig=1").contains("<img"));
         assert!(html("https://x/a.wav").contains("<audio"));
         assert!(html("https://x/doc.pdf").contains("<a class=\"labelgate-link\""));
@@ -189,9 +196,9 @@ mod tests {
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height, info.color_type), (28, 28, png::ColorType::Grayscale));
         assert_eq!(&buf[..info.buffer_size()], &pixels[..]);
-        let html = item_html(None, Some(&image), None);
+        let html = item_html(None, Some(&image), None, None);
         assert!(html.contains("background-image:url('data:image/png;base64,") && html.contains("width:224px"), "{html}");
         let five = ImagePixels { shape: [1, 1, 5], data_b64: base64::engine::general_purpose::STANDARD.encode([0u8; 5]) };
-        assert!(item_html(None, Some(&five), None).contains("cannot be shown"));
+        assert!(item_html(None, Some(&five), None, None).contains("cannot be shown"));
     }
 }

@@ -49,7 +49,7 @@ pub fn task(msg: &RereviewMessage) -> Value {
         "score": format!("{:.3}", msg.score),
         "rank_percentile": msg.rank_percentile,
         "window_id": msg.window_id,
-        "item_html": render::item_html(msg.item.as_ref(), msg.image.as_ref(), msg.text.as_deref().map(|t| (t, msg.text_pair.as_deref()))),
+        "item_html": render::item_html(msg.item.as_ref(), msg.image.as_ref(), msg.image_uri.as_deref(), msg.text.as_deref().map(|t| (t, msg.text_pair.as_deref()))),
     });
     if let Some(annotator) = &msg.annotator_id {
         data["annotator_id"] = json!(annotator);
@@ -95,6 +95,7 @@ mod tests {
             reason: "o2u_high_loss".into(),
             item: serde_json::json!({"text": "a <b>"}).as_object().cloned(),
             image: None,
+            image_uri: None,
             text: None,
             text_pair: None,
         };
@@ -102,9 +103,18 @@ mod tests {
         assert_eq!(t["data"][KEY_FIELD], r#"["v","s1"]"#);
         assert_eq!(t["predictions"][0]["result"][0]["value"]["choices"][0], "dog");
         assert!(t["data"]["item_html"].as_str().unwrap().contains("a &lt;b&gt;"));
-        let pair = RereviewMessage { item: None, text: Some("a man <sleeps>".into()), text_pair: Some("a person rests".into()), ..msg };
+        let pair = RereviewMessage { item: None, text: Some("a man <sleeps>".into()), text_pair: Some("a person rests".into()), ..msg.clone() };
         let html = task(&pair)["data"]["item_html"].as_str().unwrap().to_string();
         assert!(html.contains("a man &lt;sleeps&gt;") && html.contains("a person rests") && !html.contains("carried no item"), "{html}");
+        // An image named by an http(s) URI is shown from there, whatever its name; a file's
+        // pixels are shown with its path.
+        let by_uri = RereviewMessage { item: None, image_uri: Some("https://cdn.example/get?id=7&x=\"1\"".into()), ..pair.clone() };
+        let html = task(&by_uri)["data"]["item_html"].as_str().unwrap().to_string();
+        assert!(html.contains(r#"<img class="labelgate-image" src="https://cdn.example/get?id=7&amp;x=&quot;1&quot;""#), "{html}");
+        let pixels = crate::wire::ImagePixels::from_features([2, 2, 1], &[0.0, 1.0, 0.5, 0.25]);
+        let file = RereviewMessage { item: None, text: None, text_pair: None, image: Some(pixels), image_uri: Some("file:///data/images/a.png".into()), ..pair };
+        let html = task(&file)["data"]["item_html"].as_str().unwrap().to_string();
+        assert!(html.contains("file:///data/images/a.png") && html.contains("data:image/png;base64,") && !html.contains(r#"src="file:"#), "{html}");
         assert_eq!(suspect_key("v:1", "s"), r#"["v:1","s"]"#, "no vendor and sample pair collides with another");
     }
 }

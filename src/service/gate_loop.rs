@@ -17,7 +17,7 @@ use rdkafka::{
 
 use super::{
     clients::{self, GateContext, OutputProducer, RebalanceEvent, ReviewsConsumer},
-    input, startup, store_retry,
+    images, input, startup, store_retry,
     store_retry::HoldInput,
     topics::{self, progress_key},
     transaction,
@@ -28,6 +28,7 @@ use crate::{
     accuracy::ReviewStats,
     config::Config,
     gate::{Commit, Gate, InputMessage},
+    image_fetch::ImageFetcher,
     o2u::WindowError,
     state::{StateError, StateStore},
     telemetry::{events, health::HealthLimits, Telemetry, WindowTiming},
@@ -106,10 +107,12 @@ pub struct GateLoop<'a> {
     pub(super) reviews: ReviewsConsumer,
     window_thread: WindowThread,
     parsers: rayon::ThreadPool,
+    /// Fetches the images records name by URI (at a gate that converts images).
+    images: Option<ImageFetcher>,
     window: WindowInFlight,
     input: InputFlow,
-    /// A store call this step held the input: backpressure must pause it.
-    held_by_store: bool,
+    /// A store call or an image host's outage held the input this step: backpressure must pause it.
+    held_by_outage: bool,
     /// The buffer is full of open deliveries and the input reads on past its bound.
     reading_over_bound: bool,
     /// The group has given this replica its partitions at least once (ready only from then on).
@@ -158,6 +161,7 @@ impl<'a> GateLoop<'a> {
         let reviews = clients::reviews_consumer(config)?;
         let window_thread = WindowThread::start(config, &hooks, embedder);
         let parsers = input::parser_pool()?;
+        let images = config.gate.image_shape.map(|_| ImageFetcher::new(&config.image_fetch)).transpose()?;
         Ok(Self {
             config,
             stop,
@@ -172,9 +176,10 @@ impl<'a> GateLoop<'a> {
             reviews,
             window_thread,
             parsers,
+            images,
             window: WindowInFlight::Idle,
             input: InputFlow::Flowing,
-            held_by_store: false,
+            held_by_outage: false,
             reading_over_bound: false,
             assigned_once: false,
             last_flush: Instant::now(),
@@ -196,14 +201,14 @@ impl<'a> GateLoop<'a> {
 
     /// One round of the loop.
     fn step(&mut self, phase: Phase) -> Result<()> {
-        self.held_by_store = false;
+        self.held_by_outage = false;
         self.telemetry.health().beat(Instant::now());
         self.stop_if_a_client_failed()?;
         let (consumed, transactions) = (self.summary.consumed, self.summary.transactions);
         let (before, after) = self.poll_input(phase);
-        self.ingest(before);
+        self.ingest(before)?;
         self.apply_rebalances()?;
-        self.ingest(after);
+        self.ingest(after)?;
         self.check_partition_ends()?;
         self.gate.close_idle(Instant::now());
         if phase == Phase::Consuming {
@@ -250,8 +255,16 @@ impl<'a> GateLoop<'a> {
         (before, after)
     }
 
-    fn ingest(&mut self, batch: Vec<InputMessage>) {
-        input::ingest_batch(&mut self.gate, &self.parsers, batch, &mut self.summary);
+    /// Parses a batch, fetches the images it names (holding the input while a host is away),
+    /// and ingests it in order.
+    fn ingest(&mut self, batch: Vec<InputMessage>) -> Result<()> {
+        let mut parsed = input::parse_batch(&self.gate, &self.parsers, &batch);
+        if let Some(fetcher) = &self.images {
+            let mut hold = HoldInput { consumer: &self.consumer, stash: &mut self.stash, telemetry: self.telemetry };
+            self.held_by_outage |= images::fetch_awaited(&mut parsed, fetcher, self.gate.schema(), &self.parsers, self.telemetry, self.stop, &mut hold)?;
+        }
+        input::ingest_parsed(&mut self.gate, batch, parsed, &mut self.summary);
+        Ok(())
     }
 
     fn apply_rebalances(&mut self) -> Result<()> {
@@ -308,7 +321,7 @@ impl<'a> GateLoop<'a> {
         let positions = self.consumer.position()?;
         let topic = &self.config.kafka.input_topic;
         for p in quiet {
-            let flowing = self.input == InputFlow::Flowing && !self.held_by_store;
+            let flowing = self.input == InputFlow::Flowing && !self.held_by_outage;
             let position = positions.find_partition(topic, p).and_then(|e| e.offset().to_raw());
             let at_end = flowing
                 && match (position, self.consumer.fetch_watermarks(topic, p, WATERMARK_TIMEOUT)) {
@@ -325,7 +338,7 @@ impl<'a> GateLoop<'a> {
         let state = self.state.clone();
         let mut hold = HoldInput { consumer: &self.consumer, stash: &mut self.stash, telemetry: self.telemetry };
         let (value, held) = store_retry::call(op, self.telemetry, self.stop, &mut hold, || call(state.as_ref()))?;
-        self.held_by_store |= held;
+        self.held_by_outage |= held;
         Ok(value)
     }
 
@@ -434,7 +447,7 @@ impl<'a> GateLoop<'a> {
     /// Stops fetching while the buffer is at its bound. A store outage paused everything; from
     /// here the buffer alone decides again.
     fn apply_backpressure(&mut self) -> Result<()> {
-        if self.held_by_store {
+        if self.held_by_outage {
             self.input = InputFlow::Paused;
         }
         let over_bound = self.gate.full_of_open_deliveries();

@@ -1,5 +1,6 @@
 //! Reading the input topic: polling messages in batches that stop at a rebalance, and parsing a
-//! batch on the parser pool before the gate ingests it in order.
+//! batch on the parser pool before the gate ingests it in order (after the edge has fetched the
+//! images it names, `super::images`).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,10 @@ use rdkafka::{
 };
 
 use super::{clients::GateContext, RunSummary};
-use crate::gate::{Gate, Ingested, InputMessage, SourcePos};
+use crate::{
+    gate::{Gate, Ingested, InputMessage, SourcePos},
+    wire::{Inbound, Rejection},
+};
 
 /// Up to this many messages are taken per poll round and parsed in parallel.
 const POLL_BATCH: usize = 512;
@@ -47,12 +51,15 @@ pub fn poll_batch(consumer: &BaseConsumer<GateContext>, wait: Duration, on_error
     (batch, Vec::new())
 }
 
-/// Parses a batch on the parser pool (JSON number parsing is most of the ingest cost), then
-/// ingests it in order.
-pub fn ingest_batch(gate: &mut Gate, parsers: &rayon::ThreadPool, batch: Vec<InputMessage>, summary: &mut RunSummary) {
+/// Parses a batch on the parser pool (JSON number parsing is most of the ingest cost).
+pub fn parse_batch(gate: &Gate, parsers: &rayon::ThreadPool, batch: &[InputMessage]) -> Vec<Result<Inbound, Rejection>> {
     use rayon::prelude::*;
+    parsers.install(|| batch.par_iter().map(|m| gate.schema().parse(&m.payload)).collect())
+}
+
+/// Ingests a parsed batch in order.
+pub fn ingest_parsed(gate: &mut Gate, batch: Vec<InputMessage>, parsed: Vec<Result<Inbound, Rejection>>, summary: &mut RunSummary) {
     let now = Instant::now();
-    let parsed: Vec<_> = parsers.install(|| batch.par_iter().map(|m| gate.schema().parse(&m.payload)).collect());
     for (msg, parsed) in batch.into_iter().zip(parsed) {
         summary.consumed += 1;
         if gate.ingest_parsed(msg, parsed, now) == Ingested::Skipped {

@@ -18,6 +18,7 @@
 
 mod clients;
 mod gate_loop;
+mod images;
 mod input;
 mod monitor;
 mod reviews;
@@ -41,7 +42,7 @@ use serde::Serialize;
 
 pub use clients::{client_config, input_consumer, instance_id, send_retrying_when_full, GateContext};
 pub use gate_loop::run_blocking;
-pub use input::{ingest_batch, parser_pool, poll_batch};
+pub use input::{ingest_parsed, parse_batch, parser_pool, poll_batch};
 pub use store_retry::open_state;
 pub use topics::{ensure_topics, read_topic, read_topic_messages};
 

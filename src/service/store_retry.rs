@@ -1,6 +1,7 @@
-//! State-store calls that outlive an outage: opening the store at start-up, and calling it from
-//! the loop. Both use [`StateError::recovery`] to decide between retrying with jittered back-off
-//! and stopping; while a call is retried the gate is not ready and its input is held.
+//! Calls that outlive an outage of what the gate depends on: opening the state store at start-up,
+//! calling it from the loop, and (through [`wait_out`], the one policy they share) fetching the
+//! images records name. Retries wait a jittered back-off; while they do, the gate is not ready
+//! and its input is held.
 
 use std::{
     sync::{
@@ -96,7 +97,7 @@ impl WhileRetrying for HoldInput<'_> {
             // Stashed records must not be ingested ahead of an assignment's progress record, and
             // a revocation invalidates the pending commit: either way, restart.
             if self.consumer.context().has_rebalance() {
-                anyhow::bail!("a rebalance arrived while the state store was unreachable; a restart resumes from the last committed transaction");
+                anyhow::bail!("a rebalance arrived while the state store or an image host was unreachable; a restart resumes from the last committed transaction");
             }
         }
         Ok(())
@@ -157,33 +158,59 @@ pub fn open_state(config: &Config, runtime: tokio::runtime::Handle, telemetry: &
 /// retry can fix, and when `stop` is set and the outage has lasted 20 s. Returns the value and
 /// whether the call failed at least once (the input was held).
 pub fn call<T>(op: &str, telemetry: &Telemetry, stop: &AtomicBool, hold: &mut dyn WhileRetrying, mut call: impl FnMut() -> Result<T, StateError>) -> Result<(T, bool)> {
+    let attempt = || match call() {
+        Ok(v) => Try::Done(v),
+        Err(e) if e.recovery() == Recovery::Stop => Try::Stop(anyhow::Error::new(e).context(format!("state store: {op}"))),
+        Err(e) => Try::Retry(e),
+    };
+    wait_out("state store", telemetry, stop, hold, attempt, |e, wait| telemetry.emit(events::StateCallFailed { operation: op, error: e, retry_in: wait }))
+}
+
+/// What one try of a call to a dependency came to.
+pub enum Try<T, E> {
+    Done(T),
+    /// The dependency is away (or failing in a way a later try may pass): wait and try again.
+    Retry(E),
+    /// No retry can fix this.
+    Stop(anyhow::Error),
+}
+
+/// Tries `attempt` until it is done: the one failure policy of the loop's dependencies (the
+/// state store, image hosts). While they fail: not ready (`{dependency} unreachable`), the outage
+/// marked for liveness, `hold` told once and then asked to spend each jittered back-off;
+/// `failed` hears of each failure and its wait. Gives up when `stop` is set and the outage has
+/// lasted 20 s (nothing pending was committed). Returns the value and whether a try failed.
+pub fn wait_out<T, E>(dependency: &str, telemetry: &Telemetry, stop: &AtomicBool, hold: &mut dyn WhileRetrying, mut attempt: impl FnMut() -> Try<T, E>, mut failed: impl FnMut(&E, Duration)) -> Result<(T, bool)>
+where
+    E: std::fmt::Display,
+{
     let mut backoff = Backoff::new();
     let mut failed_since: Option<Instant> = None;
     // Readiness is given back only if this outage took it (not during start-up).
     let was_ready = telemetry.loop_says_ready();
     loop {
-        match call() {
-            Ok(v) => {
+        match attempt() {
+            Try::Done(v) => {
                 if failed_since.is_some() {
-                    telemetry.health().set_store_outage(false);
+                    telemetry.health().set_outage(false);
                 }
                 if failed_since.is_some() && was_ready {
-                    telemetry.set_ready(!stop.load(Ordering::SeqCst), "state store answers again");
+                    telemetry.set_ready(!stop.load(Ordering::SeqCst), &format!("{dependency} answers again"));
                 }
                 return Ok((v, failed_since.is_some()));
             }
-            Err(e) if e.recovery() == Recovery::Stop => return Err(anyhow::Error::new(e).context(format!("state store: {op}"))),
-            Err(e) => {
+            Try::Stop(e) => return Err(e),
+            Try::Retry(e) => {
                 let wait = backoff.next_wait();
-                telemetry.emit(events::StateCallFailed { operation: op, error: &e, retry_in: wait });
+                failed(&e, wait);
                 if failed_since.is_none() {
                     failed_since = Some(Instant::now());
-                    telemetry.health().set_store_outage(true);
-                    telemetry.set_ready(false, "state store unreachable");
+                    telemetry.health().set_outage(true);
+                    telemetry.set_ready(false, &format!("{dependency} unreachable"));
                     hold.outage_started()?;
                 }
                 if stop.load(Ordering::SeqCst) && failed_since.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
-                    bail!("stopping while the state store is unreachable ({e}); nothing pending was committed and a restart resumes from the last transaction");
+                    bail!("stopping while the {dependency} is unreachable ({e}); nothing pending was committed and a restart resumes from the last transaction");
                 }
                 hold.wait(wait)?;
             }

@@ -185,6 +185,43 @@ impl Event for TextsEmbedded<'_> {
     }
 }
 
+/// One round of fetching the images of an input batch: how many came, were refused, or wait
+/// for their host.
+pub struct ImagesFetched {
+    pub fetched: u64,
+    /// (DLQ reason, records) of the refusals.
+    pub refused: Vec<(crate::wire::DlqReason, u64)>,
+    pub unavailable: u64,
+}
+
+impl Event for ImagesFetched {
+    fn emit(self, t: &Telemetry) {
+        t.image_fetches.with_label_values(&["fetched"]).inc_by(self.fetched);
+        t.image_fetches.with_label_values(&["unavailable"]).inc_by(self.unavailable);
+        for (reason, n) in &self.refused {
+            t.image_fetches.with_label_values(&[reason.as_str()]).inc_by(*n);
+        }
+    }
+}
+
+/// Images of the input wait for a host that is away; the input is held and they are retried.
+pub struct ImageHostUnavailable<'a> {
+    /// One of the URIs that could not be fetched, and why.
+    pub uri: &'a str,
+    pub error: &'a dyn fmt::Display,
+    pub waiting: usize,
+    pub retry_in: Duration,
+}
+
+impl Event for ImageHostUnavailable<'_> {
+    fn emit(self, t: &Telemetry) {
+        let error = self.error.to_string();
+        if t.throttle.first_in_a_while("image host unavailable") {
+            tracing::warn!(uri = %Escaped(self.uri), error = %Escaped(&error), waiting = self.waiting, retry_in_ms = self.retry_in.as_millis() as u64, "an image host is away; the input is held and its images retried (said once a minute; labelgate_image_fetches_total{{outcome=\"unavailable\"}} counts each try)");
+        }
+    }
+}
+
 /// A window's verdicts committed.
 pub struct WindowCommitted<'a> {
     pub window_id: &'a str,

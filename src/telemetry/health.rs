@@ -4,13 +4,13 @@
 //!
 //! | check | fails when | answer |
 //! | --- | --- | --- |
-//! | the loop's own word | starting, draining, a state-store outage, every broker down | not ready |
+//! | the loop's own word | starting, draining, a state-store or image-host outage, every broker down | not ready |
 //! | broker answers | the monitor's metadata request got no answer for [`HealthLimits::broker_silence`] | not ready |
 //! | loop steps | no step for [`HealthLimits::loop_stall_ready`] | not ready |
 //! | partitions | none assigned | not ready |
 //! | loop blocked | no step for [`HealthLimits::loop_stall`] while a broker answers | unhealthy |
 //! | unassigned | no partition for [`HealthLimits::unassigned`] while a broker answers and the group has fewer members than partitions | unhealthy |
-//! | no progress | records behind, no window training (with an epoch within [`HealthLimits::window_stall`]), no store outage, nothing consumed or committed for [`HealthLimits::no_progress`] since they fell behind, while a broker answers | unhealthy |
+//! | no progress | records behind, no window training (with an epoch within [`HealthLimits::window_stall`]), no state-store or image-host outage, nothing consumed or committed for [`HealthLimits::no_progress`] since they fell behind, while a broker answers | unhealthy |
 //!
 //! A dependency that is down makes the gate not ready, never unhealthy: a restart cannot bring a
 //! broker back. Liveness fails only where the dependencies answer and the gate still does nothing.
@@ -77,7 +77,7 @@ pub struct Health {
     window_in_flight: AtomicBool,
     /// When the window in flight started or last finished an epoch.
     window_progress: AtomicU64,
-    store_outage: AtomicBool,
+    outage: AtomicBool,
     /// The assigned input partitions and the loop's position in each (-1: none yet).
     positions: Mutex<Vec<(i32, i64)>>,
 }
@@ -108,7 +108,7 @@ impl Health {
             input_partitions: AtomicI64::new(-1),
             window_in_flight: AtomicBool::new(false),
             window_progress: AtomicU64::new(0),
-            store_outage: AtomicBool::new(false),
+            outage: AtomicBool::new(false),
             positions: Mutex::new(Vec::new()),
         }
     }
@@ -151,7 +151,7 @@ impl Health {
         }
     }
 
-    /// The loop stepped (or, waiting out a store outage, is still alive).
+    /// The loop stepped (or, waiting out a dependency's outage, is still alive).
     pub fn beat(&self, now: Instant) {
         self.loop_beat.store(self.stamp(now), Ordering::Relaxed);
     }
@@ -220,8 +220,9 @@ impl Health {
         self.window_progress.store(self.stamp(now), Ordering::Relaxed);
     }
 
-    pub fn set_store_outage(&self, down: bool) {
-        self.store_outage.store(down, Ordering::Relaxed);
+    /// The loop waits out a dependency (the state store, an image host): no progress is due.
+    pub fn set_outage(&self, down: bool) {
+        self.outage.store(down, Ordering::Relaxed);
     }
 
     /// Whether a broker answered the monitor after `t`.
@@ -279,7 +280,7 @@ impl Health {
         }
         let lag_fresh = self.age(&self.lag_at, now).is_some_and(|a| a <= LAG_FRESH);
         let window_working = self.window_in_flight.load(Ordering::Relaxed) && self.age(&self.window_progress, now).is_some_and(|a| a <= limits.window_stall);
-        let waiting_on_work = window_working || self.store_outage.load(Ordering::Relaxed);
+        let waiting_on_work = window_working || self.outage.load(Ordering::Relaxed);
         let idle = since(&self.progress).min(since(&self.behind_since));
         if lag_fresh && self.behind.load(Ordering::Relaxed) && !waiting_on_work && idle > limits.no_progress {
             return Err(format!("{} input records behind and nothing consumed or committed for {} s (the loop stepped {:.1} s ago)", self.lag(), idle.as_secs(), beat.as_secs_f64()));
@@ -367,9 +368,9 @@ mod tests {
         h.set_window_in_flight(true, at(t0, 39));
         assert_eq!(h.liveness(at(t0, 40)), Ok(()));
         h.set_window_in_flight(false, at(t0, 40));
-        h.set_store_outage(true);
+        h.set_outage(true);
         assert_eq!(h.liveness(at(t0, 40)), Ok(()));
-        h.set_store_outage(false);
+        h.set_outage(false);
         h.progressed(at(t0, 39));
         assert_eq!(h.liveness(at(t0, 40)), Ok(()));
         // One offset behind (a transaction marker) is not behind.

@@ -63,6 +63,7 @@ pub struct Telemetry {
     window_feature_shift: Gauge,
     text_embeddings: IntCounterVec,
     texts_truncated: IntCounter,
+    image_fetches: IntCounterVec,
     consumer_lag: IntGauge,
     buffered: IntGauge,
     buffer_over_bound: IntGauge,
@@ -124,6 +125,14 @@ impl Telemetry {
                 IntCounterVec::new(Opts::new("labelgate_text_embeddings_total", "Text lookups of the sentence encoder by whether the embedding cache had them (cache=hit, miss); a pair is two."), &["cache"]).unwrap(),
             ),
             texts_truncated: register(&r, IntCounter::new("labelgate_texts_truncated_total", "Texts cut at the sentence encoder's token limit before embedding.").unwrap()),
+            image_fetches: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("labelgate_image_fetches_total", "Tries to fetch an image.uri by outcome (fetched, unavailable: retried, or the DLQ reason of a refusal)."),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
             training_loss: register(&r, Gauge::new("labelgate_training_loss", "Mean training loss of the last window's final epoch.").unwrap()),
             window_noise_share: register(&r, Gauge::new("labelgate_window_noise_share_ratio", "Estimated share of wrong labels in the last window.").unwrap()),
             window_evidence: register(

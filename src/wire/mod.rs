@@ -567,9 +567,13 @@ pub struct RereviewMessage {
     /// The annotation's `item`, unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<serde_json::Map<String, serde_json::Value>>,
-    /// The pixels, when the annotation came as an `image`.
+    /// The pixels, when the annotation came as an `image` (not for an http(s) `image.uri`,
+    /// which `image_uri` shows better).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImagePixels>,
+    /// The annotation's `image.uri`, when it named its image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uri: Option<String>,
     /// The record's `text`, when it came as one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,

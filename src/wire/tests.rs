@@ -168,10 +168,39 @@ fn each_kind_of_bad_encoded_image_has_its_reason() {
         r#"{"format":"gif","data_b64":"AAAA"}"#.to_string(),
         r#"{"format":"jpeg","data_b64":"AAAA"}"#.to_string(),
         r#"{"format":"png","data_b64":"not base64!"}"#.to_string(),
-        r#"{"uri":"https://images.example/1.png"}"#.to_string(),
         format!(r#"{{"format":"png","shape":[1,3,1],"data_b64":"{png}"}}"#),
         r#"{"data_b64":"AAAA"}"#.to_string(),
     ] {
         assert_eq!(reason_of(&with_shape, &image).reason, DlqReason::InvalidImage, "{image}");
     }
+}
+
+#[test]
+fn an_image_uri_awaits_its_fetch_and_a_bad_one_is_refused_here() {
+    let rec = |image: &str| format!(r#"{{"sample_id":"s","batch_id":"b","vendor_id":"v","label":"cat","image":{image}}}"#);
+    let schema = Schema::new(&["cat".into(), "dog".into()], 3, 100_000).with_image_shape(Some([1, 3, 1]));
+    let Inbound::Annotation(a) = schema.parse(rec(r#"{"uri":"https://Images.example/a b.png"}"#).as_bytes()).unwrap() else { panic!() };
+    assert!(a.awaits_image() && a.features.is_empty());
+    assert_eq!(a.image_uri.as_deref(), Some("https://images.example/a%20b.png"), "normalised as the fetcher requests it");
+    assert_eq!(a.image_shape, Some([1, 3, 1]));
+    for (image, want) in [
+        (r#"{"uri":"ftp://images.example/a.png"}"#.to_string(), DlqReason::InvalidImage),
+        (r#"{"uri":"not a uri"}"#.to_string(), DlqReason::InvalidImage),
+        (r#"{"uri":"https://images.example/a.png","format":"png","data_b64":"AAAA"}"#.to_string(), DlqReason::InvalidImage),
+        (format!(r#"{{"uri":"https://images.example/{}"}}"#, "a".repeat(MAX_URI_BYTES)), DlqReason::FieldTooLong),
+    ] {
+        assert_eq!(schema.parse(rec(&image).as_bytes()).unwrap_err().reason, want, "{image}");
+    }
+    // A gate that does not convert images takes no URIs, and says which key to set.
+    let e = self::schema().parse(rec(r#"{"uri":"https://images.example/a.png"}"#).as_bytes()).unwrap_err();
+    assert!(e.reason == DlqReason::InvalidImage && e.message.contains("gate.image_shape"), "{e:?}");
+}
+
+#[test]
+fn fetched_files_are_told_by_their_bytes_not_their_names() {
+    let schema = schema().with_image_shape(Some([1, 3, 1]));
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png_b64(&[0, 255, 51], 3, 1, png::ColorType::Grayscale)).unwrap();
+    assert_eq!(schema.decode_fetched(&png).unwrap(), vec![0.0, 1.0, 0.2]);
+    let e = schema.decode_fetched(b"<html>not found</html>").unwrap_err();
+    assert_eq!(e.reason, DlqReason::InvalidImage);
 }
