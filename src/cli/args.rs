@@ -15,10 +15,17 @@ use crate::{
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// JSONL (`sample_id`, `label`, and `features` or `text` [+ `text_pair`]) or CSV
+    /// JSONL (`sample_id`, `label`, and `features`, `text` [+ `text_pair`] or `image`) or CSV
     /// (`id,label,feature...`) file.
     #[arg(long, conflicts_with = "dataset", required_unless_present = "dataset")]
     pub input: Option<PathBuf>,
+    /// A host whose http(s) `image.uri` files may be fetched (name or address, `:port` for one
+    /// port; repeat for more); as the gate's image_fetch.allowed_hosts.
+    #[arg(long = "image-host", value_name = "HOST")]
+    pub image_hosts: Vec<String>,
+    /// `file://` `image.uri` files are read only under this directory.
+    #[arg(long, value_name = "DIR")]
+    pub image_root: Option<PathBuf>,
     /// Input format; by default from the extension (.csv is CSV, else JSONL).
     #[arg(long, value_parser = ["jsonl", "csv"])]
     pub format: Option<String>,

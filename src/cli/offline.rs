@@ -14,7 +14,9 @@ use super::args::{EvalArgs, ScoreArgs};
 use crate::{
     accuracy::offline,
     data::{self, records, Builtin, LabelledSet},
-    device, eval, o2u,
+    device, eval,
+    image_fetch::{Fetched, ImageFetcher},
+    o2u,
     progress::ProgressReporter,
 };
 
@@ -33,6 +35,47 @@ struct SuspectLine<'a> {
     suspect: Option<bool>,
 }
 
+/// The fetcher of `score --input`'s `image.uri` files: the gate's rules, with `--image-host` as
+/// the allow-list and `--image-root` as the file root.
+fn image_fetcher(args: &ScoreArgs) -> Result<ImageFetcher> {
+    let mut config = crate::config::Config::defaults().image_fetch;
+    config.allowed_hosts = args.image_hosts.clone();
+    config.file_root = match &args.image_root {
+        Some(root) => Some(std::path::absolute(root).with_context(|| format!("--image-root {}", root.display()))?),
+        None => None,
+    };
+    crate::image_fetch::AllowList::parse(&config.allowed_hosts).map_err(|e| anyhow::anyhow!(e.replace("image_fetch.allowed_hosts", "--image-host")))?;
+    ImageFetcher::new(&config)
+}
+
+/// Fetches every URI; files whose host is away are tried again, five times over half a minute,
+/// before the command gives up (nothing is scored on part of a file).
+fn fetch_waiting(fetcher: &ImageFetcher, uris: &[String]) -> Vec<Result<Vec<u8>, String>> {
+    let mut answers: Vec<Result<Vec<u8>, String>> = vec![Err("not fetched".into()); uris.len()];
+    let mut waiting: Vec<usize> = (0..uris.len()).collect();
+    for wait in [1, 2, 4, 8, 16, 0] {
+        let names: Vec<String> = waiting.iter().map(|&i| uris[i].clone()).collect();
+        let mut still = Vec::new();
+        for (&i, answer) in waiting.iter().zip(fetcher.fetch_all(&names, &|| ())) {
+            answers[i] = match answer {
+                Fetched::Bytes(bytes) => Ok(bytes),
+                Fetched::Refused { reason, message } => Err(format!("{} ({message})", reason.as_str())),
+                Fetched::Unavailable(why) => {
+                    still.push(i);
+                    Err(format!("the host is away ({why}); try again when it answers"))
+                }
+            };
+        }
+        waiting = still;
+        if waiting.is_empty() || wait == 0 {
+            break;
+        }
+        tracing::warn!(images = waiting.len(), retry_in_s = wait, "image hosts are away; trying again");
+        std::thread::sleep(std::time::Duration::from_secs(wait));
+    }
+    answers
+}
+
 pub fn score(args: ScoreArgs) -> Result<()> {
     let device = args.common.device();
     let set: LabelledSet = match (&args.input, args.dataset) {
@@ -42,7 +85,9 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 Some(_) => records::Format::Jsonl,
                 None => records::Format::from_path(path),
             };
-            let mut set = records::read(path, format, args.classes.as_deref())?;
+            let fetcher = image_fetcher(&args)?;
+            let fetch = |uris: &[String]| fetch_waiting(&fetcher, uris);
+            let mut set = records::read_fetching(path, format, args.classes.as_deref(), Some(&fetch))?;
             args.common.text.embed_sets(&mut [&mut set])?;
             data::Standardizer::standardize_in_place(&mut set.features, set.shape);
             set

@@ -1,7 +1,8 @@
 //! User-supplied labelled records: JSONL (`{"sample_id", "label", "features": [...]}` per line,
 //! or `"text"` and for pair tasks `"text_pair"` instead of `features`, or an `"image"`: raw u8
-//! pixels `{"shape": [h, w, c], "data_b64"}` or a file `{"format": "png" | "jpeg", "data_b64"}`) or CSV
-//! (`id,label,feature...`, header optional). Every problem names the line.
+//! pixels `{"shape": [h, w, c], "data_b64"}`, a file `{"format": "png" | "jpeg", "data_b64"}`, or
+//! a file by reference `{"uri"}`, which the caller's fetcher reads) or CSV (`id,label,feature...`,
+//! header optional). Every problem names the line.
 
 use std::{
     collections::HashSet,
@@ -60,11 +61,20 @@ struct JsonRecord {
     vendor_id: Option<String>,
 }
 
+/// Reads image files named by URI: one answer per URI, in order, the file's bytes or why not.
+pub type FetchImages<'f> = &'f dyn Fn(&[String]) -> Vec<Result<Vec<u8>, String>>;
+
 /// Reads records. With `classes`, a label outside the list is an error; without, the classes
-/// are the sorted distinct labels seen.
+/// are the sorted distinct labels seen. Images named by URI are an error (use [`read_fetching`]).
 pub fn read(path: &Path, format: Format, classes: Option<&[String]>) -> Result<LabelledSet, InputError> {
+    read_fetching(path, format, classes, None)
+}
+
+/// Reads records as [`read`] does; images named by URI are read by `fetch`, all at once.
+pub fn read_fetching(path: &Path, format: Format, classes: Option<&[String]>, fetch: Option<FetchImages>) -> Result<LabelledSet, InputError> {
     let file = File::open(path).map_err(|source| InputError::Unreadable { path: path.into(), source })?;
     let mut builder = Builder::new(path, classes);
+    let mut records = Vec::new();
     let reader = BufReader::new(file);
     let mut csv_header_checked = false;
     for (i, line) in reader.lines().enumerate() {
@@ -85,8 +95,24 @@ pub fn read(path: &Path, format: Format, classes: Option<&[String]>) -> Result<L
                 }
             }
         };
-        let (id, label, features, annotator) = parsed.map_err(|problem| builder.bad(line_no, problem))?;
-        builder.push(line_no, id, label, features, annotator)?;
+        records.push((line_no, parsed.map_err(|problem| builder.bad(line_no, problem))?));
+    }
+    let uris: Vec<(usize, String)> = records.iter().filter_map(|(line, (_, _, payload, _))| if let Payload::ImageUri(uri) = payload { Some((*line, uri.clone())) } else { None }).collect();
+    let mut fetched = Vec::new().into_iter();
+    if let Some(&(line, _)) = uris.first() {
+        let fetch = fetch.ok_or_else(|| builder.bad(line, "`image.uri`: say where images may be fetched from (--image-host HOST, --image-root DIR)".into()))?;
+        let names: Vec<String> = uris.iter().map(|(_, u)| u.clone()).collect();
+        fetched = fetch(&names).into_iter();
+    }
+    for (line, (id, label, payload, annotator)) in records {
+        let payload = match payload {
+            Payload::ImageUri(uri) => {
+                let bytes = fetched.next().unwrap_or_else(|| Err("not fetched".into())).map_err(|why| builder.bad(line, format!("`image.uri` {uri}: {why}")))?;
+                image_file(&bytes).map_err(|why| builder.bad(line, format!("`image.uri` {uri}: {why}")))?
+            }
+            other => other,
+        };
+        builder.push(line, id, label, payload, annotator)?;
     }
     builder.finish()
 }
@@ -96,7 +122,8 @@ pub fn read(path: &Path, format: Format, classes: Option<&[String]>) -> Result<L
 struct JsonImage {
     shape: Option<Vec<usize>>,
     format: Option<String>,
-    data_b64: String,
+    data_b64: Option<String>,
+    uri: Option<String>,
 }
 
 /// What a record carries.
@@ -105,12 +132,27 @@ enum Payload {
     Text(TextInput),
     /// Pixels scaled to [0, 1], `[h, w, c]`.
     Image(Vec<f32>, [usize; 3]),
+    /// A file to fetch; becomes an `Image`.
+    ImageUri(String),
+}
+
+/// A fetched PNG or JPEG (told by its first bytes) at its own size and channels.
+fn image_file(bytes: &[u8]) -> Result<Payload, String> {
+    let encoding = super::image::Encoding::sniff(bytes).ok_or("not a PNG or JPEG file")?;
+    let (pixels, shape) = super::image::decode(encoding, bytes, None, None)?;
+    Ok(Payload::Image(pixels.into_iter().map(|b| b as f32 / 255.0).collect(), shape))
 }
 
 /// Raw pixels of their `shape`, or a PNG or JPEG at its own size and channels (grey stays grey).
 fn image_pixels(image: JsonImage) -> Result<Payload, String> {
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(image.data_b64.as_bytes()).map_err(|e| format!("image.data_b64: {e}"))?;
+    let data = match (image.uri, image.data_b64) {
+        (Some(uri), None) if image.shape.is_none() && image.format.is_none() => return Ok(Payload::ImageUri(uri)),
+        (Some(_), _) => return Err("give `image.uri` or the image's data (`data_b64` with `format` or `shape`), not both".into()),
+        (None, Some(data)) => data,
+        (None, None) => return Err("`image` needs `data_b64` (with `shape` or `format`) or `uri`".into()),
+    };
+    let bytes = base64::engine::general_purpose::STANDARD.decode(data.as_bytes()).map_err(|e| format!("image.data_b64: {e}"))?;
     let (pixels, shape) = match (image.format, image.shape) {
         (None, Some(shape)) => {
             let shape: [usize; 3] = shape.as_slice().try_into().map_err(|_| format!("image.shape {shape:?}: expected [height, width, channels]"))?;
@@ -230,6 +272,7 @@ impl<'a> Builder<'a> {
                 texts.push(text);
                 Vec::new()
             }
+            Payload::ImageUri(_) => return Err(self.bad(line, "an image that was not fetched".into())),
             Payload::Features(_) | Payload::Image(..) if self.set.texts.is_some() => return Err(self.bad(line, "a `features` or `image` record, but the first record has `text`".into())),
             Payload::Features(_) if !first && matches!(self.set.shape, InputShape::Image { .. }) => return Err(self.bad(line, "a `features` record, but the first record has `image`".into())),
             Payload::Features(features) => features,

@@ -101,8 +101,19 @@ impl ImageFetcher {
     }
 
     /// Fetches every URI, at most `image_fetch.concurrency` at once; answers in the URIs' order.
-    pub fn fetch_all(&self, uris: &[String]) -> Vec<Fetched> {
-        self.runtime.block_on(stream::iter(uris).map(|uri| self.fetch(uri)).buffered(self.concurrency).collect())
+    /// `alive` is called every second meanwhile (the gate loop is working, not stuck).
+    pub fn fetch_all(&self, uris: &[String], alive: &dyn Fn()) -> Vec<Fetched> {
+        self.runtime.block_on(async {
+            let fetches = stream::iter(uris).map(|uri| self.fetch(uri)).buffered(self.concurrency).collect::<Vec<_>>();
+            tokio::pin!(fetches);
+            let mut second = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    answers = &mut fetches => return answers,
+                    _ = second.tick() => alive(),
+                }
+            }
+        })
     }
 
     async fn fetch(&self, uri: &str) -> Fetched {

@@ -35,7 +35,7 @@ pub fn fetch_awaited(parsed: &mut [Parsed], fetcher: &ImageFetcher, schema: &Sch
     }
     let attempt = || {
         let uris: Vec<String> = waiting.iter().map(|&i| awaited_uri(&parsed[i]).unwrap_or_default().to_string()).collect();
-        let answers = fetcher.fetch_all(&uris);
+        let answers = fetcher.fetch_all(&uris, &|| telemetry.health().beat(std::time::Instant::now()));
         let outcomes: Vec<Outcome> = parsers.install(|| {
             answers
                 .into_par_iter()
