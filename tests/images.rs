@@ -66,6 +66,37 @@ fn png_files_score_as_raw_pixels_through_score() {
     assert_eq!(outputs[0], outputs[1], "same ranking and scores, line for line");
 }
 
+/// The same PNG files named by `file://` URI under `--image-root`: the same scores; without a
+/// root the command says which flag to give.
+#[test]
+fn png_files_by_uri_score_as_inline_files_through_score() {
+    let root = temp_path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let (inline, by_uri) = (temp_path("inline.jsonl"), temp_path("by-uri.jsonl"));
+    let (mut inline_file, mut uri_file) = (std::fs::File::create(&inline).unwrap(), std::fs::File::create(&by_uri).unwrap());
+    for mut r in records(true) {
+        writeln!(inline_file, "{r}").unwrap();
+        let png = base64::engine::general_purpose::STANDARD.decode(r["image"]["data_b64"].as_str().unwrap()).unwrap();
+        let path = root.join(format!("{}.png", r["sample_id"].as_str().unwrap()));
+        std::fs::write(&path, png).unwrap();
+        r["image"] = serde_json::json!({"uri": format!("file://{}", path.display())});
+        writeln!(uri_file, "{r}").unwrap();
+    }
+    let score = |input: &PathBuf, extra: &[&str]| {
+        let output = temp_path("uri-scores.jsonl");
+        let run = Command::new(env!("CARGO_BIN_EXE_labelgate")).args(["score", "--all", "--classes", "0,1,2,3,4,5,6,7,8,9", "--input"]).arg(input).arg("--output").arg(&output).args(extra).output().unwrap();
+        (run.status.success(), String::from_utf8_lossy(&run.stderr).into_owned(), std::fs::read_to_string(&output).unwrap_or_default())
+    };
+    let (ok, stderr, want) = score(&inline, &[]);
+    assert!(ok, "{stderr}");
+    let (ok, stderr, got) = score(&by_uri, &["--image-root", root.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(got, want, "same ranking and scores, line for line");
+    let (ok, stderr, _) = score(&by_uri, &[]);
+    assert!(!ok && stderr.contains("--image-root"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn png_files_score_as_raw_pixels_through_the_gate() {
     let mut gate_config = Config::defaults().gate;

@@ -59,7 +59,8 @@ fn fetch_waiting(fetcher: &ImageFetcher, uris: &[String]) -> Vec<Result<Vec<u8>,
         for (&i, answer) in waiting.iter().zip(fetcher.fetch_all(&names, &|| ())) {
             answers[i] = match answer {
                 Fetched::Bytes(bytes) => Ok(bytes),
-                Fetched::Refused { reason, message } => Err(format!("{} ({message})", reason.as_str())),
+                // The gate's messages name its settings; here the flags set them.
+                Fetched::Refused { reason, message } => Err(format!("{} ({})", reason.as_str(), message.replace("image_fetch.file_root", "--image-root").replace("image_fetch.allowed_hosts", "--image-host"))),
                 Fetched::Unavailable(why) => {
                     still.push(i);
                     Err(format!("the host is away ({why}); try again when it answers"))
