@@ -44,11 +44,12 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             };
             let mut set = records::read(path, format, args.classes.as_deref())?;
             args.common.text.embed_sets(&mut [&mut set])?;
+            args.common.image.embed_set(&mut set)?;
             data::Standardizer::standardize_in_place(&mut set.features, set.shape);
             set
         }
         (None, Some(which)) => {
-            let (mut set, mut test) = data::load_builtin(which, &args.common.data_dir())?;
+            let (mut set, mut test) = args.common.image.load_builtin(which, &args.common.data_dir(), None)?;
             args.common.text.embed_split(&mut set, &mut test)?;
             set
         }
@@ -114,7 +115,7 @@ fn log_judgement(j: &offline::SetJudgement, samples: usize) {
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let device = args.common.device();
-    let (mut train, mut test) = data::load_builtin(args.dataset, &args.common.data_dir())?;
+    let (mut train, mut test) = args.common.image.load_builtin(args.dataset, &args.common.data_dir(), args.limit)?;
     let config = args.common.o2u_config(Some(args.dataset), train.texts.is_some())?;
     if let Some(limit) = args.limit {
         train.truncate(limit);

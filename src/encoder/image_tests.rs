@@ -16,7 +16,7 @@ use super::{clip_preprocess::{CLIP_MEAN, CLIP_STD}, ImageEncoder, ImageInput};
 
 const SIDE: usize = 32;
 const HIDDEN: usize = 32;
-const PROJECTION: usize = 16;
+pub(crate) const PROJECTION: usize = 16;
 
 fn tiny_config() -> ClipVisionConfig {
     ClipVisionConfig { embed_dim: HIDDEN, activation: Activation::QuickGelu, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, projection_dim: PROJECTION, num_channels: 3, image_size: SIDE, patch_size: 8 }
@@ -32,7 +32,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// A Hugging Face CLIP directory (`model_type = "clip"`, as openai/clip-vit-base-patch32 ships)
 /// of a 2-layer, 32-wide vision tower, with a visual projection when `projection` is set.
-fn tiny_clip(name: &str, projection: bool) -> PathBuf {
+pub(crate) fn tiny_clip(name: &str, projection: bool) -> PathBuf {
     let dir = temp_dir(name);
     let config = serde_json::json!({
         "model_type": "clip", "projection_dim": PROJECTION,
@@ -228,5 +228,48 @@ fn a_vision_tower_alone_loads_from_its_own_config() {
     let alone = ImageEncoder::load(&dir, 4, &Device::Cpu).unwrap();
     let pixels = image([SIDE, SIDE, 3], 9);
     assert_eq!(whole.embed(&[input(&pixels, [SIDE, SIDE, 3])]).unwrap(), alone.embed(&[input(&pixels, [SIDE, SIDE, 3])]).unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn flipped_labels_of_separable_images_rank_first_through_the_embeddings() {
+    use crate::{data::{LabelledSet, Standardizer}, o2u::{self, InputShape, ModelConfig, O2uConfig}};
+    let dir = tiny_clip("clip-o2u", true);
+    let encoder = ImageEncoder::load(&dir, 16, &Device::Cpu).unwrap();
+    // 28×28 grey images (as MNIST's): class 0 bright on top, class 1 at the bottom, each with a
+    // grain of its own; every tenth label flipped.
+    let (n, side) = (120, 28);
+    let mut features = Vec::with_capacity(n * side * side);
+    for i in 0..n {
+        for y in 0..side {
+            for x in 0..side {
+                let bright = (y < side / 2) == (i % 2 == 0);
+                let grain = ((i * 31 + y * 7 + x * 3) % 17) as f32 / 17.0 * 0.3;
+                features.push(if bright { 0.7 + grain } else { grain });
+            }
+        }
+    }
+    let truth: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+    let flipped: Vec<usize> = (0..n).step_by(10).collect();
+    let labels: Vec<u32> = truth.iter().enumerate().map(|(i, &t)| if flipped.contains(&i) { 1 - t } else { t }).collect();
+    let mut set = LabelledSet {
+        sample_ids: (0..n).map(|i| format!("s{i}")).collect(),
+        features,
+        shape: InputShape::Image { channels: 1, height: side, width: side },
+        labels,
+        classes: vec!["top".into(), "bottom".into()],
+        truth: Some(truth),
+        annotators: None,
+        items: None,
+        texts: None,
+    };
+    set.embed_images(&encoder).unwrap();
+    assert_eq!((set.shape, set.features.len()), (InputShape::Vector { dim: PROJECTION }, n * PROJECTION));
+    Standardizer::standardize_in_place(&mut set.features, set.shape);
+    let config = O2uConfig { model: ModelConfig::Mlp { hidden: vec![32] }, batch_size: 16, ..O2uConfig::default() };
+    let outcome = o2u::score(set.samples(), None, &config, &Device::Cpu, &mut o2u::Silent).unwrap();
+    let most_suspect: Vec<usize> = o2u::suspects::rank_descending(&outcome.scores)[..flipped.len()].to_vec();
+    let found = flipped.iter().filter(|i| most_suspect.contains(i)).count();
+    assert!(found >= 10, "{found} of the {} flipped labels among the {} most suspect: {most_suspect:?}", flipped.len(), flipped.len());
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -169,4 +169,4 @@ impl TextEmbedder {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod image_tests;
+pub(crate) mod image_tests;

@@ -146,3 +146,45 @@ fn embed_texts(embedder: &mut TextEmbedder, job: &mut WindowJob, data: &mut wind
     job.set_embedded(&rows, &features);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{
+        encoder::image_tests::{tiny_clip, PROJECTION},
+        gate::{Gate, InputMessage, SourcePos},
+    };
+
+    #[test]
+    fn a_windows_images_are_embedded_in_row_order_into_its_rows_and_records() {
+        let dir = tiny_clip("clip-window-thread", true);
+        let encoder = ImageEncoder::load(&dir, 2, &candle_core::Device::Cpu).unwrap();
+        let mut config = Config::defaults().gate;
+        (config.classes, config.image_shape, config.feature_dim, config.min_window_records) = (vec!["a".into(), "b".into()], Some([2, 2, 1]), PROJECTION, 1);
+        let mut gate = Gate::new(config, 10_000, "m".into(), "t".into()).embedding_images(true);
+        let records = [r#""image":{"shape":[2,2,1],"data_b64":"AEB/wA=="}"#, r#""features":[1.0,0.0,0.0,1.0]"#, r#""image":{"shape":[1,4,1],"data_b64":"/4AAIA=="}"#];
+        for (i, payload) in records.iter().enumerate() {
+            let body = format!(r#"{{"sample_id":"s{i}","batch_id":"b","vendor_id":"v","label":"a",{payload}}}"#);
+            gate.ingest(InputMessage { key: None, payload: body.into_bytes(), headers: vec![], pos: SourcePos { partition: 0, offset: i as i64 } }, Instant::now());
+        }
+        let end = br#"{"type":"batch_end","batch_id":"b","vendor_id":"v","count":3}"#.to_vec();
+        gate.ingest(InputMessage { key: None, payload: end, headers: vec![], pos: SourcePos { partition: 0, offset: 3 } }, Instant::now());
+        let mut job = gate.take_window().expect("a closed delivery");
+        let mut data = job.take_data();
+        embed_images(&encoder, &mut job, &mut data).unwrap();
+        // Each row as the encoder embeds that record's pixels on their own.
+        let pixels: [(Vec<f32>, [usize; 3]); 3] = [
+            ([0, 64, 127, 192].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1]),
+            (vec![1.0, 0.0, 0.0, 1.0], [2, 2, 1]),
+            ([255, 128, 0, 32].map(|b| b as f32 / 255.0).to_vec(), [1, 4, 1]),
+        ];
+        for (row, (p, shape)) in pixels.iter().enumerate() {
+            let alone = encoder.embed(&[ImageInput { pixels: p, shape: *shape }]).unwrap();
+            let got = &data.features[row * PROJECTION..(row + 1) * PROJECTION];
+            assert!(alone.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-5), "row {row}: {got:?} vs {alone:?}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
