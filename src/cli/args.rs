@@ -113,6 +113,9 @@ pub struct CommonArgs {
     /// The sentence encoder, for records that carry `text`.
     #[command(flatten)]
     pub text: super::embed::TextModelArgs,
+    /// A pretrained image encoder, for records that carry `image`.
+    #[command(flatten)]
+    pub image: super::embed::ImageModelArgs,
 }
 
 #[derive(Args)]
@@ -158,6 +161,9 @@ impl CommonArgs {
     pub fn o2u_config(&self, dataset: Option<Builtin>, texts: bool) -> Result<O2uConfig> {
         use o2u::SentenceEmbeddingDefaults as Text;
         let e = &self.engine;
+        if e.model == "cnn9" && self.image.image_model.is_some() {
+            bail!("--model cnn9 trains on the pixels; with --image-model the MLP trains on the embeddings (drop one)");
+        }
         let mut config = O2uConfig {
             model: match e.model.as_str() {
                 "cnn9" => ModelConfig::Cnn9 { dropout: 0.25 },

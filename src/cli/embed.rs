@@ -1,11 +1,11 @@
-//! Texts to features for the offline commands: `score` and `eval` embed a set of texts before
-//! they train, and `embed` writes the vectors (for comparing with other encoders) and how fast
-//! they came.
+//! Texts and images to features for the offline commands: `score` and `eval` embed a set of
+//! texts (or, given `--image-model`, of images) before they train, and `embed` writes text
+//! vectors (for comparing with other encoders) and how fast they came.
 
 use std::{
     fs::File,
     io::{BufWriter, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Instant,
 };
 
@@ -14,7 +14,7 @@ use clap::Args;
 
 use crate::{
     data::{self, records, Builtin, LabelledSet},
-    encoder::TextEmbedder,
+    encoder::{ImageEncoder, TextEmbedder},
 };
 
 /// Where the text model is and how it runs, for every command that may meet texts.
@@ -60,6 +60,57 @@ impl TextModelArgs {
         }
         Ok(())
     }
+}
+
+/// A pretrained image encoder for sets of images, whose embeddings the MLP trains on instead of
+/// the pixels.
+#[derive(Args, Clone)]
+pub struct ImageModelArgs {
+    /// A Hugging Face CLIP directory (config.json, model.safetensors, optional
+    /// preprocessor_config.json) to embed `image` records with; default: train on the pixels.
+    #[arg(long, env = "LABELGATE_IMAGE_MODEL")]
+    pub image_model: Option<PathBuf>,
+    /// Images per encoder run.
+    #[arg(long, default_value_t = 16)]
+    pub image_batch_size: usize,
+}
+
+impl ImageModelArgs {
+    fn encoder(&self, dir: &Path) -> Result<ImageEncoder> {
+        ImageEncoder::load(dir, self.image_batch_size, &candle_core::Device::Cpu).with_context(|| "--image-model")
+    }
+
+    /// Gives a set of images its embeddings (nothing to do without `--image-model`).
+    pub fn embed_set(&self, set: &mut LabelledSet) -> Result<()> {
+        let Some(dir) = &self.image_model else { return Ok(()) };
+        let encoder = self.encoder(dir)?;
+        embed_images(&encoder, set)
+    }
+
+    /// A built-in set's train and test splits: with `--image-model`, its images embedded (the
+    /// train split cut to `limit` first, so that only what trains is embedded) and standardised
+    /// on the train split; without, as [`data::load_builtin`] gives them.
+    pub fn load_builtin(&self, which: Builtin, dir: &Path, limit: Option<usize>) -> Result<(LabelledSet, LabelledSet)> {
+        let Some(model) = &self.image_model else { return data::load_builtin(which, dir) };
+        let encoder = self.encoder(model)?;
+        let (mut train, mut test) = data::load_builtin_unscaled(which, dir)?;
+        if let Some(limit) = limit {
+            train.truncate(limit);
+        }
+        embed_images(&encoder, &mut train).with_context(|| format!("--image-model with --dataset {which:?}"))?;
+        embed_images(&encoder, &mut test)?;
+        data::standardize_split(&mut train, &mut test);
+        Ok((train, test))
+    }
+}
+
+fn embed_images(encoder: &ImageEncoder, set: &mut LabelledSet) -> Result<()> {
+    tracing::info!(images = set.len(), model = %encoder.dir().display(), "embedding images");
+    let started = Instant::now();
+    set.embed_images(encoder)?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(seconds, images_per_second = (set.len() as f64 / seconds).round(), features = encoder.dim(), "images embedded");
+    Ok(())
 }
 
 #[derive(Args)]

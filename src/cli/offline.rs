@@ -90,11 +90,12 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             let fetch = |uris: &[String]| fetch_waiting(&fetcher, uris);
             let mut set = records::read_fetching(path, format, args.classes.as_deref(), Some(&fetch))?;
             args.common.text.embed_sets(&mut [&mut set])?;
+            args.common.image.embed_set(&mut set)?;
             data::Standardizer::standardize_in_place(&mut set.features, set.shape);
             set
         }
         (None, Some(which)) => {
-            let (mut set, mut test) = data::load_builtin(which, &args.common.data_dir())?;
+            let (mut set, mut test) = args.common.image.load_builtin(which, &args.common.data_dir(), None)?;
             args.common.text.embed_split(&mut set, &mut test)?;
             set
         }
@@ -160,7 +161,7 @@ fn log_judgement(j: &offline::SetJudgement, samples: usize) {
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let device = args.common.device();
-    let (mut train, mut test) = data::load_builtin(args.dataset, &args.common.data_dir())?;
+    let (mut train, mut test) = args.common.image.load_builtin(args.dataset, &args.common.data_dir(), args.limit)?;
     let config = args.common.o2u_config(Some(args.dataset), train.texts.is_some())?;
     if let Some(limit) = args.limit {
         train.truncate(limit);

@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, de::IgnoredAny, Deserialize};
 
 pub use review_bridge::BridgeConfig;
 pub use secret::Secret;
-pub use sections::{EncoderConfig, GatedInput, TextEncoderConfig, GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
+pub use sections::{EncoderConfig, GatedInput, ImageEncoderConfig, TextEncoderConfig, GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
 
 pub use crate::image_fetch::ImageFetchConfig;
 use crate::o2u::O2uConfig;
@@ -36,7 +36,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `labelgate review-bridge`: suspects to Label Studio tasks, answers back as reviews.
     pub review_bridge: BridgeConfig,
-    /// How texts become features (used when `gate.input` is `text` or `text_pair`).
+    /// How texts become features (used when `gate.input` is `text` or `text_pair`), and
+    /// optionally images (`[encoder.image]`).
     pub encoder: EncoderConfig,
     /// Where images named by URI are fetched from.
     pub image_fetch: ImageFetchConfig,
@@ -185,6 +186,9 @@ impl Config {
         problems.extend(metrics.iter().flat_map(validate::metrics));
         problems.extend(encoder.iter().flat_map(validate::encoder));
         problems.extend(image_fetch.iter().flat_map(validate::image_fetch));
+        if let (Some(gate), Some(encoder)) = (&gate, &encoder) {
+            problems.extend(validate::image_encoder_at_gate(encoder, gate));
+        }
         match (kafka, gate, engine, runtime, state, metrics, review_bridge, encoder, image_fetch) {
             (Some(kafka), Some(gate), Some(engine), Some(runtime), Some(state), Some(metrics), Some(review_bridge), Some(encoder), Some(image_fetch)) if problems.is_empty() => {
                 let config = Config { kafka, gate, engine, runtime, state, metrics, review_bridge, encoder, image_fetch };

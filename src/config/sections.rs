@@ -145,6 +145,9 @@ pub struct GateConfig {
 #[serde(deny_unknown_fields)]
 pub struct EncoderConfig {
     pub text: TextEncoderConfig,
+    /// Unset: image records train the network on their pixels.
+    #[serde(default)]
+    pub image: Option<ImageEncoderConfig>,
 }
 
 /// The sentence encoder of text records.
@@ -159,6 +162,22 @@ pub struct TextEncoderConfig {
     pub batch_size: usize,
     /// Embeddings kept by content hash (384 floats each for the default model); 0 = none.
     pub cache_entries: usize,
+}
+
+/// A pretrained image encoder whose embeddings the network trains on instead of the pixels.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEncoderConfig {
+    /// A Hugging Face directory of a CLIP vision tower (`config.json`, `model.safetensors`,
+    /// optionally `preprocessor_config.json`).
+    pub model_dir: PathBuf,
+    /// Images per encoder run.
+    #[serde(default = "default_image_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_image_batch_size() -> usize {
+    16
 }
 
 impl GateConfig {

@@ -110,3 +110,23 @@ fn an_image_shape_must_match_the_feature_length() {
     assert!(e.contains("gate.image_shape = [28, 28, 3]") && e.contains("784"), "{e}");
     assert!(with("[gate]\nimage_shape = [392, 1, 2]\n").is_err(), "two channels");
 }
+
+#[test]
+fn an_image_encoder_is_optional_and_only_for_a_gate_of_images() {
+    assert!(with("").unwrap().encoder.image.is_none(), "absent: the network trains on the pixels");
+    let c = with("[gate]\nimage_shape = [28, 28, 1]\n[encoder.image]\nmodel_dir = \"/models/clip-vit-base-patch32\"\n").unwrap();
+    let image = c.encoder.image.expect("set");
+    assert_eq!((image.model_dir, image.batch_size), ("/models/clip-vit-base-patch32".into(), 16));
+    let e = with("[encoder.image]\nmodel_dir = \"/models/clip\"\n").unwrap_err().to_string();
+    assert!(e.contains("encoder.image") && e.contains("gate.image_shape"), "{e}");
+    let e = with("[gate]\ninput = \"text\"\nimage_shape = [28, 28, 1]\n[encoder.image]\nmodel_dir = \"/models/clip\"\n").unwrap_err().to_string();
+    assert!(e.contains("encoder.image") && e.contains("gate.input"), "{e}");
+    let e = with("[gate]\nimage_shape = [28, 28, 1]\n[encoder.image]\nmodel_dir = \"\"\nbatch_size = 0\n").unwrap_err().to_string();
+    for key in ["encoder.image.model_dir: give a CLIP model directory", "encoder.image.batch_size: must be positive"] {
+        assert!(e.contains(key), "{key} missing in {e}");
+    }
+    let e = with("[gate]\nimage_shape = [28, 28, 1]\n[encoder.image]\nmodel_dir = \"/models/clip\"\nmodel = \"clip\"\n").unwrap_err().to_string();
+    assert!(e.contains("encoder.image.model: unknown field") && e.contains("LABELGATE__ENCODER__IMAGE__MODEL"), "{e}");
+    let e = with("[gate]\nimage_shape = [28, 28, 1]\n[encoder.image]\nbatch_size = 8\n").unwrap_err().to_string();
+    assert!(e.contains("encoder.image: missing field `model_dir`"), "{e}");
+}

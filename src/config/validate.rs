@@ -74,6 +74,30 @@ pub fn encoder(e: &EncoderConfig) -> Vec<String> {
     if e.text.batch_size == 0 {
         p.push("encoder.text.batch_size: must be positive, e.g. 32".into());
     }
+    if let Some(image) = &e.image {
+        if image.model_dir.as_os_str().is_empty() {
+            p.push("encoder.image.model_dir: give a CLIP model directory (config.json, model.safetensors), or remove [encoder.image] to train on the pixels".into());
+        }
+        if image.batch_size == 0 {
+            p.push("encoder.image.batch_size: must be positive, e.g. 16".into());
+        }
+    }
+    p
+}
+
+/// An image encoder embeds pixels of a known `[height, width, channels]`: only at a gate of
+/// images (`gate.image_shape` set), not at a text gate.
+pub fn image_encoder_at_gate(e: &EncoderConfig, g: &GateConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if e.image.is_none() {
+        return p;
+    }
+    if g.image_shape.is_none() {
+        p.push("encoder.image: set only at a gate of images: give gate.image_shape ([height, width, channels] of the records' pixels, e.g. [28, 28, 1]), or remove [encoder.image]".into());
+    }
+    if g.input.is_text() {
+        p.push(format!("encoder.image: a text gate (gate.input = \"{}\") embeds texts with encoder.text; remove [encoder.image] or set gate.input = \"features\"", g.input.as_str()));
+    }
     p
 }
 

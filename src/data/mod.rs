@@ -88,6 +88,16 @@ impl LabelledSet {
         Ok(report)
     }
 
+    /// Gives the images their features from `encoder` (in place of the pixels).
+    pub fn embed_images(&mut self, encoder: &crate::encoder::ImageEncoder) -> anyhow::Result<()> {
+        let InputShape::Image { channels, height, width } = self.shape else { anyhow::bail!("the samples carry {}, not images", if self.texts.is_some() { "texts" } else { "feature vectors" }) };
+        let shape = [height, width, channels];
+        let inputs: Vec<crate::encoder::ImageInput> = self.features.chunks_exact(self.shape.len()).map(|pixels| crate::encoder::ImageInput { pixels, shape }).collect();
+        self.features = encoder.embed(&inputs)?;
+        self.shape = InputShape::Vector { dim: encoder.dim() };
+        Ok(())
+    }
+
     /// Whether the samples came as text and still need an encoder.
     pub fn needs_embedding(&self) -> bool {
         self.texts.is_some() && self.features.is_empty()
@@ -210,17 +220,25 @@ impl Builtin {
 /// Loads a built-in data set as (train, clean test), features standardised on the train split;
 /// a set of texts comes with its texts and no features yet (see [`standardize_split`]).
 pub fn load_builtin(which: Builtin, dir: &Path) -> anyhow::Result<(LabelledSet, LabelledSet)> {
-    let (mut train, mut test) = match which {
-        Builtin::SentencePolarity => return sentence_polarity::load_split(dir),
+    let (mut train, mut test) = load_builtin_unscaled(which, dir)?;
+    if !train.needs_embedding() {
+        standardize_split(&mut train, &mut test);
+    }
+    Ok((train, test))
+}
+
+/// A built-in data set as it is stored (MNIST's pixels in [0, 1]), for an encoder that takes
+/// the raw values; scale what it makes with [`standardize_split`].
+pub fn load_builtin_unscaled(which: Builtin, dir: &Path) -> anyhow::Result<(LabelledSet, LabelledSet)> {
+    Ok(match which {
+        Builtin::SentencePolarity => sentence_polarity::load_split(dir)?,
         Builtin::Mnist => (mnist::load(dir, "train")?, mnist::load(dir, "t10k")?),
         Builtin::MusicGenre => {
             let train = music_genre::load_crowd(dir)?;
             let test = music_genre::load_test(dir, &train.classes)?;
             (train, test)
         }
-    };
-    standardize_split(&mut train, &mut test);
-    Ok((train, test))
+    })
 }
 
 /// Scales both splits by the train split's mean and deviation.

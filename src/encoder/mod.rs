@@ -1,8 +1,10 @@
 //! Turns what vendors deliver into the feature vectors the engine scores: texts and text pairs
-//! through a sentence encoder, with a bounded cache by content. Model files are read once, at
-//! load; embedding is pure computation.
+//! through a sentence encoder, with a bounded cache by content; images through a pretrained
+//! vision tower. Model files are read once, at load; embedding is pure computation.
 
 pub mod cache;
+pub mod clip_preprocess;
+pub mod image;
 pub mod model_dir;
 pub mod text;
 
@@ -11,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 pub use cache::{CacheCounts, EmbeddingCache};
+pub use image::ImageEncoder;
 pub use text::SentenceEncoder;
 
 /// A text record's payload: one text, or two for pair tasks (entailment, paraphrase, relevance).
@@ -18,6 +21,35 @@ pub use text::SentenceEncoder;
 pub struct TextInput {
     pub text: String,
     pub pair: Option<String>,
+}
+
+/// An image record's pixels as the gate holds them: u8 values scaled to [0, 1], row-major
+/// `[height, width, channels]` with 1 (grey), 3 (RGB) or 4 (RGBA) channels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageInput<'a> {
+    pub pixels: &'a [f32],
+    pub shape: [usize; 3],
+}
+
+/// The encoder a gate embeds its records with before a window trains: texts (`gate.input` =
+/// `text` or `text_pair`) or images (`[encoder.image]`).
+pub enum Embedder {
+    Text(TextEmbedder),
+    Image(ImageEncoder),
+}
+
+impl Embedder {
+    /// Features per record: what the network trains on.
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Embedder::Text(t) => t.feature_dim(),
+            Embedder::Image(i) => i.dim(),
+        }
+    }
+
+    pub fn embeds_images(&self) -> bool {
+        matches!(self, Embedder::Image(_))
+    }
 }
 
 /// What one call of [`TextEmbedder::embed`] did, for the metrics and the window's log line.
@@ -136,3 +168,5 @@ impl TextEmbedder {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod image_tests;

@@ -77,10 +77,12 @@ impl Gate {
         } else {
             // The pool is the next windows' control for right labels: a window that could not
             // tell how many of its labels are wrong would bias it, so it adds nothing.
-            // (A text whose embedding failed has no features to pool.)
-            if scores.evidence.may_feed_pool() && !a.features.is_empty() {
-                self.pool.add(a.label, &a.features);
-                commit.state.pool_added.push((a.label, a.features.clone()));
+            // The pool holds what windows train on: an encoder's features where one embedded the
+            // record, else its own. (A text whose embedding failed has none to pool.)
+            let features = r.embedded.as_ref().unwrap_or(&a.features);
+            if scores.evidence.may_feed_pool() && !features.is_empty() {
+                self.pool.add(a.label, features);
+                commit.state.pool_added.push((a.label, features.clone()));
             }
         }
         let p_wrong = scores.p_wrong.as_ref().map_or(scores.flagged[i] as u8 as f32, |p| p[i] as f32);

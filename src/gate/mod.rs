@@ -91,6 +91,10 @@ struct PendingRecord {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     pos: SourcePos,
+    /// Its features from an encoder (a text's, or an image's at a gate that embeds images),
+    /// set by the window thread: what the pool keeps. The annotation keeps what came (the pixels
+    /// re-review shows).
+    embedded: Option<Vec<f32>>,
 }
 
 struct Delivery {
@@ -140,20 +144,33 @@ impl WindowJob {
             vendors: vec![],
             prior_labels: vec![],
             texts: vec![],
+            images: vec![],
         };
         std::mem::replace(&mut self.data, empty)
     }
 
-    /// Gives the records that came as text their embedded features (`dim` each, in row order),
-    /// so accepted ones can join the pool.
+    /// Gives the records that came as text, or as pixels at a gate that embeds images, their
+    /// embedded features (`dim` each, in row order), so accepted ones can join the pool.
     pub fn set_embedded(&mut self, rows: &[usize], features: &[f32]) {
         let dim = self.data.dim;
         let mut next = rows.iter().zip(features.chunks_exact(dim)).peekable();
         for (row, r) in self.deliveries.iter_mut().flat_map(|d| &mut d.records).enumerate() {
             if let Some((_, f)) = next.next_if(|(&want, _)| want == row) {
-                r.annotation.features = f.to_vec();
+                r.embedded = Some(f.to_vec());
             }
         }
+    }
+
+    /// The pixels of the pending records at `rows` (ascending), for the image encoder.
+    pub fn pixels(&self, rows: &[usize]) -> Vec<&[f32]> {
+        let mut next = rows.iter().peekable();
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, r) in self.deliveries.iter().flat_map(|d| &d.records).enumerate() {
+            if next.next_if(|&&want| want == row).is_some() {
+                out.push(r.annotation.features.as_slice());
+            }
+        }
+        out
     }
 
     pub fn vendors(&self) -> Vec<String> {
@@ -181,6 +198,9 @@ pub struct Gate {
     model_version: String,
     instance: String,
     deliveries: HashMap<(i32, String), Delivery>,
+    /// Records' pixels are embedded by an image encoder on the window thread (`[encoder.image]`):
+    /// they wait as pixels, and windows train on `config.feature_dim` features of each.
+    embed_images: bool,
     /// Gated deliveries, to send late records and repeated batch_ends to the DLQ. Bounded.
     gated: HashSet<String>,
     /// Deliveries in the window now training: a record of one that arrives meanwhile is late,
@@ -201,8 +221,12 @@ pub struct Gate {
 const GATED_MEMORY: usize = 100_000;
 
 impl Gate {
+    /// `config.feature_dim` is what windows train on: an encoder's length where one embeds the
+    /// records. Records' pixels are `gate.image_shape` long where that is set (which
+    /// configuration checks is `gate.feature_dim` as the file gives it).
     pub fn new(config: GateConfig, max_message_bytes: usize, model_version: String, instance: String) -> Self {
-        let schema = Schema::new(&config.classes, config.feature_dim, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length).with_input(config.input, config.max_text_bytes).with_image_shape(config.image_shape);
+        let input_len = config.image_shape.map_or(config.feature_dim, |shape| shape.iter().product());
+        let schema = Schema::new(&config.classes, input_len, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length).with_input(config.input, config.max_text_bytes).with_image_shape(config.image_shape);
         let z = crate::stats::z_for(config.confidence);
         let pool = ReferencePool::new(config.classes.len(), config.reference_pool_size);
         Self {
@@ -211,6 +235,7 @@ impl Gate {
             z,
             model_version,
             instance,
+            embed_images: false,
             deliveries: HashMap::new(),
             gated: HashSet::new(),
             in_window: HashMap::new(),
@@ -222,6 +247,15 @@ impl Gate {
             window_seq: 0,
             started_ms: crate::clock::unix_millis(),
         }
+    }
+
+    /// At a gate with an image encoder: records' pixels wait as they came and the window thread
+    /// embeds them (`config.feature_dim` is the encoder's length). Needs `gate.image_shape`,
+    /// the shape of records that came as `features`.
+    pub fn embedding_images(mut self, embed: bool) -> Self {
+        assert!(!embed || self.config.image_shape.is_some(), "an image encoder needs gate.image_shape (the configuration refuses it without)");
+        self.embed_images = embed;
+        self
     }
 
     /// Records held in memory (buffered deliveries and dead letters awaiting commit).
@@ -348,7 +382,7 @@ impl Gate {
             return Err((DlqReason::DuplicateSampleId, format!("sample `{}` appears twice in delivery `{}`", a.sample_id, a.batch_id)));
         }
         d.last_seen = now;
-        d.records.push(PendingRecord { annotation: a, key: msg.key.clone(), payload: msg.payload.clone(), pos: msg.pos });
+        d.records.push(PendingRecord { annotation: a, key: msg.key.clone(), payload: msg.payload.clone(), pos: msg.pos, embedded: None });
         let closed = matches!(d.end, Some((count, _)) if d.records.len() >= count);
         if closed {
             d.closed = Some((now, "batch_end"));
@@ -429,13 +463,20 @@ impl Gate {
         let mut labels = Vec::with_capacity(records + self.pool.len());
         let (mut sample_ids, mut vendors) = (Vec::with_capacity(records), Vec::with_capacity(records));
         let mut own_items = std::collections::HashSet::with_capacity(records);
-        let mut texts = Vec::new();
+        let (mut texts, mut images) = (Vec::new(), Vec::new());
         for (row, r) in deliveries.iter().flat_map(|d| &d.records).enumerate() {
             match &r.annotation.text {
                 // Embedded on the window thread; until then, zeros.
                 Some(text) => {
                     features.resize(features.len() + dim, 0.0);
                     texts.push((row, text.clone()));
+                }
+                // The same for pixels at a gate that embeds images: those that came as `features`
+                // are pixels of gate.image_shape.
+                None if self.embed_images => {
+                    features.resize(features.len() + dim, 0.0);
+                    let shape = r.annotation.image_shape.or(self.config.image_shape).expect("a gate that embeds images has gate.image_shape");
+                    images.push((row, shape));
                 }
                 None => {
                     features.extend_from_slice(&r.annotation.features);
@@ -450,7 +491,7 @@ impl Gate {
             features.extend_from_slice(f);
             labels.push(label);
         }
-        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len(), sample_ids, vendors, prior_labels: Vec::new(), texts };
+        let data = WindowData { features, labels, pending: records, dim, classes: self.config.classes.len(), sample_ids, vendors, prior_labels: Vec::new(), texts, images };
         Some(WindowJob { id, deliveries, data, first_closed, embedding: None })
     }
 

@@ -338,3 +338,39 @@ fn text_records_wait_as_text_and_join_the_pool_with_their_embeddings() {
     pooled.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap());
     assert_eq!(pooled, vec![(0, vec![1.0, 2.0]), (0, vec![5.0, 6.0])], "the two accepted records, by their embeddings");
 }
+
+#[test]
+fn images_at_a_gate_with_an_image_encoder_train_and_pool_by_embedding_and_re_review_shows_the_pixels() {
+    let now = Instant::now();
+    let mut c = config();
+    // Pixels of 1×3 grey (3 values); the encoder's vectors have 2, as GateLoop::start sets.
+    c.image_shape = Some([1, 3, 1]);
+    c.feature_dim = 2;
+    let mut g = Gate::new(c, 10_000, "m".into(), "t".into()).embedding_images(true);
+    let image = |id: &str, label: &str, shape: &str, b64: &str| format!(r#"{{"sample_id":"{id}","batch_id":"b1","vendor_id":"v","label":"{label}","image":{{"shape":{shape},"data_b64":"{b64}"}}}}"#);
+    assert_eq!(g.ingest(msg(0, &image("s1", "a", "[1,3,1]", "AID/")), now), Ingested::Buffered, "pixels [0, 128, 255]");
+    assert_eq!(g.ingest(msg(1, &image("s2", "b", "[3,1,1]", "ChQe")), now), Ingested::Buffered, "another shape of as many pixels");
+    let features = r#"{"sample_id":"s3","batch_id":"b1","vendor_id":"v","label":"a","features":[0.5,0.25,1.0]}"#;
+    assert_eq!(g.ingest(msg(2, features), now), Ingested::Buffered, "features are pixels of gate.image_shape");
+    assert_eq!(g.ingest(msg(3, &rec("s4", "b1", "a")), now), Ingested::Rejected(DlqReason::WrongFeatureLength), "records are checked against the pixels' length, not the encoder's");
+    g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
+    let mut job = g.take_window().unwrap();
+    let mut data = job.take_data();
+    assert_eq!((data.dim, data.images.clone()), (2, vec![(0, [1, 3, 1]), (1, [3, 1, 1]), (2, [1, 3, 1])]));
+    assert!(data.texts.is_empty() && data.features.iter().all(|&f| f == 0.0), "zeros until embedded");
+    let pixels = job.pixels(&[0, 2]);
+    assert_eq!(pixels, vec![&[0.0, 128.0 / 255.0, 1.0][..], &[0.5, 0.25, 1.0][..]]);
+    // What the window thread does with the encoder's vectors.
+    let embedded = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    data.set_embedded_images(&embedded);
+    job.set_embedded(&[0, 1, 2], &embedded);
+    assert_eq!(data.features, embedded);
+    let commit = g.finish_window(job, &scores(3, &[0]), &HashMap::new(), 0);
+    let rereview = commit.outputs.iter().find_map(|o| if let Output::Rereview(r) = o { Some(r) } else { None }).expect("s1 flagged");
+    let shown = rereview.image.as_ref().expect("re-review carries the image");
+    assert_eq!((shown.shape, shown.pixels().unwrap()), ([1, 3, 1], vec![0, 128, 255]), "the pixels that came, not the embedding");
+    let mut pooled: Vec<(u32, Vec<f32>)> = g.pool.samples().map(|(l, f)| (l, f.to_vec())).collect();
+    pooled.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap());
+    assert_eq!(pooled, vec![(1, vec![3.0, 4.0]), (0, vec![5.0, 6.0])], "the two accepted records, by their embeddings");
+    assert_eq!(g.restore_pool([(0, vec![1.0, 2.0]), (0, vec![1.0, 2.0, 3.0])]), 1, "a restored pool row has the encoder's length");
+}

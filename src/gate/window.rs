@@ -34,6 +34,10 @@ pub struct WindowData {
     /// Pending rows that came as text, with their text: their features are zeros until the
     /// window thread embeds them ([`WindowData::set_embedded`]).
     pub texts: Vec<(usize, crate::encoder::TextInput)>,
+    /// Pending rows whose pixels an image encoder embeds (`[encoder.image]`), with their
+    /// `[height, width, channels]`: zeros until the window thread embeds them
+    /// ([`WindowData::set_embedded_images`]); the pixels stay with the records.
+    pub images: Vec<(usize, [usize; 3])>,
 }
 
 
@@ -81,7 +85,18 @@ pub struct Revision {
 impl WindowData {
     /// Writes the embedded texts' features (`dim` each, in the order of `texts`) into their rows.
     pub fn set_embedded(&mut self, features: &[f32]) {
-        for ((row, _), f) in self.texts.iter().zip(features.chunks_exact(self.dim)) {
+        let rows: Vec<usize> = self.texts.iter().map(|(row, _)| *row).collect();
+        self.set_rows(&rows, features);
+    }
+
+    /// Writes the embedded images' features (`dim` each, in the order of `images`) into their rows.
+    pub fn set_embedded_images(&mut self, features: &[f32]) {
+        let rows: Vec<usize> = self.images.iter().map(|(row, _)| *row).collect();
+        self.set_rows(&rows, features);
+    }
+
+    fn set_rows(&mut self, rows: &[usize], features: &[f32]) {
+        for (row, f) in rows.iter().zip(features.chunks_exact(self.dim)) {
             self.features[row * self.dim..(row + 1) * self.dim].copy_from_slice(f);
         }
     }
@@ -544,6 +559,7 @@ mod tests {
             vendors: vec!["v1".into(), "v1".into()],
             prior_labels,
             texts: vec![],
+            images: vec![],
         }
     }
 
@@ -558,7 +574,7 @@ mod tests {
         }
         let sample_ids: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
         let prior_labels = (0..shared).map(|i| prior(&sample_ids[i], "v2", labels[i], 0.0)).collect();
-        WindowData { features, labels, pending: 40, dim: 2, classes: 2, vendors: vec!["v1".into(); 40], sample_ids, prior_labels, texts: vec![] }
+        WindowData { features, labels, pending: 40, dim: 2, classes: 2, vendors: vec!["v1".into(); 40], sample_ids, prior_labels, texts: vec![], images: vec![] }
     }
 
     #[test]

@@ -143,12 +143,13 @@ impl<'a> GateLoop<'a> {
         let k = &config.kafka;
         let instance = clients::instance_id(config);
         let model_version = format!("labelgate-{}/o2u-{}", env!("CARGO_PKG_VERSION"), super::model_name(config));
-        let embedder = super::window_thread::load_text_embedder(config)?;
+        let embedder = super::window_thread::load_embedder(config)?;
         let mut gate_config = config.gate.clone();
         if let Some(e) = &embedder {
             gate_config.feature_dim = e.feature_dim();
         }
-        let mut gate = Gate::new(gate_config, k.max_message_bytes, model_version, instance.clone());
+        let embeds_images = embedder.as_ref().is_some_and(|e| e.embeds_images());
+        let mut gate = Gate::new(gate_config, k.max_message_bytes, model_version, instance.clone()).embedding_images(embeds_images);
         startup::wait_for_kafka(config, stop)?;
         // Deliveries gated before: late records and repeated batch_ends go to the DLQ.
         startup::retry_while_settling("reading the verdicts topic", config, || {

@@ -202,11 +202,12 @@ pub fn model_name(config: &Config) -> String {
         crate::o2u::ModelConfig::Mlp { hidden } => format!("mlp-{}", hidden.iter().map(usize::to_string).collect::<Vec<_>>().join("x")),
         crate::o2u::ModelConfig::Cnn9 { .. } => "cnn9".into(),
     };
-    if !config.gate.input.is_text() {
-        return network;
-    }
-    // The features come from the encoder: a verdict names it.
-    let dir = crate::encoder::model_dir::text_model_dir(config.encoder.text.model_dir.as_deref());
+    // The features come from an encoder where one embeds the records: a verdict names it.
+    let dir = match &config.encoder.image {
+        Some(image) => image.model_dir.clone(),
+        None if config.gate.input.is_text() => crate::encoder::model_dir::text_model_dir(config.encoder.text.model_dir.as_deref()),
+        None => return network,
+    };
     let encoder = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     format!("{network}+{encoder}")
 }

@@ -1,6 +1,7 @@
 //! The thread that trains and scores windows, so the loop keeps consuming (and the consumer
 //! stays in its group) while a window trains: jobs go in, (job, scores) come back. At a text gate
-//! it first embeds each window's new texts with the encoder it owns.
+//! it first embeds each window's new texts with the encoder it owns; at a gate with an image
+//! encoder, each window's images.
 
 use std::{sync::mpsc, thread};
 
@@ -10,7 +11,7 @@ use super::{EpochHook, Hooks};
 use crate::{
     config::Config,
     device,
-    encoder::{EmbeddingReport, TextEmbedder},
+    encoder::{Embedder, EmbeddingReport, ImageEncoder, ImageInput, TextEmbedder},
     gate::{
         window::{self, WindowScores},
         WindowJob,
@@ -38,9 +39,10 @@ impl TrainingObserver for EpochForwarder {
 }
 
 impl WindowThread {
-    /// `embedder`: the sentence encoder of a text gate (the thread embeds each window's new
-    /// texts before training, so the consumer loop never waits on the encoder).
-    pub fn start(config: &Config, hooks: &Hooks, mut embedder: Option<TextEmbedder>) -> Self {
+    /// `embedder`: the sentence encoder of a text gate, or the image encoder of `[encoder.image]`
+    /// (the thread embeds each window's records before training, so the consumer loop never
+    /// waits on the encoder).
+    pub fn start(config: &Config, hooks: &Hooks, mut embedder: Option<Embedder>) -> Self {
         let (job_tx, job_rx) = mpsc::channel::<WindowJob>();
         let (res_tx, res_rx) = mpsc::channel();
         let engine = config.engine.clone();
@@ -55,18 +57,19 @@ impl WindowThread {
                 let mut dev = device::select(choice);
                 while let Ok(mut job) = job_rx.recv() {
                     let mut data = job.take_data();
-                    if !data.texts.is_empty() {
-                        match embed_texts(embedder.as_mut(), &mut job, &mut data) {
-                            Ok(report) => job.embedding = Some(report),
-                            Err(e) => {
-                                // Its records go to people (`window_failed`); the gate goes on.
-                                let why = format!("embedding the window's texts: {e:#}");
-                                if res_tx.send((job, Err(WindowError::Data(why)))).is_err() {
-                                    break;
-                                }
-                                continue;
-                            }
+                    let embedded = match embedder.as_mut() {
+                        _ if data.texts.is_empty() && data.images.is_empty() => Ok(()),
+                        Some(Embedder::Image(encoder)) if data.texts.is_empty() => embed_images(encoder, &mut job, &mut data),
+                        Some(Embedder::Text(embedder)) if data.images.is_empty() => embed_texts(embedder, &mut job, &mut data).map(|report| job.embedding = Some(report)),
+                        _ => Err(anyhow::anyhow!("records of a kind this gate has no encoder for")),
+                    };
+                    if let Err(e) = embedded {
+                        // Its records go to people (`window_failed`); the gate goes on.
+                        let why = format!("embedding the window's records: {e:#}");
+                        if res_tx.send((job, Err(WindowError::Data(why)))).is_err() {
+                            break;
                         }
+                        continue;
                     }
                     // A copy to retry on the CPU if the GPU fails (none is kept on the CPU).
                     let spare = (!dev.is_cpu()).then(|| data.clone());
@@ -101,25 +104,87 @@ impl WindowThread {
     }
 }
 
-/// The sentence encoder of a text gate (`gate.input` = `text` or `text_pair`), loaded before
-/// anything is consumed so that a missing model stops start-up with how to install it.
-pub fn load_text_embedder(config: &Config) -> Result<Option<TextEmbedder>> {
+/// The encoder of the gate's records, loaded before anything is consumed so that a missing
+/// model stops start-up with what to do: the sentence encoder of a text gate (`gate.input` =
+/// `text` or `text_pair`), the image encoder of `[encoder.image]`, or none.
+pub fn load_embedder(config: &Config) -> Result<Option<Embedder>> {
+    if let Some(image) = &config.encoder.image {
+        // The image encoder runs on the CPU, as the text encoder does: embedding is not training.
+        let encoder = ImageEncoder::load(&image.model_dir, image.batch_size, &candle_core::Device::Cpu).map_err(|e| anyhow::anyhow!("encoder.image.model_dir: {e:#}"))?;
+        tracing::info!(model = %encoder.dir().display(), features = encoder.dim(), image_size = encoder.image_size(), "image encoder loaded");
+        return Ok(Some(Embedder::Image(encoder)));
+    }
     if !config.gate.input.is_text() {
         return Ok(None);
     }
     let t = &config.encoder.text;
     let embedder = TextEmbedder::load(t.model_dir.as_deref(), t.batch_size, t.cache_entries, config.gate.input == crate::config::GatedInput::TextPair)?;
     tracing::info!(model = %embedder.encoder().dir().display(), features = embedder.feature_dim(), "text encoder loaded");
-    Ok(Some(embedder))
+    Ok(Some(Embedder::Text(embedder)))
+}
+
+/// Embeds the window's images into its training rows and its records (whose pixels stay, for
+/// re-review).
+fn embed_images(encoder: &ImageEncoder, job: &mut WindowJob, data: &mut window::WindowData) -> Result<()> {
+    let started = std::time::Instant::now();
+    let rows: Vec<usize> = data.images.iter().map(|(row, _)| *row).collect();
+    let pixels = job.pixels(&rows);
+    let inputs: Vec<ImageInput> = pixels.iter().zip(&data.images).map(|(pixels, (_, shape))| ImageInput { pixels, shape: *shape }).collect();
+    let features = encoder.embed(&inputs)?;
+    data.set_embedded_images(&features);
+    job.set_embedded(&rows, &features);
+    tracing::info!(window = %job.id, records = rows.len(), seconds = started.elapsed().as_secs_f64(), "images embedded");
+    Ok(())
 }
 
 /// Embeds the window's texts into its training rows and its records.
-fn embed_texts(embedder: Option<&mut TextEmbedder>, job: &mut WindowJob, data: &mut window::WindowData) -> anyhow::Result<EmbeddingReport> {
-    let embedder = embedder.context("text records reached a gate without a text encoder")?;
+fn embed_texts(embedder: &mut TextEmbedder, job: &mut WindowJob, data: &mut window::WindowData) -> anyhow::Result<EmbeddingReport> {
     let inputs: Vec<_> = data.texts.iter().map(|(_, t)| t.clone()).collect();
     let (features, report) = embedder.embed(&inputs)?;
     data.set_embedded(&features);
     let rows: Vec<usize> = data.texts.iter().map(|(row, _)| *row).collect();
     job.set_embedded(&rows, &features);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{
+        encoder::image_tests::{tiny_clip, PROJECTION},
+        gate::{Gate, InputMessage, SourcePos},
+    };
+
+    #[test]
+    fn a_windows_images_are_embedded_in_row_order_into_its_rows_and_records() {
+        let dir = tiny_clip("clip-window-thread", true);
+        let encoder = ImageEncoder::load(&dir, 2, &candle_core::Device::Cpu).unwrap();
+        let mut config = Config::defaults().gate;
+        (config.classes, config.image_shape, config.feature_dim, config.min_window_records) = (vec!["a".into(), "b".into()], Some([2, 2, 1]), PROJECTION, 1);
+        let mut gate = Gate::new(config, 10_000, "m".into(), "t".into()).embedding_images(true);
+        let records = [r#""image":{"shape":[2,2,1],"data_b64":"AEB/wA=="}"#, r#""features":[1.0,0.0,0.0,1.0]"#, r#""image":{"shape":[1,4,1],"data_b64":"/4AAIA=="}"#];
+        for (i, payload) in records.iter().enumerate() {
+            let body = format!(r#"{{"sample_id":"s{i}","batch_id":"b","vendor_id":"v","label":"a",{payload}}}"#);
+            gate.ingest(InputMessage { key: None, payload: body.into_bytes(), headers: vec![], pos: SourcePos { partition: 0, offset: i as i64 } }, Instant::now());
+        }
+        let end = br#"{"type":"batch_end","batch_id":"b","vendor_id":"v","count":3}"#.to_vec();
+        gate.ingest(InputMessage { key: None, payload: end, headers: vec![], pos: SourcePos { partition: 0, offset: 3 } }, Instant::now());
+        let mut job = gate.take_window().expect("a closed delivery");
+        let mut data = job.take_data();
+        embed_images(&encoder, &mut job, &mut data).unwrap();
+        // Each row as the encoder embeds that record's pixels on their own.
+        let pixels: [(Vec<f32>, [usize; 3]); 3] = [
+            ([0, 64, 127, 192].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1]),
+            (vec![1.0, 0.0, 0.0, 1.0], [2, 2, 1]),
+            ([255, 128, 0, 32].map(|b| b as f32 / 255.0).to_vec(), [1, 4, 1]),
+        ];
+        for (row, (p, shape)) in pixels.iter().enumerate() {
+            let alone = encoder.embed(&[ImageInput { pixels: p, shape: *shape }]).unwrap();
+            let got = &data.features[row * PROJECTION..(row + 1) * PROJECTION];
+            assert!(alone.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-5), "row {row}: {got:?} vs {alone:?}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
