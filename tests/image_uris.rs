@@ -170,7 +170,8 @@ fn ten_thousand_image_uris_survive_their_server_being_killed_for_30_s() {
     service::read_topic(&config, &config.kafka.rereview_topic, |_, v| suspects.push(serde_json::from_slice(v).unwrap())).unwrap();
     for s in &suspects {
         *routed.entry(s.sample_id.clone()).or_default() += 1;
-        assert_eq!(s.image_uri.as_deref(), Some(format!("http://127.0.0.1:{port}/{}.png", s.sample_id).as_str()), "re-review shows the image by its URI");
+        assert_eq!(s.image_uri.as_deref(), Some(format!("http://127.0.0.1:{port}/{}.png", s.sample_id).as_str()), "re-review links the image's URI");
+        assert_eq!(s.image.as_ref().map(|i| i.shape), Some([28, 28, 1]), "and shows the pixels that were scored");
     }
     assert_eq!(routed.len(), IMAGES, "no record lost");
     assert!(routed.values().all(|&n| n == 1), "a record routed twice");

@@ -56,7 +56,7 @@ fn fetch_waiting(fetcher: &ImageFetcher, uris: &[String]) -> Vec<Result<Vec<u8>,
     for wait in [1, 2, 4, 8, 16, 0] {
         let names: Vec<String> = waiting.iter().map(|&i| uris[i].clone()).collect();
         let mut still = Vec::new();
-        for (&i, answer) in waiting.iter().zip(fetcher.fetch_all(&names, &|| ())) {
+        for (&i, answer) in waiting.iter().zip(fetcher.fetch_all(&names, &|| (), &|f| f)) {
             answers[i] = match answer {
                 Fetched::Bytes(bytes) => Ok(bytes),
                 // The gate's messages name its settings; here the flags set them.
@@ -86,8 +86,11 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 Some(_) => records::Format::Jsonl,
                 None => records::Format::from_path(path),
             };
-            let fetcher = image_fetcher(&args)?;
-            let fetch = |uris: &[String]| fetch_waiting(&fetcher, uris);
+            // Built only for a file that names images (it starts a runtime of its own).
+            let fetch = |uris: &[String]| match image_fetcher(&args) {
+                Ok(fetcher) => fetch_waiting(&fetcher, uris),
+                Err(e) => vec![Err(format!("{e:#}")); uris.len()],
+            };
             let mut set = records::read_fetching(path, format, args.classes.as_deref(), Some(&fetch))?;
             args.common.text.embed_sets(&mut [&mut set])?;
             args.common.image.embed_set(&mut set)?;

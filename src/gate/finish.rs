@@ -110,8 +110,9 @@ impl Gate {
             model_version: self.model_version.clone(),
             reason: reason.into(),
             item: a.item.clone(),
-            // A reviewer's browser loads an http(s) image itself, at its own resolution.
-            image: a.image_shape.filter(|_| !a.image_uri.as_deref().is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"))).map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
+            // The pixels that were scored, also for an image named by URI: what its host serves
+            // at review time may differ.
+            image: a.image_shape.map(|shape| wire::ImagePixels::from_features(shape, &a.features)),
             image_uri: a.image_uri.clone(),
             text: a.text.as_ref().map(|t| t.text.clone()),
             text_pair: a.text.as_ref().and_then(|t| t.pair.clone()),

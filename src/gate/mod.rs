@@ -306,6 +306,15 @@ impl Gate {
         &self.schema
     }
 
+    /// Whether a record that awaits its image would be buffered once fetched: not in a range
+    /// already committed, keyed by its `batch_id`, of a delivery not yet gated. The edge fetches
+    /// only these; the others go on to be skipped or dead-lettered for their own reason.
+    pub fn worth_fetching(&self, msg: &InputMessage, a: &Annotation) -> bool {
+        let committed = self.partitions.get(&msg.pos.partition).is_some_and(|t| t.skip.iter().any(|&(from, to)| (from..to).contains(&msg.pos.offset)));
+        let keyed = msg.key.as_deref().is_none_or(|k| k == a.batch_id.as_bytes());
+        !committed && keyed && !self.gated.contains(&a.batch_id) && !self.in_window.contains_key(&a.batch_id)
+    }
+
     /// Ingests a message whose payload `schema().parse` already parsed.
     pub fn ingest_parsed(&mut self, msg: InputMessage, parsed: Result<Inbound, wire::Rejection>, now: Instant) -> Ingested {
         let track = self.partitions.entry(msg.pos.partition).or_default();
@@ -363,13 +372,13 @@ impl Gate {
     }
 
     fn add_annotation(&mut self, a: Annotation, msg: &InputMessage, now: Instant) -> Result<bool, (DlqReason, String)> {
+        if self.gated.contains(&a.batch_id) || self.in_window.contains_key(&a.batch_id) {
+            return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
+        }
         if a.awaits_image() {
             // The edge fetches named images before ingesting; one that reaches the gate unfetched
             // has no pixels to train on.
             return Err((DlqReason::InvalidImage, "the image named by `image.uri` was not fetched".into()));
-        }
-        if self.gated.contains(&a.batch_id) || self.in_window.contains_key(&a.batch_id) {
-            return Err((DlqReason::LateRecord, format!("delivery `{}` was already gated", a.batch_id)));
         }
         let d = self.delivery(msg.pos.partition, &a.batch_id, &a.vendor_id, now);
         if d.closed.is_some() {

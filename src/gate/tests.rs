@@ -349,14 +349,15 @@ fn images_at_a_gate_with_an_image_encoder_train_and_pool_by_embedding_and_re_rev
     let mut g = Gate::new(c, 10_000, "m".into(), "t".into()).embedding_images(true);
     let image = |id: &str, label: &str, shape: &str, b64: &str| format!(r#"{{"sample_id":"{id}","batch_id":"b1","vendor_id":"v","label":"{label}","image":{{"shape":{shape},"data_b64":"{b64}"}}}}"#);
     assert_eq!(g.ingest(msg(0, &image("s1", "a", "[1,3,1]", "AID/")), now), Ingested::Buffered, "pixels [0, 128, 255]");
-    assert_eq!(g.ingest(msg(1, &image("s2", "b", "[3,1,1]", "ChQe")), now), Ingested::Buffered, "another shape of as many pixels");
+    assert_eq!(g.ingest(msg(1, &image("s2", "b", "[1,3,1]", "ChQe")), now), Ingested::Buffered);
+    assert_eq!(g.ingest(msg(5, &image("s5", "b", "[3,1,1]", "ChQe")), now), Ingested::Rejected(DlqReason::InvalidImage), "another shape of as many pixels is not the gate's images");
     let features = r#"{"sample_id":"s3","batch_id":"b1","vendor_id":"v","label":"a","features":[0.5,0.25,1.0]}"#;
     assert_eq!(g.ingest(msg(2, features), now), Ingested::Buffered, "features are pixels of gate.image_shape");
     assert_eq!(g.ingest(msg(3, &rec("s4", "b1", "a")), now), Ingested::Rejected(DlqReason::WrongFeatureLength), "records are checked against the pixels' length, not the encoder's");
     g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"v","count":3}"#), now);
     let mut job = g.take_window().unwrap();
     let mut data = job.take_data();
-    assert_eq!((data.dim, data.images.clone()), (2, vec![(0, [1, 3, 1]), (1, [3, 1, 1]), (2, [1, 3, 1])]));
+    assert_eq!((data.dim, data.images.clone()), (2, vec![(0, [1, 3, 1]), (1, [1, 3, 1]), (2, [1, 3, 1])]));
     assert!(data.texts.is_empty() && data.features.iter().all(|&f| f == 0.0), "zeros until embedded");
     let pixels = job.pixels(&[0, 2]);
     assert_eq!(pixels, vec![&[0.0, 128.0 / 255.0, 1.0][..], &[0.5, 0.25, 1.0][..]]);

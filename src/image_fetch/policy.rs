@@ -104,10 +104,29 @@ fn is_private_v4(a: Ipv4Addr) -> bool {
         || (first == 100 && (64..128).contains(&second))
         // 198.18.0.0/15: benchmarking networks.
         || (first == 198 && (18..20).contains(&second))
+        // Multicast and the reserved 240.0.0.0/4.
+        || first >= 224
 }
 
 fn is_private_v6(a: Ipv6Addr) -> bool {
-    a.is_loopback() || a.is_unspecified() || a.is_unique_local() || a.is_unicast_link_local() || a.is_multicast()
+    let s = a.segments();
+    // IPv4 inside IPv6 (NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16, IPv4-compatible
+    // ::/96) reaches that IPv4 address: judged as it.
+    let embedded = |hi: u16, lo: u16| is_private_v4(Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
+    if (s[0], s[1]) == (0x64, 0xff9b) || (s[0] == 0 && s[1..6] == [0; 5]) {
+        return embedded(s[6], s[7]);
+    }
+    if s[0] == 0x2002 {
+        return embedded(s[1], s[2]);
+    }
+    a.is_loopback()
+        || a.is_unspecified()
+        || a.is_unique_local()
+        || a.is_unicast_link_local()
+        || a.is_multicast()
+        // fec0::/10 (site-local, deprecated but routed inside some networks), 2001:db8::/32.
+        || (s[0] & 0xffc0) == 0xfec0
+        || (s[0], s[1]) == (0x2001, 0x0db8)
 }
 
 /// Why a file URI is refused, or the path to read.
@@ -117,21 +136,36 @@ pub enum FilePath {
     Inside(PathBuf),
     /// Outside the root (or through a link that leads out of it).
     Outside,
-    /// The path does not exist; `root_present` tells a missing file from a missing root (an
-    /// unmounted volume is an outage, not a bad record).
+    /// The path does not exist; `root_present` tells a missing file from a root that is missing
+    /// or empty (an unmounted volume is an outage, not a bad record).
     Missing { root_present: bool },
+    /// The file system did not say (an I/O error, a stale mount): an outage.
+    Unreadable(String),
 }
 
 /// Resolves `path` and checks it lies under `root` (itself resolved), so `..` and symbolic links
 /// cannot lead out of it.
 pub fn file_under_root(root: &Path, path: &Path) -> FilePath {
-    let Ok(root) = root.canonicalize() else { return FilePath::Missing { root_present: false } };
+    let given_root = root;
+    let root = match root.canonicalize() {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FilePath::Missing { root_present: false },
+        Err(e) => return FilePath::Unreadable(e.to_string()),
+    };
     match path.canonicalize() {
         Ok(resolved) if resolved.starts_with(&root) => FilePath::Inside(resolved),
         Ok(_) => FilePath::Outside,
-        // A path outside the root is refused whether or not it exists.
-        Err(_) if !lexically_under(&root, path) => FilePath::Outside,
-        Err(_) => FilePath::Missing { root_present: true },
+        // A path outside the root is refused whether or not it exists (the root as configured
+        // or resolved: either may be a link).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !lexically_under(&root, path) && !lexically_under(given_root, path) {
+                FilePath::Outside
+            } else {
+                let empty = std::fs::read_dir(&root).map(|mut d| d.next().is_none()).unwrap_or(true);
+                FilePath::Missing { root_present: !empty }
+            }
+        }
+        Err(e) => FilePath::Unreadable(e.to_string()),
     }
 }
 
@@ -181,12 +215,16 @@ mod tests {
     #[test]
     fn private_addresses_are_refused_unless_listed() {
         let list = AllowList::parse(&["images.example.com".into(), "10.0.0.5".into()]).unwrap();
-        for private in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
+        for private in [
+            "127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "240.0.0.1", "::1", "fd00::1", "fe80::1", "fec0::1", "2001:db8::1",
+            "::ffff:127.0.0.1", "64:ff9b::a9fe:a9fe", "2002:a00:1::", "::10.0.0.1",
+        ] {
             assert!(!list.may_connect(private.parse().unwrap()), "{private}");
         }
         assert!(list.may_connect("10.0.0.5".parse().unwrap()), "a listed private address");
         assert!(list.may_connect("93.184.216.34".parse().unwrap()));
         assert!(list.may_connect("2606:2800:220:1:248:1893:25c8:1946".parse().unwrap()));
+        assert!(list.may_connect("64:ff9b::5db8:d822".parse().unwrap()), "NAT64 of a public address");
     }
 
     #[test]
@@ -201,6 +239,9 @@ mod tests {
         assert_eq!(file_under_root(&root, &root.join("../missing")), FilePath::Outside);
         assert_eq!(file_under_root(&root, &root.join("missing.png")), FilePath::Missing { root_present: true });
         assert_eq!(file_under_root(&dir.join("unmounted"), &dir.join("unmounted/a.png")), FilePath::Missing { root_present: false });
+        // An empty mount point is a volume that is not mounted, not a root without the file.
+        std::fs::create_dir_all(dir.join("empty")).unwrap();
+        assert_eq!(file_under_root(&dir.join("empty"), &dir.join("empty/a.png")), FilePath::Missing { root_present: false });
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(dir.join("secret"), root.join("link")).unwrap();

@@ -86,7 +86,7 @@ fn answers_are_sorted_into_bytes_refusals_and_outages() {
     let f = fetcher(&[format!("127.0.0.1:{port}")], None, 4);
     let at = |p: &str| format!("http://127.0.0.1:{port}/{p}");
     let uris: Vec<String> = ["img-a", "missing", "gone", "secret", "bad-request", "broken", "busy", "big", "hop", "away", "loop"].iter().map(|p| at(p)).collect();
-    let got = f.fetch_all(&uris, &|| ());
+    let got = f.fetch_all(&uris, &|| (), &|f| f);
     assert_eq!(got[0], Fetched::Bytes(b"img-a".to_vec()));
     assert_eq!(reason(&got[1]), Some(DlqReason::ImageNotFound));
     assert_eq!(reason(&got[2]), Some(DlqReason::ImageNotFound));
@@ -106,7 +106,7 @@ fn a_host_not_on_the_list_is_never_requested() {
     let (port, seen) = server();
     let f = fetcher(&[format!("127.0.0.1:{port}")], None, 4);
     // The same server under another name, and the listed address on another port.
-    let got = f.fetch_all(&[format!("http://localhost:{port}/img-unlisted"), format!("http://127.0.0.1:{}/img-other-port", port.wrapping_add(1))], &|| ());
+    let got = f.fetch_all(&[format!("http://localhost:{port}/img-unlisted"), format!("http://127.0.0.1:{}/img-other-port", port.wrapping_add(1))], &|| (), &|f| f);
     assert!(got.iter().all(|g| reason(g) == Some(DlqReason::ImageHostNotAllowed)), "{got:?}");
     assert!(seen.paths.lock().unwrap().is_empty(), "{:?}", seen.paths.lock().unwrap());
 }
@@ -116,13 +116,13 @@ fn a_listed_name_that_resolves_to_an_unlisted_private_address_is_not_connected_t
     let (port, seen) = server();
     // `localhost` is listed, but its address (loopback) is not.
     let f = fetcher(&["localhost".into()], None, 4);
-    let got = f.fetch_all(&[format!("http://localhost:{port}/img-private")], &|| ());
+    let got = f.fetch_all(&[format!("http://localhost:{port}/img-private")], &|| (), &|f| f);
     assert_eq!(reason(&got[0]), Some(DlqReason::ImageHostNotAllowed), "{got:?}");
     assert!(matches!(&got[0], Fetched::Refused { message, .. } if message.contains("private")));
     assert!(seen.paths.lock().unwrap().is_empty());
     // Listing the address lets the name through.
     let f = fetcher(&["localhost".into(), "127.0.0.1".into()], None, 4);
-    assert_eq!(f.fetch_all(&[format!("http://localhost:{port}/img-listed")], &|| ())[0], Fetched::Bytes(b"img-listed".to_vec()));
+    assert_eq!(f.fetch_all(&[format!("http://localhost:{port}/img-listed")], &|| (), &|f| f)[0], Fetched::Bytes(b"img-listed".to_vec()));
 }
 
 #[test]
@@ -130,8 +130,20 @@ fn a_host_that_is_away_or_slow_is_an_outage() {
     let (port, _) = server();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let f = fetcher(&[format!("127.0.0.1:{port}"), format!("127.0.0.1:{closed}")], None, 4);
-    let got = f.fetch_all(&[format!("http://127.0.0.1:{port}/slow"), format!("http://127.0.0.1:{closed}/img")], &|| ());
+    let got = f.fetch_all(&[format!("http://127.0.0.1:{port}/slow"), format!("http://127.0.0.1:{closed}/img")], &|| (), &|f| f);
     assert!(got.iter().all(|g| matches!(g, Fetched::Unavailable(_))), "{got:?}");
+}
+
+#[test]
+fn an_origin_that_does_not_answer_is_asked_once_per_call() {
+    let (port, seen) = server();
+    let f = fetcher(&[format!("127.0.0.1:{port}")], None, 1);
+    let uris: Vec<String> = (0..8).map(|_| format!("http://127.0.0.1:{port}/slow")).collect();
+    let started = std::time::Instant::now();
+    let got = f.fetch_all(&uris, &|| (), &|f| f);
+    assert!(got.iter().all(|g| matches!(g, Fetched::Unavailable(_))), "{got:?}");
+    assert_eq!(seen.paths.lock().unwrap().len(), 1, "the others wait for the next try");
+    assert!(started.elapsed() < Duration::from_secs(3), "one timeout, not eight: {:?}", started.elapsed());
 }
 
 #[test]
@@ -139,7 +151,7 @@ fn requests_in_flight_stay_within_the_bound_and_answers_keep_their_order() {
     let (port, seen) = server();
     let f = fetcher(&[format!("127.0.0.1:{port}")], None, 3);
     let uris: Vec<String> = (0..24).map(|i| format!("http://127.0.0.1:{port}/img-{i}")).collect();
-    let got = f.fetch_all(&uris, &|| ());
+    let got = f.fetch_all(&uris, &|| (), &|f| f);
     for (i, g) in got.iter().enumerate() {
         assert_eq!(g, &Fetched::Bytes(format!("img-{i}").into_bytes()));
     }
@@ -157,15 +169,19 @@ fn files_are_read_under_the_root_only() {
     std::fs::write(dir.join("outside.png"), b"secret").unwrap();
     let file = |p: &std::path::Path| Url::from_file_path(p).unwrap().to_string();
     let f = fetcher(&[], Some(root.clone()), 2);
-    let got = f.fetch_all(&[file(&root.join("a.png")), file(&root.join("nope.png")), file(&root.join("big.png")), format!("file://{}/../outside.png", root.display()), file(&root)], &|| ());
+    let got = f.fetch_all(&[file(&root.join("a.png")), file(&root.join("nope.png")), file(&root.join("big.png")), format!("file://{}/../outside.png", root.display()), file(&root)], &|| (), &|f| f);
     assert_eq!(got[0], Fetched::Bytes(b"png bytes".to_vec()));
     assert_eq!(reason(&got[1]), Some(DlqReason::ImageNotFound));
     assert_eq!(reason(&got[2]), Some(DlqReason::ImageTooLarge));
     assert_eq!(reason(&got[3]), Some(DlqReason::ImageHostNotAllowed));
     assert_eq!(reason(&got[4]), Some(DlqReason::ImageNotFound), "a directory is no image file");
+    // A FIFO (or any file that is not regular) is refused before it is opened.
+    if std::process::Command::new("mkfifo").arg(root.join("pipe.png")).status().is_ok_and(|s| s.success()) {
+        assert_eq!(reason(&f.fetch_all(&[file(&root.join("pipe.png"))], &|| (), &|f| f)[0]), Some(DlqReason::ImageNotFound));
+    }
     // No root configured: file URIs are refused; a root that is not mounted is an outage.
-    assert_eq!(reason(&fetcher(&[], None, 2).fetch_all(&[file(&root.join("a.png"))], &|| ())[0]), Some(DlqReason::ImageHostNotAllowed));
-    let unmounted = fetcher(&[], Some(dir.join("unmounted")), 2).fetch_all(&[file(&dir.join("unmounted/a.png"))], &|| ());
+    assert_eq!(reason(&fetcher(&[], None, 2).fetch_all(&[file(&root.join("a.png"))], &|| (), &|f| f)[0]), Some(DlqReason::ImageHostNotAllowed));
+    let unmounted = fetcher(&[], Some(dir.join("unmounted")), 2).fetch_all(&[file(&dir.join("unmounted/a.png"))], &|| (), &|f| f);
     assert!(matches!(unmounted[0], Fetched::Unavailable(_)), "{unmounted:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

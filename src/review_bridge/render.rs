@@ -118,19 +118,22 @@ fn field_text(value: &Value) -> String {
     }
 }
 
-/// The HTML a reviewer sees for one suspect: the record's own text (and pair), its image (from
-/// its http(s) URI, or its pixels), then its item.
+/// The HTML a reviewer sees for one suspect: the record's own text (and pair), its pixels (with a
+/// link to the file they came from, when it was named by URI), then its item.
 pub fn item_html(item: Option<&Map<String, Value>>, image: Option<&ImagePixels>, image_uri: Option<&str>, text: Option<(&str, Option<&str>)>) -> String {
     let mut html = String::from(r#"<div class="labelgate-item">"#);
-    match image_uri {
-        // The reviewer's browser loads the vendor's image itself; it is an image whatever its name.
-        Some(uri) if is_safe_uri(uri) => html.push_str(&format!(r#"<img class="labelgate-image" src="{}" alt="item" style="max-width:100%;min-width:{MIN_DISPLAY_PX}px"/>"#, escape(uri))),
-        // A file the browser cannot reach: its pixels below, and where it lies.
-        Some(uri) => html.push_str(&format!(r#"<p class="labelgate-uri">{}</p>"#, escape(uri))),
-        None => {}
-    }
     if let Some(image) = image {
         html.push_str(&pixels_html(image));
+    }
+    // The pixels above are what was scored; the original is a link, not loaded by itself (its host
+    // could serve something else now, or learn who reviews).
+    match image_uri {
+        Some(uri) if is_safe_uri(uri) => {
+            let u = escape(uri);
+            html.push_str(&format!(r#"<p class="labelgate-uri">original: <a class="labelgate-link" href="{u}" target="_blank" rel="noopener noreferrer">{u}</a></p>"#))
+        }
+        Some(uri) => html.push_str(&format!(r#"<p class="labelgate-uri">{}</p>"#, escape(uri))),
+        None => {}
     }
     match text {
         Some((text, None)) => html.push_str(&format!(r#"<div class="labelgate-text" style="white-space:pre-wrap">{}</div>"#, escape(text))),

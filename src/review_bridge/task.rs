@@ -106,15 +106,15 @@ mod tests {
         let pair = RereviewMessage { item: None, text: Some("a man <sleeps>".into()), text_pair: Some("a person rests".into()), ..msg.clone() };
         let html = task(&pair)["data"]["item_html"].as_str().unwrap().to_string();
         assert!(html.contains("a man &lt;sleeps&gt;") && html.contains("a person rests") && !html.contains("carried no item"), "{html}");
-        // An image named by an http(s) URI is shown from there, whatever its name; a file's
-        // pixels are shown with its path.
-        let by_uri = RereviewMessage { item: None, image_uri: Some("https://cdn.example/get?id=7&x=\"1\"".into()), ..pair.clone() };
-        let html = task(&by_uri)["data"]["item_html"].as_str().unwrap().to_string();
-        assert!(html.contains(r#"<img class="labelgate-image" src="https://cdn.example/get?id=7&amp;x=&quot;1&quot;""#), "{html}");
+        // An image named by URI shows the pixels that were scored and links the original.
         let pixels = crate::wire::ImagePixels::from_features([2, 2, 1], &[0.0, 1.0, 0.5, 0.25]);
-        let file = RereviewMessage { item: None, text: None, text_pair: None, image: Some(pixels), image_uri: Some("file:///data/images/a.png".into()), ..pair };
+        let by_uri = RereviewMessage { item: None, text: None, text_pair: None, image: Some(pixels), image_uri: Some("https://cdn.example/get?id=7&x=\"1\"".into()), ..pair };
+        let html = task(&by_uri)["data"]["item_html"].as_str().unwrap().to_string();
+        assert!(html.contains("data:image/png;base64,"), "{html}");
+        assert!(html.contains(r#"href="https://cdn.example/get?id=7&amp;x=&quot;1&quot;""#) && !html.contains(r#"src="https://cdn"#), "{html}");
+        let file = RereviewMessage { image_uri: Some("file:///data/images/a.png".into()), ..by_uri };
         let html = task(&file)["data"]["item_html"].as_str().unwrap().to_string();
-        assert!(html.contains("file:///data/images/a.png") && html.contains("data:image/png;base64,") && !html.contains(r#"src="file:"#), "{html}");
+        assert!(html.contains("file:///data/images/a.png") && !html.contains(r#"href="file:"#), "{html}");
         assert_eq!(suspect_key("v:1", "s"), r#"["v:1","s"]"#, "no vendor and sample pair collides with another");
     }
 }

@@ -29,6 +29,7 @@ use crate::{
     config::Config,
     gate::{Commit, Gate, InputMessage},
     image_fetch::ImageFetcher,
+    wire::Inbound,
     o2u::WindowError,
     state::{StateError, StateStore},
     telemetry::{events, health::HealthLimits, Telemetry, WindowTiming},
@@ -261,8 +262,9 @@ impl<'a> GateLoop<'a> {
     fn ingest(&mut self, batch: Vec<InputMessage>) -> Result<()> {
         let mut parsed = input::parse_batch(&self.gate, &self.parsers, &batch);
         if let Some(fetcher) = &self.images {
+            let wanted: Vec<bool> = batch.iter().zip(&parsed).map(|(m, p)| matches!(p, Ok(Inbound::Annotation(a)) if a.awaits_image() && self.gate.worth_fetching(m, a))).collect();
             let mut hold = HoldInput { consumer: &self.consumer, stash: &mut self.stash, telemetry: self.telemetry };
-            self.held_by_outage |= images::fetch_awaited(&mut parsed, fetcher, self.gate.schema(), &self.parsers, self.telemetry, self.stop, &mut hold)?;
+            self.held_by_outage |= images::fetch_awaited(&mut parsed, |i| wanted[i], fetcher, self.gate.schema(), self.telemetry, self.stop, &mut hold)?;
         }
         input::ingest_parsed(&mut self.gate, batch, parsed, &mut self.summary);
         Ok(())

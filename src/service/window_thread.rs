@@ -164,7 +164,7 @@ mod tests {
         let mut config = Config::defaults().gate;
         (config.classes, config.image_shape, config.feature_dim, config.min_window_records) = (vec!["a".into(), "b".into()], Some([2, 2, 1]), PROJECTION, 1);
         let mut gate = Gate::new(config, 10_000, "m".into(), "t".into()).embedding_images(true);
-        let records = [r#""image":{"shape":[2,2,1],"data_b64":"AEB/wA=="}"#, r#""features":[1.0,0.0,0.0,1.0]"#, r#""image":{"shape":[1,4,1],"data_b64":"/4AAIA=="}"#];
+        let records = [r#""image":{"shape":[2,2,1],"data_b64":"AEB/wA=="}"#, r#""features":[1.0,0.0,0.0,1.0]"#, r#""image":{"shape":[2,2,1],"data_b64":"/4AAIA=="}"#];
         for (i, payload) in records.iter().enumerate() {
             let body = format!(r#"{{"sample_id":"s{i}","batch_id":"b","vendor_id":"v","label":"a",{payload}}}"#);
             gate.ingest(InputMessage { key: None, payload: body.into_bytes(), headers: vec![], pos: SourcePos { partition: 0, offset: i as i64 } }, Instant::now());
@@ -178,7 +178,7 @@ mod tests {
         let pixels: [(Vec<f32>, [usize; 3]); 3] = [
             ([0, 64, 127, 192].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1]),
             (vec![1.0, 0.0, 0.0, 1.0], [2, 2, 1]),
-            ([255, 128, 0, 32].map(|b| b as f32 / 255.0).to_vec(), [1, 4, 1]),
+            ([255, 128, 0, 32].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1]),
         ];
         for (row, (p, shape)) in pixels.iter().enumerate() {
             let alone = encoder.embed(&[ImageInput { pixels: p, shape: *shape }]).unwrap();

@@ -463,6 +463,10 @@ impl Schema {
         if !matches!(url.scheme(), "http" | "https" | "file") {
             return Err(bad(format!("`image.uri` scheme `{}`: use https, http or file", url.scheme())));
         }
+        // Credentials would travel into headers, logs and the reviewers' pages.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("`image.uri` carries a user name or password: give the host access another way (the gate sends none)".into()));
+        }
         self.converted_shape()?;
         Ok(url.into())
     }
@@ -489,6 +493,11 @@ impl Schema {
                 let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
                 if expected != self.feature_dim {
                     return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("image of {expected} values, expected {}", self.feature_dim)));
+                }
+                // Where the gate knows its images' shape, pixels in another layout of the same
+                // length (a 1 × 784 strip of a 28 × 28 image) would be read as what they are not.
+                if self.image_shape.is_some_and(|want| want != shape) {
+                    return Err(bad(format!("shape {shape:?}, but gate.image_shape is {:?}: send the pixels in that shape, or the file (`format`)", self.image_shape.unwrap_or_default())));
                 }
                 if bytes.len() != expected {
                     return Err(bad(format!("{} bytes of pixels for shape {shape:?} ({expected})", bytes.len())));
@@ -567,8 +576,7 @@ pub struct RereviewMessage {
     /// The annotation's `item`, unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<serde_json::Map<String, serde_json::Value>>,
-    /// The pixels, when the annotation came as an `image` (not for an http(s) `image.uri`,
-    /// which `image_uri` shows better).
+    /// The pixels that were scored, when the annotation came as an `image` (also by URI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImagePixels>,
     /// The annotation's `image.uri`, when it named its image.

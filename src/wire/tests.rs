@@ -186,6 +186,7 @@ fn an_image_uri_awaits_its_fetch_and_a_bad_one_is_refused_here() {
     for (image, want) in [
         (r#"{"uri":"ftp://images.example/a.png"}"#.to_string(), DlqReason::InvalidImage),
         (r#"{"uri":"not a uri"}"#.to_string(), DlqReason::InvalidImage),
+        (r#"{"uri":"https://user:secret@images.example/a.png"}"#.to_string(), DlqReason::InvalidImage),
         (r#"{"uri":"https://images.example/a.png","format":"png","data_b64":"AAAA"}"#.to_string(), DlqReason::InvalidImage),
         (format!(r#"{{"uri":"https://images.example/{}"}}"#, "a".repeat(MAX_URI_BYTES)), DlqReason::FieldTooLong),
     ] {
