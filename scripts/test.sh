@@ -85,7 +85,7 @@ scripts/models.sh
 
 # Two cores: the tests train networks side by side, one kernel thread each.
 export LABELGATE_THREADS=1 RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
-cargo test --release --locked "$@"
+cargo test --release --locked --features test-services "$@"
 # The short chaos soak (benches/chaos.sh --short: gate, broker and Redis SIGKILLs, two replicas, every
 # bad-input kind, then a read_committed check of exactly-once routing) and the short fault soak
 # (benches/faults.sh --short: broker SIGKILL + restarts and a 30 s SIGSTOP with /readyz and /healthz

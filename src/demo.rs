@@ -285,7 +285,7 @@ fn progress_hooks(hooks: Hooks, bar: &ProgressBar, config: &Config) -> Hooks {
 fn score_against_truth(s: &Scenario, config: &Config, input_records: usize, summary: RunSummary, verdicts: Vec<VerdictMessage>, started: Instant) -> Result<ScenarioReport> {
     // Read the re-review topic back and score the suspects against the truth.
     let mut suspects: Vec<RereviewMessage> = Vec::new();
-    service_read(&config, &config.kafka.rereview_topic, |v| {
+    service_read(config, &config.kafka.rereview_topic, |v| {
         suspects.push(serde_json::from_slice(v)?);
         Ok(())
     })?;
@@ -329,7 +329,7 @@ fn service_read(config: &Config, topic: &str, mut each: impl FnMut(&[u8]) -> Res
 }
 
 fn print_report(r: &ScenarioReport) {
-    println!("   {:<28} {:>6} {:>7} {:>9}  {:<17} {:>8} {:>6}  {}", "delivery", "n", "suspects", "est. acc", "95% interval", "true acc", "gold", "decision");
+    println!("   {:<28} {:>6} {:>7} {:>9}  {:<17} {:>8} {:>6}  decision", "delivery", "n", "suspects", "est. acc", "95% interval", "true acc", "gold");
     let figure = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
     for d in &r.deliveries {
         let v = &d.verdict;

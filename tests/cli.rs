@@ -217,6 +217,7 @@ fn logs_are_plain_off_a_terminal_and_json_on_request() {
 /// regression over the same embeddings and labels (label precision 0.566, AP 0.579, measured by
 /// benches/text_peers.sh; docs/benchmarks.md §11).
 #[test]
+#[cfg_attr(not(feature = "test-text-model"), ignore = "needs all-MiniLM-L6-v2: bash scripts/models.sh, then --features test-text-model")]
 fn eval_on_flipped_sentence_labels_ranks_as_well_as_cleanlab() {
     let json = temp_path("polarity.json");
     let run = labelgate().args(["eval", "--dataset", "sentence-polarity", "--noise", "symmetric:0.4", "--json"]).arg(&json).output().unwrap();
@@ -231,6 +232,7 @@ fn eval_on_flipped_sentence_labels_ranks_as_well_as_cleanlab() {
 /// `score --input` with sentence pairs: each pair is embedded as [u, v, |u − v|, u ⊙ v] and the
 /// file is ranked; a pair file with a single text on one line stops with the line.
 #[test]
+#[cfg_attr(not(feature = "test-text-model"), ignore = "needs all-MiniLM-L6-v2: bash scripts/models.sh, then --features test-text-model")]
 fn scores_a_jsonl_file_of_text_pairs() {
     let set = labelgate::data::sentence_polarity::load(&common::data_dir()).unwrap();
     let texts = set.texts.as_ref().unwrap();

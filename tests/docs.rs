@@ -53,3 +53,25 @@ fn every_alert_has_a_runbook_entry_and_a_readme_row() {
         assert!(readme.contains(&format!("docs/runbook.md#{}", a.to_lowercase())), "README does not link the runbook entry of {a}");
     }
 }
+
+/// Every file and folder at the top of `src/` has a row in the README's layout table, and every
+/// `src/` path the table names exists.
+#[test]
+fn the_layout_table_names_every_module_and_only_those() {
+    let readme = read("README.md");
+    let table: Vec<&str> = readme.split("## Layout").nth(1).expect("a Layout section").lines().filter(|l| l.starts_with("| `")).collect();
+    let named: Vec<String> = table.iter().filter_map(|l| l.split('`').nth(1)).map(str::to_string).collect();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let path = if entry.file_type().unwrap().is_dir() { format!("src/{name}/") } else { format!("src/{name}") };
+        if name == "lib.rs" {
+            continue;
+        }
+        assert!(named.iter().any(|n| n == &path) || table.iter().any(|l| l.contains(&format!("`{path}`"))), "README's layout table has no row for {path}");
+    }
+    for path in named.iter().filter(|n| n.starts_with("src/")) {
+        assert!(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path).exists(), "README's layout table names {path}, which does not exist");
+    }
+}

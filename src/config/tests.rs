@@ -1,4 +1,6 @@
 //! Loading, layering and reporting every problem with its key.
+// figment::Jail's closures return figment's own (large) error.
+#![allow(clippy::result_large_err)]
 
 use figment::{providers::{Format, Toml}, Figment};
 

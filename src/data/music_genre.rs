@@ -55,7 +55,7 @@ pub(super) fn load_answers(gold: &Path, answers: &Path, columns: AnswerColumns) 
     classes.dedup();
     let class_of = |name: &str| classes.iter().position(|c| c == name);
     let path = answers;
-    let mut reader = csv::Reader::from_path(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut set = LabelledSet {
         sample_ids: Vec::new(),
         features: Vec::new(),

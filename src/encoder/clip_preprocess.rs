@@ -10,8 +10,11 @@ use serde_json::Value;
 
 use super::ImageInput;
 
-/// OpenAI CLIP's channel means and deviations (RGB), the processor's defaults.
+/// OpenAI CLIP's channel means and deviations (RGB), the processor's defaults, written as CLIP
+/// publishes them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// How an image is resized before the centre crop.

@@ -33,6 +33,7 @@ pub struct ImageInput<'a> {
 
 /// The encoder a gate embeds its records with before a window trains: texts (`gate.input` =
 /// `text` or `text_pair`) or images (`[encoder.image]`).
+#[allow(clippy::large_enum_variant)] // one per gate
 pub enum Embedder {
     Text(TextEmbedder),
     Image(ImageEncoder),

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// A batch's embeddings (row-major) and how many of its texts were truncated.
+type BatchEmbedding = (Vec<f32>, usize);
+
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -124,10 +127,10 @@ impl SentenceEncoder {
         // Each worker's kernels on a pool of its own single thread, the matrix products serial.
         let _serial = crate::device::SerialKernels::enter();
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Result<Vec<(usize, (Vec<f32>, usize))>>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Vec<(usize, BatchEmbedding)>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
-                    scope.spawn(|| -> Result<Vec<(usize, (Vec<f32>, usize))>> {
+                    scope.spawn(|| -> Result<Vec<(usize, BatchEmbedding)>> {
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
                         let mut done = Vec::new();
                         loop {

@@ -75,6 +75,7 @@ pub fn inject_noise(train: &mut LabelledSet, noise: NoiseModel, seed: u64) -> Re
 }
 
 /// Runs stages 1–2 (and 3 with `retrain`) on `train` and measures detection against its truth.
+#[allow(clippy::too_many_arguments)] // each is a separate knob of one evaluation run
 pub fn evaluate(
     train: &LabelledSet,
     test: &LabelledSet,

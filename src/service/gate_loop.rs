@@ -231,10 +231,8 @@ impl<'a> GateLoop<'a> {
     /// [`clients::stop_if_fatal`]).
     fn stop_if_a_client_failed(&self) -> Result<()> {
         // Credentials refused after start-up (a rotated password): no retry fixes them.
-        for refused in [self.consumer.context().quiet.fatal(), self.reviews.context().0.fatal(), self.producer.context().0.fatal()] {
-            if let Some(why) = refused {
-                anyhow::bail!(why);
-            }
+        if let Some(why) = [self.consumer.context().quiet.fatal(), self.reviews.context().0.fatal(), self.producer.context().0.fatal()].into_iter().flatten().next() {
+            anyhow::bail!(why);
         }
         clients::stop_if_fatal("input consumer", self.consumer.client(), self.telemetry)?;
         clients::stop_if_fatal("reviews consumer", self.reviews.client(), self.telemetry)?;

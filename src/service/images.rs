@@ -45,7 +45,6 @@ enum Outcome {
 /// will skip or dead-letter for another reason are not fetched) and puts its pixels into its
 /// record, or turns the record into a rejection, waiting out hosts that are away. Returns
 /// whether a host was away (the input was held).
-#[allow(clippy::too_many_arguments)]
 pub fn fetch_awaited(
     parsed: &mut [Parsed],
     wanted: impl Fn(usize) -> bool,

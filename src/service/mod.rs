@@ -127,8 +127,11 @@ impl Hooks {
     }
 }
 
+/// A hook's function.
+type Callback<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
 /// A hook that calls `first` (if any), then `then`.
-fn chained<T: ?Sized + 'static>(first: Option<Arc<dyn Fn(&T) + Send + Sync>>, then: Arc<dyn Fn(&T) + Send + Sync>) -> Arc<dyn Fn(&T) + Send + Sync> {
+fn chained<T: ?Sized + 'static>(first: Option<Callback<T>>, then: Callback<T>) -> Callback<T> {
     Arc::new(move |value| {
         if let Some(f) = &first {
             f(value);

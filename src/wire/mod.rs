@@ -224,6 +224,8 @@ pub struct BatchEnd {
     pub count: usize,
 }
 
+// One per record, moved once into the gate: boxing the annotation would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
     Annotation(Annotation),

@@ -225,7 +225,10 @@ pub fn run_case(case: &StreamCase, data_dir: &Path, gate_config: &GateConfig, en
 }
 
 /// Per vendor: labels, true accuracy, and the gauge's estimate from the store's history.
-fn vendor_figures(stream: &Stream, state: &MemoryState, min_reviews: u64) -> Result<BTreeMap<String, (usize, f64, Option<f64>)>> {
+/// Per vendor: (labels, true accuracy, the gauge's estimate).
+type VendorFigures = BTreeMap<String, (usize, f64, Option<f64>)>;
+
+fn vendor_figures(stream: &Stream, state: &MemoryState, min_reviews: u64) -> Result<VendorFigures> {
     let (set, truth) = (&stream.set, stream.set.truth.as_ref().expect("evaluation needs the truth"));
     let mut by_vendor: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (_, vendor, idx) in &stream.deliveries {
