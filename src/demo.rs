@@ -290,8 +290,7 @@ fn score_against_truth(s: &Scenario, config: &Config, input_records: usize, summ
         Ok(())
     })?;
     // Crowd workers share sample ids (the song), so a suspect is known by its vendor too.
-    let id_index: HashMap<(&str, &str), usize> =
-        s.deliveries.iter().flat_map(|(_, vendor, idx)| idx.iter().map(move |&i| ((wire_id(&s.set, i), vendor.as_str()), i))).collect();
+    let id_index: HashMap<(&str, &str), usize> = s.deliveries.iter().flat_map(|(_, vendor, idx)| idx.iter().map(move |&i| ((wire_id(&s.set, i), vendor.as_str()), i))).collect();
     let noisy = s.set.is_noisy().unwrap();
     let true_hits = suspects.iter().filter(|r| id_index.get(&(r.sample_id.as_str(), r.vendor_id.as_str())).is_some_and(|&i| noisy[i])).count();
     let noisy_total = s.deliveries.iter().flat_map(|(_, _, idx)| idx).filter(|&&i| noisy[i]).count();
@@ -369,18 +368,8 @@ fn print_report(r: &ScenarioReport) {
     }
     let s = &r.summary;
     let dlq: u64 = s.dead_letters.values().sum();
-    println!(
-        "   records in {} = accepted {} + re-review {} + dead-letter {} {:?}  (plus one batch_end per delivery)",
-        r.input_records,
-        s.accepted,
-        s.rereview,
-        dlq,
-        s.dead_letters
-    );
-    println!(
-        "   suspects {}: precision {:.3} against the truth, recall {:.3}; {} windows, {:.0} s",
-        r.suspects, r.suspect_precision, r.suspect_recall, s.windows, r.seconds
-    );
+    println!("   records in {} = accepted {} + re-review {} + dead-letter {} {:?}  (plus one batch_end per delivery)", r.input_records, s.accepted, s.rereview, dlq, s.dead_letters);
+    println!("   suspects {}: precision {:.3} against the truth, recall {:.3}; {} windows, {:.0} s", r.suspects, r.suspect_precision, r.suspect_recall, s.windows, r.seconds);
     for t in &s.window_timings {
         println!(
             "   window of {} records / {} deliveries: closed → verdict {:.2} s = waiting {:.2} + training {:.2} + producing {:.2}",

@@ -52,7 +52,11 @@ pub fn select(choice: DeviceChoice) -> Device {
 }
 
 pub fn describe(device: &Device) -> &'static str {
-    if device.is_cuda() { "cuda" } else { "cpu" }
+    if device.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
 }
 
 /// Sets the CPU worker threads for matrix kernels (candle reads `RAYON_NUM_THREADS`). Call it

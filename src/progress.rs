@@ -14,11 +14,7 @@ impl ProgressReporter {
     /// `samples` per epoch, `epochs` in all stages that will run.
     pub fn new(samples: usize, epochs: usize) -> Self {
         let bar = ProgressBar::new((samples * epochs) as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg:32} [{bar:30}] {percent:>3}% eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg:32} [{bar:30}] {percent:>3}% eta {eta}").expect("valid template").progress_chars("=> "));
         Self { bar, samples, epochs_done: 0 }
     }
 
@@ -40,8 +36,6 @@ impl TrainingObserver for ProgressReporter {
             Stage::Retrain => "stage 3 (retrain)",
         };
         self.bar.set_message(format!("{stage} {}/{}", r.epoch + 1, r.epochs_in_stage));
-        self.bar.suspend(|| {
-            tracing::info!(stage, epoch = r.epoch + 1, of = r.epochs_in_stage, lr = r.lr, loss = r.mean_loss, seconds = r.seconds, "epoch done")
-        });
+        self.bar.suspend(|| tracing::info!(stage, epoch = r.epoch + 1, of = r.epochs_in_stage, lr = r.lr, loss = r.mean_loss, seconds = r.seconds, "epoch done"));
     }
 }

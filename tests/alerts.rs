@@ -23,20 +23,12 @@ fn rules_path() -> PathBuf {
 fn promtool(args: &[&str], file: &Path) {
     let out = match Command::new("promtool").args(args).arg(file).output() {
         Ok(out) => out,
-        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
-            "promtool is not on PATH; scripts/test.sh installs it (Debian package prometheus)"
-        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!("promtool is not on PATH; scripts/test.sh installs it (Debian package prometheus)"),
         Err(e) => panic!("cannot run promtool: {e}"),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "promtool {} {} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        args.join(" "),
-        file.display(),
-        out.status
-    );
+    assert!(out.status.success(), "promtool {} {} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", args.join(" "), file.display(), out.status);
 }
 
 #[test]
@@ -46,10 +38,7 @@ fn promtool_accepts_the_alert_rules() {
 
 #[test]
 fn alert_rule_unit_tests_pass() {
-    promtool(
-        &["test", "rules"],
-        &manifest_path("tests/alerts/alerts.test.yaml"),
-    );
+    promtool(&["test", "rules"], &manifest_path("tests/alerts/alerts.test.yaml"));
 }
 
 /// Every alert the rules file defines (read from it, not listed here), once, with its severity,

@@ -21,11 +21,7 @@ fn chart() -> PathBuf {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}; scripts/test.sh installs it (scripts/chart-tools.sh)"))
+    Command::new(program).args(args).current_dir(root()).output().unwrap_or_else(|e| panic!("{program}: {e}; scripts/test.sh installs it (scripts/chart-tools.sh)"))
 }
 
 fn ok(out: &Output, what: &str) -> String {
@@ -88,10 +84,7 @@ fn default_values_render_a_plain_deployment_without_operator_objects() {
 #[test]
 fn every_option_on_renders_operator_objects_gpu_and_secret_references() {
     let (text, docs) = render(&all_on());
-    assert_eq!(
-        kinds(&docs),
-        ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Service", "Service", "ServiceAccount", "ServiceMonitor"]
-    );
+    assert_eq!(kinds(&docs), ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Service", "Service", "ServiceAccount", "ServiceMonitor"]);
     let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 1);
@@ -143,8 +136,8 @@ fn the_rendered_config_is_accepted_by_the_service() {
         let (_, docs) = render(&extra);
         let cm = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["data"].get("labelgate.toml").is_some()).expect("config map");
         let toml = cm["data"]["labelgate.toml"].as_str().unwrap();
-        let config = labelgate::config::Config::from_figment(labelgate::config::Config::defaults_figment().merge(Toml::string(toml)))
-            .unwrap_or_else(|e| panic!("rendered config rejected:\n{e}\n{toml}"));
+        let config =
+            labelgate::config::Config::from_figment(labelgate::config::Config::defaults_figment().merge(Toml::string(toml))).unwrap_or_else(|e| panic!("rendered config rejected:\n{e}\n{toml}"));
         assert_eq!(config.metrics.listen, "0.0.0.0:9464");
         if !extra.is_empty() {
             assert_eq!(config.runtime.device, labelgate::device::DeviceChoice::Cuda);

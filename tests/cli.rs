@@ -98,13 +98,7 @@ fn eval_on_crowd_labels_writes_json_and_plot() {
     let json = temp_path("music.json");
     let plot = temp_path("music.png");
     // --device cuda in a CPU build must fall back with a clear line, not fail.
-    let run = labelgate()
-        .args(["eval", "--dataset", "music-genre", "--device", "cuda", "--retrain", "--json"])
-        .arg(&json)
-        .arg("--plot")
-        .arg(&plot)
-        .output()
-        .unwrap();
+    let run = labelgate().args(["eval", "--dataset", "music-genre", "--device", "cuda", "--retrain", "--json"]).arg(&json).arg("--plot").arg(&plot).output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     if !cfg!(feature = "cuda") {

@@ -22,7 +22,8 @@ const SEEDS: [&str; 6] = [
 ];
 
 /// Odd JSON values to splice in place of a field's value.
-const ODD: [&str; 14] = ["null", "[]", "{}", "\"\"", "1e309", "-0", "NaN", "\"\\u0000\"", "\"\\ud800\"", "[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]", "18446744073709551616", "true", "\"\u{202e}\u{0}\n\"", "-1"];
+const ODD: [&str; 14] =
+    ["null", "[]", "{}", "\"\"", "1e309", "-0", "NaN", "\"\\u0000\"", "\"\\ud800\"", "[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]", "18446744073709551616", "true", "\"\u{202e}\u{0}\n\"", "-1"];
 
 fn mutate(rng: &mut rand_chacha::ChaCha8Rng) -> Vec<u8> {
     if rng.random_range(0..8) == 0 {

@@ -125,10 +125,7 @@ fn check_one_verdict_each(ds: &[(String, String, Vec<usize>)], out: &Outputs) {
 
 /// Verdicts counted in `/metrics` over `vendors`, whatever the decision.
 fn deliveries_gated(metrics: &str, vendors: &[&str]) -> f64 {
-    vendors
-        .iter()
-        .flat_map(|v| ["accept", "reject", "review"].map(|d| sample(metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0)))
-        .sum()
+    vendors.iter().flat_map(|v| ["accept", "reject", "review"].map(|d| sample(metrics, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0))).sum()
 }
 
 /// A Redis of the test's own (no persistence, without the suite's ACL user) for `config`: its
@@ -305,7 +302,11 @@ async fn a_full_buffer_pauses_consumption_without_losing_records() {
     // Windows of one delivery are small; check routing, not detection quality.
     check_routed_once(&ds, &out);
     assert_eq!(out.verdicts.len(), ds.len());
-    assert!(out.verdicts.iter().all(|v| v.records == 1000 && v.closed_by == "batch_end"), "every delivery gated whole: {:?}", out.verdicts.iter().map(|v| (v.records, &v.closed_by)).collect::<Vec<_>>());
+    assert!(
+        out.verdicts.iter().all(|v| v.records == 1000 && v.closed_by == "batch_end"),
+        "every delivery gated whole: {:?}",
+        out.verdicts.iter().map(|v| (v.records, &v.closed_by)).collect::<Vec<_>>()
+    );
     assert!(out.dlq_reasons.iter().all(|r| r != "late_record"), "no record of a delivery dead-lettered");
 }
 
@@ -328,12 +329,7 @@ fn vendor_metrics_scrape_and_redis_outage() {
         idx.iter().filter(|&&i| set.labels[i] == truth[i]).count() as f64 / idx.len() as f64
     };
     let mut gate = KillOnDrop(
-        gate_command(&config)
-            .env("LABELGATE__STATE__REDIS__TIMEOUT_MS", "500")
-            .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}"))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+        gate_command(&config).env("LABELGATE__STATE__REDIS__TIMEOUT_MS", "500").env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{http_port}")).stderr(Stdio::inherit()).spawn().unwrap(),
     );
     wait_for("/readyz 200", Duration::from_secs(60), || http_get(http_port, "/readyz").is_some_and(|r| r.0 == 200));
 

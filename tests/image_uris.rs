@@ -53,13 +53,7 @@ Server(('127.0.0.1', int(sys.argv[1])), handler).serve_forever()";
 
 fn http_server(port: u16, dir: &Path, log: &Path) -> KillOnDrop {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new("python3")
-        .args(["-u", "-c", SERVER, &port.to_string()])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("python3 (Debian package python3) on the PATH");
+    let child = Command::new("python3").args(["-u", "-c", SERVER, &port.to_string()]).arg(dir).stdout(Stdio::null()).stderr(log).spawn().expect("python3 (Debian package python3) on the PATH");
     wait_for("the image server to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     KillOnDrop(child)
 }
@@ -182,7 +176,8 @@ fn ten_thousand_image_uris_survive_their_server_being_killed_for_30_s() {
     })
     .unwrap();
     dead.sort();
-    let mut want: Vec<(String, String)> = missing.iter().map(|u| ("image_not_found".to_string(), u.clone())).chain(unlisted.iter().map(|u| ("image_host_not_allowed".to_string(), u.clone()))).collect();
+    let mut want: Vec<(String, String)> =
+        missing.iter().map(|u| ("image_not_found".to_string(), u.clone())).chain(unlisted.iter().map(|u| ("image_host_not_allowed".to_string(), u.clone()))).collect();
     want.sort();
     assert_eq!(dead, want, "only the missing files and the unlisted host in the DLQ, each with its URI; none for the outage");
 

@@ -84,7 +84,8 @@ fn png_files_by_uri_score_as_inline_files_through_score() {
     }
     let score = |input: &PathBuf, extra: &[&str]| {
         let output = temp_path("uri-scores.jsonl");
-        let run = Command::new(env!("CARGO_BIN_EXE_labelgate")).args(["score", "--all", "--classes", "0,1,2,3,4,5,6,7,8,9", "--input"]).arg(input).arg("--output").arg(&output).args(extra).output().unwrap();
+        let run =
+            Command::new(env!("CARGO_BIN_EXE_labelgate")).args(["score", "--all", "--classes", "0,1,2,3,4,5,6,7,8,9", "--input"]).arg(input).arg("--output").arg(&output).args(extra).output().unwrap();
         (run.status.success(), String::from_utf8_lossy(&run.stderr).into_owned(), std::fs::read_to_string(&output).unwrap_or_default())
     };
     let (ok, stderr, want) = score(&inline, &[]);

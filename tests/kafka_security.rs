@@ -131,10 +131,7 @@ fn deliveries() -> Vec<(String, String)> {
 /// environment as a deployment sets them: `kafka.client` as one inline table (librdkafka's keys
 /// hold dots, which `LABELGATE__A__B` names cannot) and the password in its own variable.
 fn secured_gate(base: &Config, user: &str, password: &str) -> Command {
-    let client = format!(
-        r#"{{"security.protocol"="SASL_SSL","sasl.mechanisms"="SCRAM-SHA-512","sasl.username"="{user}","ssl.ca.location"="{}"}}"#,
-        env("LABELGATE_KAFKA_CA")
-    );
+    let client = format!(r#"{{"security.protocol"="SASL_SSL","sasl.mechanisms"="SCRAM-SHA-512","sasl.username"="{user}","ssl.ca.location"="{}"}}"#, env("LABELGATE_KAFKA_CA"));
     let mut cmd = gate_command(base);
     cmd.env("LABELGATE__KAFKA__BOOTSTRAP_SERVERS", env("LABELGATE_KAFKA_SECURE_BOOTSTRAP"))
         .env("LABELGATE__KAFKA__CLIENT", client)
@@ -295,11 +292,7 @@ fn the_gate_gates_over_sasl_ssl_with_only_its_acls() {
 /// Reads partition 0 of each of `topics` from the start as `config`'s principal, in group
 /// `{group}-probe`, until `want` records arrived or `wait` passed: the records and the errors.
 fn read_partitions(config: &Config, topics: &[&String], want: usize, wait: Duration) -> (usize, Vec<KafkaError>) {
-    let consumer: BaseConsumer = client_config(config)
-        .set("group.id", format!("{}-probe", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = client_config(config).set("group.id", format!("{}-probe", config.kafka.group_id)).set("enable.auto.commit", "false").create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
@@ -352,11 +345,7 @@ fn a_vendor_writes_the_input_and_reads_nothing() {
     for topic in outputs {
         assert!(produce_as(&admin, topic, &[("x".into(), "{}".into())]).iter().all(Result::is_ok));
     }
-    assert_eq!(
-        read_partitions(&admin, &outputs, outputs.len(), Duration::from_secs(30)).0,
-        outputs.len(),
-        "the admin reads every output"
-    );
+    assert_eq!(read_partitions(&admin, &outputs, outputs.len(), Duration::from_secs(30)).0, outputs.len(), "the admin reads every output");
     // The vendor may not even see an output, nor write one, and reads nothing from them.
     for topic in outputs {
         assert_eq!(describe_error(&vendor, topic), Some(RDKafkaErrorCode::TopicAuthorizationFailed), "{topic}");

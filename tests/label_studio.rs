@@ -184,7 +184,11 @@ impl Studio {
     }
 
     fn relabel(&self, annotation: i64, label: &str) {
-        self.call(reqwest::Method::PATCH, &format!("/api/annotations/{annotation}/"), Some(&json!({"result": [{"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [label]}}]})));
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/api/annotations/{annotation}/"),
+            Some(&json!({"result": [{"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [label]}}]})),
+        );
     }
 
     fn up(&self) -> bool {
@@ -497,7 +501,13 @@ fn gate_config(n: &Names) -> labelgate::config::Config {
     let mut c = test_config(&n.unique, 784);
     c.kafka.group_id = format!("{}-gate", n.unique);
     c.kafka.instance_id = n.unique.clone();
-    for (topic, name) in [(&mut c.kafka.input_topic, "in"), (&mut c.kafka.accepted_topic, "accepted"), (&mut c.kafka.verdicts_topic, "verdicts"), (&mut c.kafka.dlq_topic, "dlq"), (&mut c.kafka.progress_topic, "progress")] {
+    for (topic, name) in [
+        (&mut c.kafka.input_topic, "in"),
+        (&mut c.kafka.accepted_topic, "accepted"),
+        (&mut c.kafka.verdicts_topic, "verdicts"),
+        (&mut c.kafka.dlq_topic, "dlq"),
+        (&mut c.kafka.progress_topic, "progress"),
+    ] {
         *topic = format!("{}.{name}", n.unique);
     }
     c.kafka.rereview_topic = n.rereview.clone();
@@ -509,10 +519,7 @@ fn gate_config(n: &Names) -> labelgate::config::Config {
 /// `labelgate run` on `config`'s topics, one window of 3,000 records, metrics on `port`.
 fn gate(config: &labelgate::config::Config, port: u16) -> KillOnDrop {
     let mut cmd = gate_command(config);
-    cmd.args(["--create-topics", "2"])
-        .env("LABELGATE_LOG", "info,librdkafka=warn")
-        .env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{port}"))
-        .stderr(Stdio::inherit());
+    cmd.args(["--create-topics", "2"]).env("LABELGATE_LOG", "info,librdkafka=warn").env("LABELGATE__METRICS__LISTEN", format!("127.0.0.1:{port}")).stderr(Stdio::inherit());
     KillOnDrop(cmd.spawn().unwrap())
 }
 
@@ -605,7 +612,12 @@ fn a_reviewer_in_a_browser_sees_the_item_and_the_gates_guess_and_the_answers_rea
     let bridge_port = free_port();
     let hook = format!("http://127.0.0.1:{bridge_port}/webhooks/label-studio");
     let _bridge = bridge(&n, bridge_port, Some(&hook), 10);
-    let deliveries = |m: &str| ["steady", "slipping"].iter().flat_map(|v| ["accept", "reject", "review"].map(|d| sample(m, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0))).sum::<f64>();
+    let deliveries = |m: &str| {
+        ["steady", "slipping"]
+            .iter()
+            .flat_map(|v| ["accept", "reject", "review"].map(|d| sample(m, &format!("labelgate_deliveries_total{{decision=\"{d}\",vendor=\"{v}\"}}")).unwrap_or(0.0)))
+            .sum::<f64>()
+    };
     wait_for("both deliveries gated", Duration::from_secs(600), || deliveries(&metrics(gate_port)) == 2.0);
     let mut suspects: Vec<RereviewMessage> = Vec::new();
     labelgate::service::read_topic(&config, &config.kafka.rereview_topic, |_, v| suspects.push(serde_json::from_slice(v).unwrap())).unwrap();

@@ -48,14 +48,7 @@ pub struct SetJudgement {
 
 /// Judges a scored set. `rate` is the buyer's `--noise-rate`: a fixed share flags that share,
 /// `auto` reads the evidence.
-pub fn judge(
-    samples: Samples,
-    outcome: &O2uOutcome,
-    rate: suspects::NoiseRate,
-    config: &O2uConfig,
-    settings: &JudgeSettings,
-    device: &Device,
-) -> SetJudgement {
+pub fn judge(samples: Samples, outcome: &O2uOutcome, rate: suspects::NoiseRate, config: &O2uConfig, settings: &JudgeSettings, device: &Device) -> SetJudgement {
     let n = outcome.scores.len();
     let evidence = match rate {
         suspects::NoiseRate::Fixed(r) => evidence::fixed(r, n, 0, settings.evidence.z),
@@ -63,15 +56,8 @@ pub fn judge(
             // A set too small to split still gets the mixture; the missing fit makes the evidence
             // insufficient.
             let heldout = o2u::heldout_probabilities(samples, config, CROSSFIT_FOLDS, settings.crossfit_min_steps, None, device).ok();
-            let signals = WindowSignals {
-                scores: &outcome.scores,
-                labels: samples.labels,
-                pending: n,
-                classes: samples.classes,
-                heldout: heldout.as_deref(),
-                final_loss: outcome.final_loss,
-                seed: config.seed,
-            };
+            let signals =
+                WindowSignals { scores: &outcome.scores, labels: samples.labels, pending: n, classes: samples.classes, heldout: heldout.as_deref(), final_loss: outcome.final_loss, seed: config.seed };
             evidence::gather(&signals, None, 0.0, &settings.evidence)
         }
     };

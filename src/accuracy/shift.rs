@@ -71,7 +71,11 @@ struct PoolWeights {
 fn pool_weights(labels: &[u32], pending: usize, classes: usize) -> PoolWeights {
     let (mut window, mut pool) = (vec![0usize; classes], vec![0usize; classes]);
     for (i, &l) in labels.iter().enumerate() {
-        if i < pending { window[l as usize] += 1 } else { pool[l as usize] += 1 }
+        if i < pending {
+            window[l as usize] += 1
+        } else {
+            pool[l as usize] += 1
+        }
     }
     let of_class = window.iter().zip(&pool).map(|(&w, &p)| if p == 0 { 0.0 } else { w as f64 / p as f64 }).collect();
     PoolWeights { of_class, window_counted: pool.iter().map(|&p| p > 0).collect() }

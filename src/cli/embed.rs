@@ -165,7 +165,13 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     }
     let (features, seconds) = best.expect("at least one run");
     let dim = features.len() / texts.len().max(1);
-    println!("{{\"texts\": {}, \"dim\": {dim}, \"threads\": {}, \"batch_size\": {}, \"seconds\": {seconds:.4}, \"texts_per_second\": {:.1}}}", texts.len(), args.threads, args.model.text_batch_size, texts.len() as f64 / seconds);
+    println!(
+        "{{\"texts\": {}, \"dim\": {dim}, \"threads\": {}, \"batch_size\": {}, \"seconds\": {seconds:.4}, \"texts_per_second\": {:.1}}}",
+        texts.len(),
+        args.threads,
+        args.model.text_batch_size,
+        texts.len() as f64 / seconds
+    );
     if let Some(path) = &args.output {
         let mut w = BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
         for (id, v) in set.sample_ids.iter().zip(features.chunks_exact(dim)) {

@@ -232,4 +232,3 @@ fn bench_ingest(args: BenchIngestArgs) -> Result<()> {
     println!("{{\"records\": {}, \"seconds\": {seconds:.3}, \"records_per_second\": {:.0}}}", args.records, args.records as f64 / seconds.max(1e-9));
     Ok(())
 }
-

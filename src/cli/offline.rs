@@ -60,7 +60,9 @@ fn fetch_waiting(fetcher: &ImageFetcher, uris: &[String]) -> Vec<Result<Vec<u8>,
             answers[i] = match answer {
                 Fetched::Bytes(bytes) => Ok(bytes),
                 // The gate's messages name its settings; here the flags set them.
-                Fetched::Refused { reason, message } => Err(format!("{} ({})", reason.as_str(), message.replace("image_fetch.file_root", "--image-root").replace("image_fetch.allowed_hosts", "--image-host"))),
+                Fetched::Refused { reason, message } => {
+                    Err(format!("{} ({})", reason.as_str(), message.replace("image_fetch.file_root", "--image-root").replace("image_fetch.allowed_hosts", "--image-host")))
+                }
                 Fetched::Unavailable(why) => {
                     still.push(i);
                     Err(format!("the host is away ({why}); try again when it answers"))
@@ -244,12 +246,12 @@ fn print_report(r: &eval::EvalReport) {
     if let Some(v) = &r.vendor_report {
         println!("vendors (annotators with ≥ {} labels)      labels   true   estimated  (95% CI)        argmax-agreement", v.min_labels);
         for row in &v.vendors {
-            println!(
-                "  {:<38} {:>6}  {:.3}   {:.3}    ({:.3}–{:.3})   {:.3}",
-                row.vendor, row.labels, row.true_accuracy, row.estimated_accuracy, row.ci_low, row.ci_high, row.argmax_agreement
-            );
+            println!("  {:<38} {:>6}  {:.3}   {:.3}    ({:.3}–{:.3})   {:.3}", row.vendor, row.labels, row.true_accuracy, row.estimated_accuracy, row.ci_low, row.ci_high, row.argmax_agreement);
         }
-        println!("vendor accuracy        MAE {:.4}  Spearman {:.4}  (argmax baseline: MAE {:.4}  Spearman {:.4})", v.vendor_accuracy_mae, v.vendor_accuracy_spearman, v.baseline_argmax_mae, v.baseline_argmax_spearman);
+        println!(
+            "vendor accuracy        MAE {:.4}  Spearman {:.4}  (argmax baseline: MAE {:.4}  Spearman {:.4})",
+            v.vendor_accuracy_mae, v.vendor_accuracy_spearman, v.baseline_argmax_mae, v.baseline_argmax_spearman
+        );
         println!("wrong-label share      estimated {:.4}  true {:.4}  (overlap {:.2} of labels, network weight {})", v.noise_share_estimate, v.true_noise_share, v.overlap_share, v.network_weight);
     }
 }

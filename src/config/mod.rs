@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, de::IgnoredAny, Deserialize};
 
 pub use review_bridge::BridgeConfig;
 pub use secret::Secret;
-pub use sections::{EncoderConfig, GatedInput, ImageEncoderConfig, TextEncoderConfig, GateConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig};
+pub use sections::{EncoderConfig, GateConfig, GatedInput, ImageEncoderConfig, KafkaConfig, MetricsConfig, RedisConfig, RuntimeConfig, StateBackend, StateConfig, TextEncoderConfig};
 
 pub use crate::image_fetch::ImageFetchConfig;
 use crate::o2u::O2uConfig;

@@ -184,7 +184,6 @@ impl GateConfig {
     pub fn sla(&self, vendor: &str) -> f64 {
         self.vendor_sla.get(vendor).copied().unwrap_or(self.default_sla_accuracy)
     }
-
 }
 
 #[derive(Debug, Clone, Deserialize)]

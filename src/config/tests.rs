@@ -2,7 +2,10 @@
 // figment::Jail's closures return figment's own (large) error.
 #![allow(clippy::result_large_err)]
 
-use figment::{providers::{Format, Toml}, Figment};
+use figment::{
+    providers::{Format, Toml},
+    Figment,
+};
 
 use super::*;
 use crate::o2u::suspects::NoiseRate;

@@ -55,11 +55,7 @@ fn fields_of<T: for<'de> Deserialize<'de>>() -> Option<&'static [&'static str]> 
 /// `path.key: unknown key …` for each key under `path` that `T` does not accept.
 pub fn unknown_keys<T: for<'de> Deserialize<'de>>(figment: &Figment, path: &str) -> Vec<String> {
     let (Some(fields), Ok(present)) = (fields_of::<T>(), figment.focus(path).extract::<BTreeMap<String, Value>>()) else { return Vec::new() };
-    present
-        .keys()
-        .filter(|k| !fields.contains(&k.as_str()))
-        .map(|k| format!("{path}.{k}: unknown key; expected one of {} (remove it or fix its spelling)", fields.join(", ")))
-        .collect()
+    present.keys().filter(|k| !fields.contains(&k.as_str())).map(|k| format!("{path}.{k}: unknown key; expected one of {} (remove it or fix its spelling)", fields.join(", "))).collect()
 }
 
 #[cfg(test)]

@@ -17,9 +17,7 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     }
     let dims_count = (magic & 0xff) as usize;
     let header = 4 + 4 * dims_count;
-    let dims: Vec<usize> = (0..dims_count)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-        .collect();
+    let dims: Vec<usize> = (0..dims_count).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     if bytes.len() != header + dims.iter().product::<usize>() {
         bail!("{}: size does not match its header {dims:?}", path.display());
     }

@@ -1,9 +1,9 @@
 //! Labelled data sets as the engine and the evaluation see them, and the readers that make them:
 //! user files (JSONL / CSV), MNIST (IDX), and the music-genre crowd labels.
 
-pub mod mnist;
 pub mod crowd_text;
 pub mod image;
+pub mod mnist;
 pub mod music_genre;
 pub mod records;
 pub mod sentence_polarity;
@@ -139,7 +139,11 @@ impl Standardizer {
             .map(|(s, &m)| {
                 let var = (s / count - (m as f64).powi(2)).max(0.0);
                 // Constant columns carry no information; leave them at zero instead of dividing by ~0.
-                if var < 1e-12 { 1.0 } else { var.sqrt() as f32 }
+                if var < 1e-12 {
+                    1.0
+                } else {
+                    var.sqrt() as f32
+                }
             })
             .collect();
         Self { mean, std }

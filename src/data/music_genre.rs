@@ -22,9 +22,7 @@ fn read_songs(path: &Path) -> Result<Songs> {
     for (i, row) in reader.records().enumerate() {
         let row = row.with_context(|| format!("{} line {}", path.display(), i + 2))?;
         let id = row[0].to_string();
-        let features = (1..=dim)
-            .map(|c| row[c].parse::<f32>().with_context(|| format!("{} line {} column {}", path.display(), i + 2, c + 1)))
-            .collect::<Result<Vec<_>>>()?;
+        let features = (1..=dim).map(|c| row[c].parse::<f32>().with_context(|| format!("{} line {} column {}", path.display(), i + 2, c + 1))).collect::<Result<Vec<_>>>()?;
         songs.genre.insert(id.clone(), row[dim + 1].to_string());
         songs.features.insert(id.clone(), features);
         songs.order.push(id);
@@ -70,12 +68,8 @@ pub(super) fn load_answers(gold: &Path, answers: &Path, columns: AnswerColumns) 
     for (i, row) in reader.records().enumerate() {
         let row = row.with_context(|| format!("{} line {}", path.display(), i + 2))?;
         let (worker, song, answer) = (&row[columns.worker], &row[columns.item], &row[columns.label]);
-        let Some(features) = songs.features.get(song) else {
-            bail!("{} line {}: item {song} has no features in {}", path.display(), i + 2, gold.display())
-        };
-        let Some(label) = class_of(answer) else {
-            bail!("{} line {}: unknown class {answer}", path.display(), i + 2)
-        };
+        let Some(features) = songs.features.get(song) else { bail!("{} line {}: item {song} has no features in {}", path.display(), i + 2, gold.display()) };
+        let Some(label) = class_of(answer) else { bail!("{} line {}: unknown class {answer}", path.display(), i + 2) };
         set.sample_ids.push(format!("{worker}:{song}"));
         set.features.extend_from_slice(features);
         set.labels.push(label as u32);
@@ -92,9 +86,7 @@ pub fn load_test(dir: &Path, classes: &[String]) -> Result<LabelledSet> {
     let mut labels = Vec::new();
     let mut features = Vec::new();
     for id in &songs.order {
-        let Some(c) = classes.iter().position(|c| c == &songs.genre[id]) else {
-            bail!("test song {id} has genre {} outside the training classes", songs.genre[id])
-        };
+        let Some(c) = classes.iter().position(|c| c == &songs.genre[id]) else { bail!("test song {id} has genre {} outside the training classes", songs.genre[id]) };
         labels.push(c as u32);
         features.extend_from_slice(&songs.features[id]);
     }

@@ -187,7 +187,9 @@ fn parse_json(line: &str) -> Result<Parsed, String> {
     }
     let features = match (rec.features, rec.text) {
         (Some(features), None) if rec.text_pair.is_none() => features,
-        (None, Some(text)) => return Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, Payload::Text(TextInput { text, pair: rec.text_pair }), rec.annotator_id.or(rec.vendor_id))),
+        (None, Some(text)) => {
+            return Ok((scalar(&rec.sample_id, "sample_id")?, scalar(&rec.label, "label")?, Payload::Text(TextInput { text, pair: rec.text_pair }), rec.annotator_id.or(rec.vendor_id)))
+        }
         (None, None) if rec.text_pair.is_some() => return Err("`text_pair` without `text`".into()),
         (None, None) => return Err("no `features` and no `text`".into()),
         _ => return Err("give `features` or `text`, not both".into()),
@@ -208,11 +210,7 @@ fn parse_csv(line: &str) -> Result<Parsed, String> {
     if cols.len() < 3 {
         return Err(format!("expected id,label,feature... but found {} column(s)", cols.len()));
     }
-    let features = cols[2..]
-        .iter()
-        .enumerate()
-        .map(|(j, c)| c.parse::<f32>().map_err(|_| format!("feature {j} (column {}) is `{c}`, not a number", j + 3)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let features = cols[2..].iter().enumerate().map(|(j, c)| c.parse::<f32>().map_err(|_| format!("feature {j} (column {}) is `{c}`, not a number", j + 3))).collect::<Result<Vec<_>, _>>()?;
     Ok((cols[0].to_string(), cols[1].to_string(), Payload::Features(features), None))
 }
 

@@ -113,7 +113,14 @@ fn vision_config(path: &Path) -> Result<ClipVisionConfig> {
     }
     let sizes_fit = config.patch_size > 0 && config.image_size % config.patch_size == 0 && config.num_attention_heads > 0 && config.hidden_size % config.num_attention_heads == 0;
     if !sizes_fit {
-        bail!("{}: image_size {} must be a multiple of patch_size {}, and hidden_size {} of num_attention_heads {}", path.display(), config.image_size, config.patch_size, config.hidden_size, config.num_attention_heads);
+        bail!(
+            "{}: image_size {} must be a multiple of patch_size {}, and hidden_size {} of num_attention_heads {}",
+            path.display(),
+            config.image_size,
+            config.patch_size,
+            config.hidden_size,
+            config.num_attention_heads
+        );
     }
     Ok(ClipVisionConfig {
         embed_dim: config.hidden_size,
@@ -163,7 +170,10 @@ impl ImageEncoder {
         }
         let model = ClipVisionTransformer::new(vb.pp("vision_model"), &config).with_context(|| format!("{}: the weights do not fit config.json's vision tower", weights.display()))?;
         let projection = if vb.contains_tensor("visual_projection.weight") {
-            Some(candle_nn::linear_no_bias(config.embed_dim, config.projection_dim, vb.pp("visual_projection")).with_context(|| format!("{}: visual_projection.weight is not {}×{} (projection_dim × hidden_size)", weights.display(), config.projection_dim, config.embed_dim))?)
+            Some(
+                candle_nn::linear_no_bias(config.embed_dim, config.projection_dim, vb.pp("visual_projection"))
+                    .with_context(|| format!("{}: visual_projection.weight is not {}×{} (projection_dim × hidden_size)", weights.display(), config.projection_dim, config.embed_dim))?,
+            )
         } else {
             None
         };

@@ -12,14 +12,27 @@ use candle_transformers::models::clip::{
     vision_model::{ClipVisionConfig, ClipVisionTransformer},
 };
 
-use super::{clip_preprocess::{CLIP_MEAN, CLIP_STD}, ImageEncoder, ImageInput};
+use super::{
+    clip_preprocess::{CLIP_MEAN, CLIP_STD},
+    ImageEncoder, ImageInput,
+};
 
 const SIDE: usize = 32;
 const HIDDEN: usize = 32;
 pub(crate) const PROJECTION: usize = 16;
 
 fn tiny_config() -> ClipVisionConfig {
-    ClipVisionConfig { embed_dim: HIDDEN, activation: Activation::QuickGelu, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, projection_dim: PROJECTION, num_channels: 3, image_size: SIDE, patch_size: 8 }
+    ClipVisionConfig {
+        embed_dim: HIDDEN,
+        activation: Activation::QuickGelu,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        projection_dim: PROJECTION,
+        num_channels: 3,
+        image_size: SIDE,
+        patch_size: 8,
+    }
 }
 
 /// A fresh temporary directory for one test.
@@ -147,7 +160,18 @@ fn images_of_other_sizes_are_resized_and_cropped_to_the_model() {
     assert_close(&out[..PROJECTION], &out[2 * PROJECTION..], "28×28 grey vs 32×32");
     assert_close(&out[PROJECTION..2 * PROJECTION], &out[2 * PROJECTION..], "16×48 vs 32×32");
     // A left-to-right ramp: the upscaled 16×16 ramp is near the 32×32 one, and far from its mirror.
-    let ramp = |n: usize, mirror: bool| -> Vec<f32> { (0..n * n).map(|i| { let x = (i % n) as f32 / (n - 1) as f32; if mirror { 1.0 - x } else { x } }).collect() };
+    let ramp = |n: usize, mirror: bool| -> Vec<f32> {
+        (0..n * n)
+            .map(|i| {
+                let x = (i % n) as f32 / (n - 1) as f32;
+                if mirror {
+                    1.0 - x
+                } else {
+                    x
+                }
+            })
+            .collect()
+    };
     let (r16, r32, m32) = (ramp(16, false), ramp(SIDE, false), ramp(SIDE, true));
     let out = encoder.embed(&[input(&r16, [16, 16, 1]), input(&r32, [SIDE, SIDE, 1]), input(&m32, [SIDE, SIDE, 1])]).unwrap();
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
@@ -233,7 +257,10 @@ fn a_vision_tower_alone_loads_from_its_own_config() {
 
 #[test]
 fn flipped_labels_of_separable_images_rank_first_through_the_embeddings() {
-    use crate::{data::{LabelledSet, Standardizer}, o2u::{self, InputShape, ModelConfig, O2uConfig}};
+    use crate::{
+        data::{LabelledSet, Standardizer},
+        o2u::{self, InputShape, ModelConfig, O2uConfig},
+    };
     let dir = tiny_clip("clip-o2u", true);
     let encoder = ImageEncoder::load(&dir, 16, &Device::Cpu).unwrap();
     // 28×28 grey images (as MNIST's): class 0 bright on top, class 1 at the bottom, each with a

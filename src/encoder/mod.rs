@@ -88,7 +88,11 @@ impl TextEmbedder {
     /// Features per record: the sentence vector u, or for a pair the Sentence-BERT classification
     /// input [u, v, |u − v|, u ⊙ v].
     pub fn feature_dim(&self) -> usize {
-        if self.pairs { 4 * self.encoder.dim() } else { self.encoder.dim() }
+        if self.pairs {
+            4 * self.encoder.dim()
+        } else {
+            self.encoder.dim()
+        }
     }
 
     pub fn encoder(&self) -> &SentenceEncoder {
@@ -168,6 +172,6 @@ impl TextEmbedder {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 pub(crate) mod image_tests;
+#[cfg(test)]
+mod tests;

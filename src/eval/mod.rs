@@ -10,9 +10,9 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use serde::Serialize;
 
+use crate::accuracy::{evidence::WindowEvidence, offline};
 use crate::data::LabelledSet;
 use crate::noise::NoiseModel;
-use crate::accuracy::{evidence::WindowEvidence, offline};
 use crate::o2u::{self, suspects, O2uConfig, TrainingObserver};
 
 /// Everything `labelgate eval` reports; the JSON keys are a stable interface for benchmarks.

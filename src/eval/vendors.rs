@@ -50,9 +50,7 @@ pub struct VendorReport {
 /// item's labels (folds grouped by item); the network counts as learned at `min_model_lift`, as in
 /// the gate's windows.
 pub fn vendor_report(set: &LabelledSet, scores: &[f32], predicted: &[u32], heldout: Option<&[f32]>, min_model_lift: f64, min_labels: usize) -> Result<VendorReport> {
-    let (Some(annotators), Some(truth)) = (&set.annotators, &set.truth) else {
-        bail!("--vendors needs a data set with annotators and true labels (music-genre)")
-    };
+    let (Some(annotators), Some(truth)) = (&set.annotators, &set.truth) else { bail!("--vendors needs a data set with annotators and true labels (music-genre)") };
     let item_keys: Vec<&str> = match &set.items {
         Some(items) => items.iter().map(String::as_str).collect(),
         None => set.sample_ids.iter().map(String::as_str).collect(),

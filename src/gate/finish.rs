@@ -71,7 +71,13 @@ impl Gate {
         let label = self.config.classes[a.label as usize].clone();
         if scores.flagged[i] {
             tally.flagged += 1;
-            commit.state.suspects.push(SuspectRecord { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), batch_id: a.batch_id.clone(), label: label.clone(), window_id: window_id.into() });
+            commit.state.suspects.push(SuspectRecord {
+                sample_id: a.sample_id.clone(),
+                vendor_id: a.vendor_id.clone(),
+                batch_id: a.batch_id.clone(),
+                label: label.clone(),
+                window_id: window_id.into(),
+            });
             let predicted = self.config.classes[scores.predicted[i] as usize].clone();
             commit.outputs.push(Output::Rereview(self.rereview(a, label, predicted, (scores.scores[i], scores.percentile[i]), window_id, "o2u_high_loss")));
         } else {
@@ -86,7 +92,16 @@ impl Gate {
             }
         }
         let p_wrong = scores.p_wrong.as_ref().map_or(scores.flagged[i] as u8 as f32, |p| p[i] as f32);
-        commit.state.labels.push(PriorLabel { sample_id: a.sample_id.clone(), vendor_id: a.vendor_id.clone(), label: a.label, score: scores.scores[i], batch_id: a.batch_id.clone(), p_wrong, gated_p_wrong: None, rejudged_flag: None });
+        commit.state.labels.push(PriorLabel {
+            sample_id: a.sample_id.clone(),
+            vendor_id: a.vendor_id.clone(),
+            label: a.label,
+            score: scores.scores[i],
+            batch_id: a.batch_id.clone(),
+            p_wrong,
+            gated_p_wrong: None,
+            rejudged_flag: None,
+        });
         if !scores.flagged[i] {
             commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: window_id.into(), vendor_id: r.annotation.vendor_id });
         }
@@ -156,7 +171,19 @@ impl Gate {
 
     /// The delivery's verdict and its record in the vendor's history.
     #[allow(clippy::too_many_arguments)] // the pieces of one delivery's outcome, computed by the caller
-    fn judge_delivery(&mut self, d: Delivery, window_id: &str, scores: &WindowScores, tally: &DeliveryTally, records: usize, estimate: AccuracyEstimate, calibration: &'static str, now_ms: u64, commit: &mut Commit, done: &mut Vec<SourcePos>) {
+    fn judge_delivery(
+        &mut self,
+        d: Delivery,
+        window_id: &str,
+        scores: &WindowScores,
+        tally: &DeliveryTally,
+        records: usize,
+        estimate: AccuracyEstimate,
+        calibration: &'static str,
+        now_ms: u64,
+        commit: &mut Commit,
+        done: &mut Vec<SourcePos>,
+    ) {
         let evidence = scores.evidence.status;
         let sla = self.config.sla(&d.vendor_id);
         let a = verdict::assess(estimate, records, evidence, tally.gold_items, tally.gold_correct, sla, self.config.min_gold_items, self.z);
@@ -244,7 +271,7 @@ impl Gate {
                 window_id: job.id.clone(),
                 calibration: "none".into(),
                 evidence: Some(EvidenceStatus::Insufficient),
-                    revised_wrong: 0.0,
+                revised_wrong: 0.0,
                 rejudged: Default::default(),
             });
             let (_, closed_by) = d.closed.expect("windows take closed deliveries");

@@ -5,8 +5,8 @@
 //! returns in one transaction.
 
 mod finish;
-mod progress;
 pub mod pool;
+mod progress;
 pub mod verdict;
 pub mod window;
 pub mod window_state;
@@ -15,7 +15,6 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
-
 
 use crate::{
     config::GateConfig,
@@ -67,13 +66,27 @@ pub struct InputMessage {
 #[derive(Debug, Clone)]
 pub enum Output {
     /// The original record, unchanged, with its score in a header.
-    Accepted { key: Option<Vec<u8>>, payload: Vec<u8>, score: f32, window_id: String, vendor_id: String },
+    Accepted {
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        score: f32,
+        window_id: String,
+        vendor_id: String,
+    },
     Rereview(RereviewMessage),
     Verdict(VerdictMessage),
     /// The original bytes, unchanged, with the reason in headers.
     /// An oversized record's payload is dropped (`dropped` says its size and hash): a copy
     /// could not be produced, and a record that cannot be written must not stop the gate.
-    DeadLetter { key: Option<Vec<u8>>, payload: Vec<u8>, headers: Vec<(String, Vec<u8>)>, dropped: Option<DroppedPayload>, reason: DlqReason, message: String, pos: SourcePos },
+    DeadLetter {
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        headers: Vec<(String, Vec<u8>)>,
+        dropped: Option<DroppedPayload>,
+        reason: DlqReason,
+        message: String,
+        pos: SourcePos,
+    },
 }
 
 /// Everything one transaction must carry.
@@ -226,7 +239,10 @@ impl Gate {
     /// configuration checks is `gate.feature_dim` as the file gives it).
     pub fn new(config: GateConfig, max_message_bytes: usize, model_version: String, instance: String) -> Self {
         let input_len = config.image_shape.map_or(config.feature_dim, |shape| shape.iter().product());
-        let schema = Schema::new(&config.classes, input_len, max_message_bytes).with_field_limits(config.max_id_length, config.max_label_length).with_input(config.input, config.max_text_bytes).with_image_shape(config.image_shape);
+        let schema = Schema::new(&config.classes, input_len, max_message_bytes)
+            .with_field_limits(config.max_id_length, config.max_label_length)
+            .with_input(config.input, config.max_text_bytes)
+            .with_image_shape(config.image_shape);
         let z = crate::stats::z_for(config.confidence);
         let pool = ReferencePool::new(config.classes.len(), config.reference_pool_size);
         Self {
@@ -337,7 +353,11 @@ impl Gate {
         };
         match outcome {
             Ok(closed) => {
-                if closed { Ingested::DeliveryClosed } else { Ingested::Buffered }
+                if closed {
+                    Ingested::DeliveryClosed
+                } else {
+                    Ingested::Buffered
+                }
             }
             Err((reason, message)) => {
                 let (mut key, mut payload, mut headers, mut dropped) = (msg.key, msg.payload, msg.headers, None);
@@ -428,9 +448,7 @@ impl Gate {
     }
 
     fn closed_records(&self) -> (usize, Option<Instant>) {
-        self.deliveries.values().filter_map(|d| d.closed.map(|(t, _)| (d.records.len(), t))).fold((0, None), |(n, oldest), (len, t)| {
-            (n + len, Some(oldest.map_or(t, |o: Instant| o.min(t))))
-        })
+        self.deliveries.values().filter_map(|d| d.closed.map(|(t, _)| (d.records.len(), t))).fold((0, None), |(n, oldest), (len, t)| (n + len, Some(oldest.map_or(t, |o: Instant| o.min(t)))))
     }
 
     /// A window is due when enough closed records wait, or the oldest closed delivery has
@@ -438,16 +456,13 @@ impl Gate {
     pub fn window_due(&self, now: Instant) -> bool {
         let (records, oldest) = self.closed_records();
         let Some(oldest) = oldest else { return false };
-        records >= self.config.min_window_records
-            || self.is_full()
-            || now.duration_since(oldest) >= Duration::from_secs(self.config.max_window_wait_secs)
+        records >= self.config.min_window_records || self.is_full() || now.duration_since(oldest) >= Duration::from_secs(self.config.max_window_wait_secs)
     }
 
     /// Takes closed deliveries, oldest first and whole, until the window holds at least
     /// `max_window_records` (a single larger delivery is taken alone).
     pub fn take_window(&mut self) -> Option<WindowJob> {
-        let mut closed: Vec<((i32, String), Instant)> =
-            self.deliveries.iter().filter_map(|(k, d)| d.closed.map(|(t, _)| (k.clone(), t))).collect();
+        let mut closed: Vec<((i32, String), Instant)> = self.deliveries.iter().filter_map(|(k, d)| d.closed.map(|(t, _)| (k.clone(), t))).collect();
         if closed.is_empty() {
             return None;
         }
@@ -517,7 +532,6 @@ impl Gate {
             self.deliveries.insert((d.partition, d.batch_id.clone()), d);
         }
     }
-
 }
 
 #[cfg(test)]

@@ -30,7 +30,8 @@ pub fn assess(estimate: AccuracyEstimate, records: usize, evidence: EvidenceStat
     let gold_accuracy = (gold_items > 0).then(|| gold_correct as f64 / gold_items as f64);
     let estimate = (records > 0).then_some(estimate);
     let review = |reason| (Decision::Review, Some(reason));
-    let (interval, decided_by) = if gold_items >= min_gold && gold_items > 0 { (wilson(gold_correct, gold_items, z), DecidedBy::Gold) } else { (estimate.map_or((0.0, 1.0), |e| e.ci), DecidedBy::Estimate) };
+    let (interval, decided_by) =
+        if gold_items >= min_gold && gold_items > 0 { (wilson(gold_correct, gold_items, z), DecidedBy::Gold) } else { (estimate.map_or((0.0, 1.0), |e| e.ci), DecidedBy::Estimate) };
     let (decision, review_reason) = if decided_by == DecidedBy::Estimate && records == 0 {
         review("no_valid_records")
     } else if let (Some(reason), DecidedBy::Estimate) = (evidence.review_reason(), decided_by) {

@@ -6,13 +6,14 @@ use candle_core::Device;
 
 use crate::{
     accuracy::{
-        agreement, offline, shift, GoldCalibration,
-        evidence::{self, EvidencePolicy, EvidenceStatus, Estimator, Reading, WindowEvidence, WindowSignals},
+        agreement,
+        evidence::{self, Estimator, EvidencePolicy, EvidenceStatus, Reading, WindowEvidence, WindowSignals},
+        offline, shift, GoldCalibration,
     },
     config::GateConfig,
     data::Standardizer,
-    wire::NoiseRateFrom,
     o2u::{self, suspects, InputShape, O2uConfig, Samples, TrainingObserver},
+    wire::NoiseRateFrom,
 };
 
 /// The training set of one window: the first `pending` rows are the records being gated, the
@@ -39,7 +40,6 @@ pub struct WindowData {
     /// ([`WindowData::set_embedded_images`]); the pixels stay with the records.
     pub images: Vec<(usize, [usize; 3])>,
 }
-
 
 /// A label given to a sample in an earlier window, from the state store: agreement sees it
 /// whichever window it arrived in.
@@ -256,13 +256,7 @@ impl WindowPolicy {
 /// late window's earlier labels out and ranked the vendors worse (docs/benchmarks.md §6).
 const MAX_EARLIER_ROWS_PER_RECORD: usize = 4;
 
-pub fn score_window(
-    mut data: WindowData,
-    config: &O2uConfig,
-    policy: &WindowPolicy,
-    device: &Device,
-    observer: &mut dyn TrainingObserver,
-) -> Result<WindowScores, o2u::WindowError> {
+pub fn score_window(mut data: WindowData, config: &O2uConfig, policy: &WindowPolicy, device: &Device, observer: &mut dyn TrainingObserver) -> Result<WindowScores, o2u::WindowError> {
     let shape = InputShape::Vector { dim: data.dim };
     Standardizer::standardize_in_place(&mut data.features, shape);
     let samples = Samples { features: &data.features, labels: &data.labels, shape, classes: data.classes };
@@ -301,15 +295,7 @@ pub fn score_window(
                 p_wrong_with_own = Some(judged.p_wrong_with_own[..pending].to_vec());
             }
             let heldout = heldout_all.as_ref().map(|p| &p[..rows * data.classes]);
-            let signals = WindowSignals {
-                scores: &outcome.scores,
-                labels: &data.labels,
-                pending,
-                classes: data.classes,
-                heldout,
-                final_loss: outcome.final_loss,
-                seed: config.seed,
-            };
+            let signals = WindowSignals { scores: &outcome.scores, labels: &data.labels, pending, classes: data.classes, heldout, final_loss: outcome.final_loss, seed: config.seed };
             let shift = (pool_rows > 0).then(|| shift::check(&data.features, &data.labels, pending, data.dim, data.classes, policy.max_feature_shift)).flatten();
             let mut evidence = evidence::gather(&signals, agreement, coverage, &policy.evidence).with_shift(shift);
             evidence.network_weight = network_weight;
@@ -525,7 +511,16 @@ fn agreement_reading(data: &WindowData, index: &LabelIndex, heldout: Option<&[f3
     let (lo, hi) = evidence::no_narrower_than_its_sample(((share.min(with_own) - half).max(0.0), (share.max(with_own) + half).min(1.0)), share, pending, policy.evidence.z);
     let reading = Reading { estimator: Estimator::Agreement, wrong_share: share, ci_low: lo, ci_high: hi };
     let wrong = |p: &[f64]| p.iter().map(|q| 1.0 - q).collect();
-    (Some(reading), coverage, Some(AgreementJudgement { p_wrong: wrong(&fit.p_correct), p_wrong_with_own: wrong(&fit.p_correct_with_own), network_weight: fit.network_weight, network_knows_more: fit.network_knows_more_than_it_says() }))
+    (
+        Some(reading),
+        coverage,
+        Some(AgreementJudgement {
+            p_wrong: wrong(&fit.p_correct),
+            p_wrong_with_own: wrong(&fit.p_correct_with_own),
+            network_weight: fit.network_weight,
+            network_knows_more: fit.network_knows_more_than_it_says(),
+        }),
+    )
 }
 
 /// Every label's probability of being wrong under agreement (the window's, then the earlier
@@ -642,7 +637,18 @@ mod budget_tests {
         let budget = ReviewBudget { default_sla: 0.9, vendor_sla: [("strict".to_string(), 0.98)].into() };
         // 20 records of `a` (SLA 0.9: 2 may go), 50 of `strict` (SLA 0.98: 1 may go) and 9 of
         // `few` (SLA 0.9: none may go), all flagged.
-        let vendors: Vec<String> = (0..79).map(|i| if i < 20 { "a" } else if i < 70 { "strict" } else { "few" }.to_string()).collect();
+        let vendors: Vec<String> = (0..79)
+            .map(|i| {
+                if i < 20 {
+                    "a"
+                } else if i < 70 {
+                    "strict"
+                } else {
+                    "few"
+                }
+                .to_string()
+            })
+            .collect();
         let mut flagged = vec![true; 79];
         let order: Vec<usize> = (0..79).rev().collect();
         budget.limit(&mut flagged, &order, &vendors);

@@ -21,8 +21,8 @@ use reqwest::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use policy::{is_private, AllowList};
 use crate::wire::DlqReason;
+pub use policy::{is_private, AllowList};
 
 /// How the gate fetches the images records name by URI (`image.uri`): an allow-list of hosts,
 /// a root for `file://`, and bounds on size, time and concurrency.
@@ -51,7 +51,10 @@ pub struct ImageFetchConfig {
 pub enum Fetched {
     Bytes(Vec<u8>),
     /// A failure no retry fixes: the record goes to the DLQ with this reason.
-    Refused { reason: DlqReason, message: String },
+    Refused {
+        reason: DlqReason,
+        message: String,
+    },
     /// The host (or the file root) is away, or answered this URI with an error a later try may
     /// pass (5xx, 429): the gate holds the record and retries.
     Unavailable(String),
@@ -109,7 +112,15 @@ impl ImageFetcher {
             .build()
             .context("building the image fetcher's HTTP client")?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("labelgate-fetch").enable_all().build()?;
-        Ok(Self { runtime, client, allowed, file_root: config.file_root.clone(), max_bytes: config.max_bytes, timeout: Duration::from_secs(config.timeout_secs), concurrency: config.concurrency.max(1) })
+        Ok(Self {
+            runtime,
+            client,
+            allowed,
+            file_root: config.file_root.clone(),
+            max_bytes: config.max_bytes,
+            timeout: Duration::from_secs(config.timeout_secs),
+            concurrency: config.concurrency.max(1),
+        })
     }
 
     /// Fetches every URI, at most `image_fetch.concurrency` at once, and hands each answer to
@@ -169,7 +180,9 @@ impl ImageFetcher {
         if status.is_redirection() {
             let to = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok());
             return match to {
-                Some(to) => (refused(DlqReason::ImageHostNotAllowed, format!("HTTP {} redirects to `{}`: redirects are followed within the URI's own host only", status.as_u16(), host_port(&to))), false),
+                Some(to) => {
+                    (refused(DlqReason::ImageHostNotAllowed, format!("HTTP {} redirects to `{}`: redirects are followed within the URI's own host only", status.as_u16(), host_port(&to))), false)
+                }
                 None => (refused(DlqReason::ImageFetchFailed, format!("HTTP {} without a usable Location", status.as_u16())), false),
             };
         }

@@ -31,7 +31,8 @@ impl AllowList {
     pub fn parse(entries: &[String]) -> Result<Self, String> {
         let mut list = AllowList::default();
         for entry in entries {
-            let refused = || format!("image_fetch.allowed_hosts: `{entry}` is not a host; write a name or an address, with `:port` to allow one port only (e.g. \"images.example.com\", \"127.0.0.1:8080\")");
+            let refused =
+                || format!("image_fetch.allowed_hosts: `{entry}` is not a host; write a name or an address, with `:port` to allow one port only (e.g. \"images.example.com\", \"127.0.0.1:8080\")");
             // Parsed as the authority of a URL, as the URIs it is compared with are.
             if entry.is_empty() || entry.contains(['/', '@', '?', '#']) || entry.contains(char::is_whitespace) {
                 return Err(refused());
@@ -216,8 +217,24 @@ mod tests {
     fn private_addresses_are_refused_unless_listed() {
         let list = AllowList::parse(&["images.example.com".into(), "10.0.0.5".into()]).unwrap();
         for private in [
-            "127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "240.0.0.1", "::1", "fd00::1", "fe80::1", "fec0::1", "2001:db8::1",
-            "::ffff:127.0.0.1", "64:ff9b::a9fe:a9fe", "2002:a00:1::", "::10.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "240.0.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:1::",
+            "::10.0.0.1",
         ] {
             assert!(!list.may_connect(private.parse().unwrap()), "{private}");
         }

@@ -195,13 +195,7 @@ pub struct O2uOutcome {
 }
 
 /// Runs stages 1 and 2 on `train` and returns every sample's score.
-pub fn score(
-    train: Samples,
-    test: Option<Samples>,
-    config: &O2uConfig,
-    device: &Device,
-    observer: &mut dyn TrainingObserver,
-) -> Result<O2uOutcome> {
+pub fn score(train: Samples, test: Option<Samples>, config: &O2uConfig, device: &Device, observer: &mut dyn TrainingObserver) -> Result<O2uOutcome> {
     check(&train)?;
     let data = DeviceSamples::upload(&train, device)?;
     let mut trainer = Trainer::new(config, train.shape, train.classes, config.seed, device)?;
@@ -212,10 +206,7 @@ pub fn score(
         let t = Instant::now();
         let (mean_loss, _) = trainer.epoch(&data, config.stage1_lr, false, observer)?;
         final_loss = mean_loss;
-        observer.on_epoch(&EpochReport {
-            stage: Stage::Warmup, epoch, epochs_in_stage: stage1_epochs,
-            lr: config.stage1_lr, mean_loss, seconds: t.elapsed().as_secs_f64(),
-        });
+        observer.on_epoch(&EpochReport { stage: Stage::Warmup, epoch, epochs_in_stage: stage1_epochs, lr: config.stage1_lr, mean_loss, seconds: t.elapsed().as_secs_f64() });
     }
     let mut record = LossRecord::new(train.len());
     let stage2 = config.stage2_epochs();
@@ -225,10 +216,7 @@ pub fn score(
         let (_, losses) = trainer.epoch(&data, lr, true, observer)?;
         let mean_loss = record.add_epoch(&losses.expect("recorded"));
         final_loss = mean_loss;
-        observer.on_epoch(&EpochReport {
-            stage: Stage::Cyclical, epoch, epochs_in_stage: stage2,
-            lr, mean_loss, seconds: t.elapsed().as_secs_f64(),
-        });
+        observer.on_epoch(&EpochReport { stage: Stage::Cyclical, epoch, epochs_in_stage: stage2, lr, mean_loss, seconds: t.elapsed().as_secs_f64() });
     }
     let training_seconds = started.elapsed().as_secs_f64();
     let epochs = stage1_epochs + stage2;
@@ -251,14 +239,7 @@ pub fn score(
 
 /// Stage 3: trains a fresh network on the samples where `keep` is true and returns its
 /// accuracy on `test`.
-pub fn retrain(
-    train: Samples,
-    keep: &[bool],
-    test: Samples,
-    config: &O2uConfig,
-    device: &Device,
-    observer: &mut dyn TrainingObserver,
-) -> Result<f64> {
+pub fn retrain(train: Samples, keep: &[bool], test: Samples, config: &O2uConfig, device: &Device, observer: &mut dyn TrainingObserver) -> Result<f64> {
     check(&train)?;
     if keep.len() != train.len() {
         candle_core::bail!("keep mask has {} entries for {} samples", keep.len(), train.len());
@@ -278,10 +259,7 @@ pub fn retrain(
     for epoch in 0..config.retrain_epochs {
         let t = Instant::now();
         let (mean_loss, _) = trainer.epoch(&data, config.stage1_lr, false, observer)?;
-        observer.on_epoch(&EpochReport {
-            stage: Stage::Retrain, epoch, epochs_in_stage: config.retrain_epochs,
-            lr: config.stage1_lr, mean_loss, seconds: t.elapsed().as_secs_f64(),
-        });
+        observer.on_epoch(&EpochReport { stage: Stage::Retrain, epoch, epochs_in_stage: config.retrain_epochs, lr: config.stage1_lr, mean_loss, seconds: t.elapsed().as_secs_f64() });
     }
     trainer.accuracy(&test, device)
 }
@@ -307,11 +285,7 @@ struct DeviceSamples {
 
 impl DeviceSamples {
     fn upload(s: &Samples, device: &Device) -> Result<Self> {
-        Ok(Self {
-            x: Tensor::from_slice(s.features, (s.len(), s.shape.len()), device)?,
-            y: Tensor::from_slice(s.labels, s.len(), device)?,
-            n: s.len(),
-        })
+        Ok(Self { x: Tensor::from_slice(s.features, (s.len(), s.shape.len()), device)?, y: Tensor::from_slice(s.labels, s.len(), device)?, n: s.len() })
     }
 }
 
@@ -346,13 +320,7 @@ impl Trainer {
 
     /// One epoch of SGD; returns the mean loss and, when `record`, each sample's loss from the
     /// training forward pass, indexed by sample.
-    fn epoch(
-        &mut self,
-        data: &DeviceSamples,
-        lr: f64,
-        record: bool,
-        observer: &mut dyn TrainingObserver,
-    ) -> Result<(f64, Option<Vec<f32>>)> {
+    fn epoch(&mut self, data: &DeviceSamples, lr: f64, record: bool, observer: &mut dyn TrainingObserver) -> Result<(f64, Option<Vec<f32>>)> {
         let batches = self.batches(data.n);
         let mut losses = Vec::with_capacity(batches.len());
         let mut done = 0;

@@ -124,19 +124,9 @@ impl candle_core::CustomOp2 for InputProduct {
         "input-product"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        ws: &candle_core::CpuStorage,
-        wl: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(x), candle_core::CpuStorage::F32(w)) = (xs, ws) else {
-            candle_core::bail!("input-product: f32 only")
-        };
-        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
-            candle_core::bail!("input-product: contiguous operands only")
-        };
+    fn cpu_fwd(&self, xs: &candle_core::CpuStorage, xl: &candle_core::Layout, ws: &candle_core::CpuStorage, wl: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(x), candle_core::CpuStorage::F32(w)) = (xs, ws) else { candle_core::bail!("input-product: f32 only") };
+        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else { candle_core::bail!("input-product: contiguous operands only") };
         let ((m, k), (n, k2)) = (xl.shape().dims2()?, wl.shape().dims2()?);
         if k != k2 {
             candle_core::bail!("input-product: {m}×{k} by ({n}×{k2})ᵀ");
@@ -148,13 +138,7 @@ impl candle_core::CustomOp2 for InputProduct {
         // SAFETY: the slices hold m·k, n·k and m·n elements and the strides below stay inside
         // them: x is m×k row-major, wᵀ is read as k×n with column stride k, dst is m×n.
         unsafe {
-            gemm::gemm(
-                m, n, k,
-                dst.as_mut_ptr(), 1, n as isize, false,
-                x.as_ptr(), 1, k as isize,
-                w.as_ptr(), k as isize, 1,
-                0.0, 1.0, false, false, false, parallelism,
-            );
+            gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, parallelism);
         }
         Ok((candle_core::CpuStorage::F32(dst), candle_core::Shape::from((m, n))))
     }
@@ -178,13 +162,7 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(
-        config: &ModelConfig,
-        input: InputShape,
-        classes: usize,
-        rng: &mut WeightRng,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(config: &ModelConfig, input: InputShape, classes: usize, rng: &mut WeightRng, device: &Device) -> Result<Self> {
         let mut params = Vec::new();
         let linear = |rng: &mut WeightRng, params: &mut Vec<Var>, i: usize, o: usize| -> Result<Linear> {
             let w = rng.var(&[o, i], i, device)?;
@@ -205,15 +183,9 @@ impl Network {
                 Layers::Mlp(ls)
             }
             ModelConfig::Cnn9 { dropout } => {
-                let InputShape::Image { channels, .. } = input else {
-                    candle_core::bail!("the cnn9 model needs image input, got {input:?}")
-                };
+                let InputShape::Image { channels, .. } = input else { candle_core::bail!("the cnn9 model needs image input, got {input:?}") };
                 // (in, out, kernel, padding)
-                let spec = [
-                    (channels, 128, 3, 1), (128, 128, 3, 1), (128, 128, 3, 1),
-                    (128, 256, 3, 1), (256, 256, 3, 1), (256, 256, 3, 1),
-                    (256, 512, 3, 0), (512, 256, 1, 0), (256, 128, 1, 0),
-                ];
+                let spec = [(channels, 128, 3, 1), (128, 128, 3, 1), (128, 128, 3, 1), (128, 256, 3, 1), (256, 256, 3, 1), (256, 256, 3, 1), (256, 512, 3, 0), (512, 256, 1, 0), (256, 128, 1, 0)];
                 let mut blocks = Vec::new();
                 for (i, o, k, padding) in spec {
                     let fan_in = i * k * k;
@@ -222,14 +194,7 @@ impl Network {
                     let conv = Conv { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), kernel: k, padding };
                     let gamma = Var::ones(o, DType::F32, device)?;
                     let beta = Var::zeros(o, DType::F32, device)?;
-                    let bn = BatchNorm::new(
-                        o,
-                        Tensor::zeros(o, DType::F32, device)?,
-                        Tensor::ones(o, DType::F32, device)?,
-                        gamma.as_tensor().clone(),
-                        beta.as_tensor().clone(),
-                        1e-5,
-                    )?;
+                    let bn = BatchNorm::new(o, Tensor::zeros(o, DType::F32, device)?, Tensor::ones(o, DType::F32, device)?, gamma.as_tensor().clone(), beta.as_tensor().clone(), 1e-5)?;
                     params.extend([w, b, gamma, beta]);
                     blocks.push(ConvBn { conv, bn });
                 }
@@ -299,9 +264,7 @@ fn dropout_with(x: &Tensor, p: f32, rng: &mut WeightRng) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let keep = 1.0 - p;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.rng().random::<f32>() < keep { 1.0 / keep } else { 0.0 })
-        .collect();
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.rng().random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
     x * Tensor::from_vec(mask, x.shape(), x.device())?
 }
 

@@ -37,13 +37,8 @@ fn cnn9_learns_and_scores_flipped_images() -> Result<()> {
     }
     let shape = InputShape::Image { channels: 1, height: side, width: side };
     let samples = Samples { features: &features, labels: &labels, shape, classes: 2 };
-    let config = O2uConfig {
-        model: ModelConfig::Cnn9 { dropout: 0.25 },
-        batch_size: 32,
-        stage1_epochs: 2,
-        schedule: CyclicalSchedule { cycle_len: 3, ..O2uConfig::default().schedule },
-        ..Default::default()
-    };
+    let config =
+        O2uConfig { model: ModelConfig::Cnn9 { dropout: 0.25 }, batch_size: 32, stage1_epochs: 2, schedule: CyclicalSchedule { cycle_len: 3, ..O2uConfig::default().schedule }, ..Default::default() };
     let out = score(samples, None, &config, &Device::Cpu, &mut Silent)?;
     let top: Vec<usize> = suspects::rank_descending(&out.scores).into_iter().take(10).collect();
     let hits = top.iter().filter(|&&i| flipped[i]).count();

@@ -194,10 +194,7 @@ impl Forwarder {
         }
         let reviewer = self.reviewer(a.user_id).await;
         let payload = json!({"sample_id": a.sample_id, "final_label": a.final_label, "reviewer": reviewer}).to_string();
-        self.producer
-            .send(FutureRecord::to(&self.topic).key(&a.sample_id).payload(&payload), Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| ForwardError::Kafka(e.to_string()))?;
+        self.producer.send(FutureRecord::to(&self.topic).key(&a.sample_id).payload(&payload), Duration::from_secs(10)).await.map_err(|(e, _)| ForwardError::Kafka(e.to_string()))?;
         // Written after the record is acknowledged: a crash in between sends it again on the next
         // poll, and the gate counts a sample's review once.
         self.map.record_forwarded(self.project, a.annotation_id, &a.final_label).await?;

@@ -163,10 +163,16 @@ async fn bridge(config: &Config, health: Arc<Health>, metrics: Arc<BridgeMetrics
     let timeout = Duration::from_secs(bc.request_timeout_secs);
     let client = Arc::new(LabelStudio::new(&bc.label_studio_url, bc.token.clone().expect("validated"), timeout)?);
     let import_ok = &health.import_ok;
-    let Some(map) = retry(&health, import_ok, |e: &StateError| if matches!(e, StateError::Config { .. }) { "config".into() } else { "state".into() }, &mut stop, || open_map(config)).await else { return Ok(()) };
+    let Some(map) = retry(&health, import_ok, |e: &StateError| if matches!(e, StateError::Config { .. }) { "config".into() } else { "state".into() }, &mut stop, || open_map(config)).await else {
+        return Ok(());
+    };
     let map = Arc::new(map);
     let label_config = task::label_config(&config.gate.classes);
-    let Some(project) = retry(&health, import_ok, |e: &super::client::LsError| format!("label_studio_{}", e.kind()), &mut stop, || import::ensure_project(&client, &bc.project_title, &label_config)).await else { return Ok(()) };
+    let Some(project) =
+        retry(&health, import_ok, |e: &super::client::LsError| format!("label_studio_{}", e.kind()), &mut stop, || import::ensure_project(&client, &bc.project_title, &label_config)).await
+    else {
+        return Ok(());
+    };
     tracing::info!(project, url = client.base_url(), "review bridge: Label Studio project ready");
     if let Some(secret) = &webhook_state.secret {
         let url = bc.webhook_url.clone();
@@ -286,10 +292,16 @@ async fn import_loop(config: &Config, importer: &Importer, health: &Health, metr
             offsets.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
         }
         // Reconcile first on every retry: the failed attempt may have made some tasks.
-        let imported = retry(health, import_ok, |e: &import::ImportError| e.kind(), stop, || async {
-            importer.reconcile().await?;
-            importer.import(&suspects).await
-        })
+        let imported = retry(
+            health,
+            import_ok,
+            |e: &import::ImportError| e.kind(),
+            stop,
+            || async {
+                importer.reconcile().await?;
+                importer.import(&suspects).await
+            },
+        )
         .await;
         let Some(imported) = imported else { return Ok(()) };
         health.ok(import_ok);

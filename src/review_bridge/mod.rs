@@ -20,12 +20,9 @@ pub mod render;
 pub mod task;
 pub mod task_map;
 
-
-
 pub use bridge::run;
 
 pub use crate::config::BridgeConfig;
-
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,7 @@
 //! The Kafka clients the gate uses and the settings they share: the input consumer (with its
 //! rebalance and lag context), the reviews consumer and the transactional producer.
 
-use std::{
-    sync::Mutex,
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Context as _, Result};
 use rdkafka::{
@@ -65,10 +62,7 @@ pub fn instance_id(config: &Config) -> String {
     if !config.kafka.instance_id.is_empty() {
         return config.kafka.instance_id.clone();
     }
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
-        .unwrap_or_else(|| "labelgate".into())
+    std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string())).unwrap_or_else(|| "labelgate".into())
 }
 
 /// A change of the input partitions this replica owns, queued by the consumer's callbacks and

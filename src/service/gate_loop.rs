@@ -29,10 +29,10 @@ use crate::{
     config::Config,
     gate::{Commit, Gate, InputMessage},
     image_fetch::ImageFetcher,
-    wire::Inbound,
     o2u::WindowError,
     state::{StateError, StateStore},
     telemetry::{events, health::HealthLimits, Telemetry, WindowTiming},
+    wire::Inbound,
 };
 
 /// How often every known vendor's gauges are refreshed from the store.
@@ -153,9 +153,7 @@ impl<'a> GateLoop<'a> {
         let mut gate = Gate::new(gate_config, k.max_message_bytes, model_version, instance.clone()).embedding_images(embeds_images);
         startup::wait_for_kafka(config, stop)?;
         // Deliveries gated before: late records and repeated batch_ends go to the DLQ.
-        startup::retry_while_settling("reading the verdicts topic", config, || {
-            topics::read_topic(config, &k.verdicts_topic, |key, _| gate.remember_gated(String::from_utf8_lossy(key).into_owned()))
-        })?;
+        startup::retry_while_settling("reading the verdicts topic", config, || topics::read_topic(config, &k.verdicts_topic, |key, _| gate.remember_gated(String::from_utf8_lossy(key).into_owned())))?;
         let (pool, _) = store_retry::call("load_pool", telemetry, stop, &mut store_retry::Sleep, || state.load_pool(config.gate.classes.len()))?;
         telemetry.emit(events::PoolRestored { samples: gate.restore_pool(pool) });
         let producer = startup::retry_while_settling("initialising transactions", config, || clients::transactional_producer(config, &instance))?;

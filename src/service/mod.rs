@@ -148,10 +148,12 @@ pub async fn run(config: Config, hooks: Hooks, shutdown: impl Future<Output = ()
     let server = if config.metrics.listen.is_empty() {
         None
     } else {
-        Some(http::serve(&config.metrics.listen, telemetry.clone(), async move {
-            let _ = http_stopped.await;
-        })
-        .await?)
+        Some(
+            http::serve(&config.metrics.listen, telemetry.clone(), async move {
+                let _ = http_stopped.await;
+            })
+            .await?,
+        )
     };
     let stop = Arc::new(AtomicBool::new(false));
     // Stops when dropped, as this function returns.

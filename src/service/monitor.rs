@@ -50,11 +50,8 @@ impl Drop for Monitor {
 /// Starts the monitor. Its client joins no group: it only reads metadata, watermarks and the
 /// group's committed offsets.
 pub fn start(config: &Config, telemetry: Arc<Telemetry>) -> Result<Monitor> {
-    let probe: BaseConsumer<QuietClient> = client_config(config)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .create_with_context(QuietClient::default())
-        .context("Kafka monitor client")?;
+    let probe: BaseConsumer<QuietClient> =
+        client_config(config).set("group.id", &config.kafka.group_id).set("enable.auto.commit", "false").create_with_context(QuietClient::default()).context("Kafka monitor client")?;
     let (topic, group) = (config.kafka.input_topic.clone(), config.kafka.group_id.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {

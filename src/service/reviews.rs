@@ -10,11 +10,7 @@ use rdkafka::{
 };
 
 use super::gate_loop::GateLoop;
-use crate::{
-    accuracy,
-    state::Review,
-    telemetry::events,
-};
+use crate::{accuracy, state::Review, telemetry::events};
 
 /// Reviews taken per step, so a backlog of reviews cannot starve the input.
 const REVIEWS_PER_STEP: usize = 256;

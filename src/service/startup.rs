@@ -79,11 +79,12 @@ impl QuietLogs {
             *self.all_brokers_down_since.lock().unwrap() = Some(Instant::now());
         }
         if matches!(code, Some(RDKafkaErrorCode::Authentication) | Some(RDKafkaErrorCode::SaslAuthenticationFailed)) {
-            *self.fatal.lock().unwrap() = Some(format!(
-                "kafka.sasl_password / kafka.client.\"sasl.username\": the broker refused the credentials ({reason}); check the user and the password (LABELGATE__KAFKA__SASL_PASSWORD)"
-            ));
+            *self.fatal.lock().unwrap() =
+                Some(format!("kafka.sasl_password / kafka.client.\"sasl.username\": the broker refused the credentials ({reason}); check the user and the password (LABELGATE__KAFKA__SASL_PASSWORD)"));
         } else if code == Some(RDKafkaErrorCode::SSL) {
-            *self.fatal.lock().unwrap() = Some(format!("kafka.client.\"ssl.ca.location\" / \"security.protocol\": the TLS handshake failed ({reason}); check the CA file and that the broker speaks TLS on kafka.bootstrap_servers"));
+            *self.fatal.lock().unwrap() = Some(format!(
+                "kafka.client.\"ssl.ca.location\" / \"security.protocol\": the TLS handshake failed ({reason}); check the CA file and that the broker speaks TLS on kafka.bootstrap_servers"
+            ));
         }
         if LIBRDKAFKA_SAID.first_in_a_while(&format!("error: {error}")) {
             if code == Some(RDKafkaErrorCode::Fatal) {
@@ -203,7 +204,10 @@ mod tests {
     #[test]
     fn one_outage_complaint_from_every_thread_and_broker_is_one_key() {
         let a = complaint("FAIL", "[thrd:127.0.0.1:19092/1]: 127.0.0.1:19092/1: Connect to ipv4#127.0.0.1:19092 failed: Connection refused (after 0ms in state CONNECT)");
-        let b = complaint("FAIL", "[thrd:GroupCoordinator]: GroupCoordinator: 127.0.0.1:19092: Connect to ipv4#127.0.0.1:19092 failed: Connection refused (after 0ms in state CONNECT, 1 identical error(s) suppressed)");
+        let b = complaint(
+            "FAIL",
+            "[thrd:GroupCoordinator]: GroupCoordinator: 127.0.0.1:19092: Connect to ipv4#127.0.0.1:19092 failed: Connection refused (after 0ms in state CONNECT, 1 identical error(s) suppressed)",
+        );
         assert_eq!(a, b);
         assert_eq!(a, "FAIL: Connection refused");
         assert_ne!(a, complaint("FAIL", "127.0.0.1:19092/1: Disconnected: connection reset by peer (after 1ms in state UP)"));

@@ -180,7 +180,14 @@ pub enum Try<T, E> {
 /// marked for liveness, `hold` told once and then asked to spend each jittered back-off;
 /// `failed` hears of each failure and its wait. Gives up when `stop` is set and the outage has
 /// lasted 20 s (nothing pending was committed). Returns the value and whether a try failed.
-pub fn wait_out<T, E>(dependency: &str, telemetry: &Telemetry, stop: &AtomicBool, hold: &mut dyn WhileRetrying, mut attempt: impl FnMut() -> Try<T, E>, mut failed: impl FnMut(&E, Duration)) -> Result<(T, bool)>
+pub fn wait_out<T, E>(
+    dependency: &str,
+    telemetry: &Telemetry,
+    stop: &AtomicBool,
+    hold: &mut dyn WhileRetrying,
+    mut attempt: impl FnMut() -> Try<T, E>,
+    mut failed: impl FnMut(&E, Duration),
+) -> Result<(T, bool)>
 where
     E: std::fmt::Display,
 {

@@ -46,11 +46,8 @@ pub fn read_topic(config: &Config, topic: &str, mut each: impl FnMut(&[u8], &[u8
 
 /// Like [`read_topic`], with the whole message (headers, partition, offset).
 pub fn read_topic_messages(config: &Config, topic: &str, mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) -> Result<()> {
-    let consumer: BaseConsumer = client_config(config)
-        .set("group.id", format!("{}-reader", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    let consumer: BaseConsumer =
+        client_config(config).set("group.id", format!("{}-reader", config.kafka.group_id)).set("enable.auto.commit", "false").set("isolation.level", "read_committed").create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let Some(t) = metadata.topics().first() else { return Ok(()) };
     let mut ends = HashMap::new();

@@ -41,9 +41,7 @@ pub fn records_for_commit(config: &Config, commit: &Commit) -> Result<Vec<Outgoi
                 &k.accepted_topic,
                 key.clone(),
                 payload.clone(),
-                OwnedHeaders::new()
-                    .insert(Header { key: headers::SCORE, value: Some(&score.to_string()) })
-                    .insert(Header { key: headers::WINDOW, value: Some(window_id.as_str()) }),
+                OwnedHeaders::new().insert(Header { key: headers::SCORE, value: Some(&score.to_string()) }).insert(Header { key: headers::WINDOW, value: Some(window_id.as_str()) }),
             ),
             Output::Rereview(r) => record(&k.rereview_topic, Some(r.batch_id.clone().into_bytes()), serde_json::to_vec(r)?, OwnedHeaders::new()),
             Output::Verdict(v) => record(&k.verdicts_topic, Some(v.batch_id.clone().into_bytes()), serde_json::to_vec(v)?, OwnedHeaders::new()),

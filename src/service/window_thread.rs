@@ -175,11 +175,8 @@ mod tests {
         let mut data = job.take_data();
         embed_images(&encoder, &mut job, &mut data).unwrap();
         // Each row as the encoder embeds that record's pixels on their own.
-        let pixels: [(Vec<f32>, [usize; 3]); 3] = [
-            ([0, 64, 127, 192].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1]),
-            (vec![1.0, 0.0, 0.0, 1.0], [2, 2, 1]),
-            ([255, 128, 0, 32].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1]),
-        ];
+        let pixels: [(Vec<f32>, [usize; 3]); 3] =
+            [([0, 64, 127, 192].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1]), (vec![1.0, 0.0, 0.0, 1.0], [2, 2, 1]), ([255, 128, 0, 32].map(|b| b as f32 / 255.0).to_vec(), [2, 2, 1])];
         for (row, (p, shape)) in pixels.iter().enumerate() {
             let alone = encoder.embed(&[ImageInput { pixels: p, shape: *shape }]).unwrap();
             let got = &data.features[row * PROJECTION..(row + 1) * PROJECTION];

@@ -57,7 +57,11 @@ impl StateError {
     /// A Redis error, told apart: refused credentials are [`StateError::Refused`].
     pub fn from_redis(source: ::redis::RedisError) -> Self {
         let refused = source.kind() == ::redis::ErrorKind::AuthenticationFailed || matches!(source.code(), Some("WRONGPASS" | "NOAUTH"));
-        if refused { StateError::Refused { source } } else { StateError::Redis { source } }
+        if refused {
+            StateError::Refused { source }
+        } else {
+            StateError::Redis { source }
+        }
     }
 
     pub fn recovery(&self) -> Recovery {
@@ -288,7 +292,11 @@ pub fn check_contract(store: &dyn StateStore, prefix_free_id: &str) {
     assert_eq!(store.vendor_history(&v, base + 500).unwrap().len(), 1);
     assert!(history.iter().all(|d| d.revised_wrong == 0.0));
     // A later window re-judges b1's labels: its expected wrong count moves, each write adding.
-    let later = WindowState { window_id: "w2".into(), revisions: vec![DeliveryRevision { batch_id: b1.clone(), vendor_id: v.clone(), wrong_delta: -2.5, rejudged_labels: 30, rejudged_wrong_delta: 4.0 }], ..Default::default() };
+    let later = WindowState {
+        window_id: "w2".into(),
+        revisions: vec![DeliveryRevision { batch_id: b1.clone(), vendor_id: v.clone(), wrong_delta: -2.5, rejudged_labels: 30, rejudged_wrong_delta: 4.0 }],
+        ..Default::default()
+    };
     store.save_window(&later).unwrap();
     store.save_window(&WindowState { revisions: vec![DeliveryRevision { wrong_delta: 0.5, rejudged_labels: 5, rejudged_wrong_delta: -1.0, ..later.revisions[0].clone() }], ..later.clone() }).unwrap();
     let history = store.vendor_history(&v, 0).unwrap();

@@ -74,7 +74,8 @@ impl RedisState {
     /// Connects (from a thread that is not a runtime worker). Fails if the server cannot be
     /// reached within the timeout; later outages are retried by the caller.
     pub fn connect(config: &RedisConfig, runtime: Handle) -> Result<Self, StateError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(|e| StateError::Config { key: "state.redis.url", message: format!("{e}; expected redis://host:port/db or rediss://…") })?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
+            .map_err(|e| StateError::Config { key: "state.redis.url", message: format!("{e}; expected redis://host:port/db or rediss://…") })?;
         let mut settings = info.redis_settings().clone();
         if !config.username.is_empty() {
             settings = settings.set_username(config.username.clone());
@@ -92,11 +93,7 @@ impl RedisState {
         }
         .map_err(unavailable)?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(timeout);
+        let manager_config = redis::aio::ConnectionManagerConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout)).set_number_of_retries(2).set_max_delay(timeout);
         let manager = runtime.block_on(async { tokio::time::timeout(timeout * 3, ConnectionManager::new_with_config(client, manager_config)).await });
         let manager = match manager {
             Ok(m) => m.map_err(unavailable)?,
@@ -228,9 +225,7 @@ impl StateStore for RedisState {
         let keys: Vec<String> = batches.iter().map(|b| self.key(&["delivery", b])).collect();
         let revised_keys: Vec<String> = batches.iter().map(|b| self.key(&["revised", b])).collect();
         let mut c = self.manager.clone();
-        let (bodies, revised): (Vec<Option<String>>, Vec<Option<f64>>) = self.run(async move {
-            redis::pipe().cmd("MGET").arg(&keys).cmd("MGET").arg(&revised_keys).query_async(&mut c).await
-        })?;
+        let (bodies, revised): (Vec<Option<String>>, Vec<Option<f64>>) = self.run(async move { redis::pipe().cmd("MGET").arg(&keys).cmd("MGET").arg(&revised_keys).query_async(&mut c).await })?;
         let mut pipe = redis::pipe();
         for b in &batches {
             pipe.cmd("HMGET").arg(self.key(&["rejudged", b])).arg("labels").arg("wrong");
@@ -277,12 +272,7 @@ impl StateStore for RedisState {
             };
             let wrong = s.label != review.final_label;
             let mut invocation = script.key(self.key(&["reviewed", &review.sample_id]));
-            invocation
-                .key(self.key(&["vendor", &vendor, "reviews"]))
-                .arg(&vendor)
-                .arg(&review.final_label)
-                .arg(if wrong { "1" } else { "0" })
-                .arg(self.retention_secs);
+            invocation.key(self.key(&["vendor", &vendor, "reviews"])).arg(&vendor).arg(&review.final_label).arg(if wrong { "1" } else { "0" }).arg(self.retention_secs);
             let mut c = self.manager.clone();
             let counted: i64 = self.run(async move { invocation.invoke_async(&mut c).await })?;
             if counted == 1 {
@@ -295,8 +285,7 @@ impl StateStore for RedisState {
     fn review_stats(&self, vendor: &str) -> Result<ReviewStats, StateError> {
         let key = self.key(&["vendor", vendor, "reviews"]);
         let mut c = self.manager.clone();
-        let (reviewed, confirmed_wrong): (Option<u64>, Option<u64>) =
-            self.run(async move { redis::cmd("HMGET").arg(key).arg("reviewed").arg("confirmed_wrong").query_async(&mut c).await })?;
+        let (reviewed, confirmed_wrong): (Option<u64>, Option<u64>) = self.run(async move { redis::cmd("HMGET").arg(key).arg("reviewed").arg("confirmed_wrong").query_async(&mut c).await })?;
         Ok(ReviewStats { reviewed: reviewed.unwrap_or(0), confirmed_wrong: confirmed_wrong.unwrap_or(0) })
     }
 
@@ -313,7 +302,16 @@ impl StateStore for RedisState {
             for (id, by_vendor) in chunk.iter().zip(found) {
                 for (vendor_id, body) in by_vendor {
                     let stored: StoredLabel = serde_json::from_str(&body).map_err(|e| StateError::Corrupt { key: self.key(&["labels", id]), source: e })?;
-                    out.push(PriorLabel { sample_id: id.clone(), vendor_id, label: stored.label, score: stored.score, batch_id: stored.batch_id, p_wrong: stored.p_wrong, gated_p_wrong: stored.gated_p_wrong, rejudged_flag: stored.rejudged_flag });
+                    out.push(PriorLabel {
+                        sample_id: id.clone(),
+                        vendor_id,
+                        label: stored.label,
+                        score: stored.score,
+                        batch_id: stored.batch_id,
+                        p_wrong: stored.p_wrong,
+                        gated_p_wrong: stored.gated_p_wrong,
+                        rejudged_flag: stored.rejudged_flag,
+                    });
                 }
             }
         }

@@ -7,7 +7,10 @@
 use std::{fmt, time::Duration};
 
 use super::{unix_seconds, Escaped, Telemetry, WindowTiming};
-use crate::{accuracy::evidence::WindowEvidence, wire::{DlqReason, VerdictMessage}};
+use crate::{
+    accuracy::evidence::WindowEvidence,
+    wire::{DlqReason, VerdictMessage},
+};
 
 /// One thing that happened, reported through [`Telemetry::emit`].
 pub trait Event {
@@ -259,7 +262,9 @@ impl Event for WindowCommitted<'_> {
         );
         if let Some(shift) = evidence.distribution_shift.filter(|c| c.shifted) {
             tracing::warn!(
-                window, statistic = shift.statistic, threshold = shift.threshold,
+                window,
+                statistic = shift.statistic,
+                threshold = shift.threshold,
                 "the window's records were drawn away from the reference pool (distribution_shift): its deliveries go to review and re-review gets each vendor's SLA error budget at most"
             );
         } else if !evidence.status.supports_a_decision() {
@@ -299,7 +304,12 @@ impl Event for StateCallFailed<'_> {
         t.state_errors.with_label_values(&[self.operation]).inc();
         let error = self.error.to_string();
         if t.throttle.first_in_a_while(&format!("state: {} {error}", self.operation)) {
-            tracing::warn!(operation = self.operation, error, retry_in_ms = self.retry_in.as_millis() as u64, "state store call failed; retrying (said once a minute; labelgate_state_errors_total counts each)");
+            tracing::warn!(
+                operation = self.operation,
+                error,
+                retry_in_ms = self.retry_in.as_millis() as u64,
+                "state store call failed; retrying (said once a minute; labelgate_state_errors_total counts each)"
+            );
         }
     }
 }
@@ -392,8 +402,15 @@ impl Event for GateStopped<'_> {
         let s = self.summary;
         let dead_letters: u64 = s.dead_letters.values().sum();
         tracing::info!(
-            consumed = s.consumed, accepted = s.accepted, rereview = s.rereview, dead_letters, verdicts = s.verdicts, windows = s.windows,
-            transactions = s.transactions, pauses = s.pauses, "gate stopped"
+            consumed = s.consumed,
+            accepted = s.accepted,
+            rereview = s.rereview,
+            dead_letters,
+            verdicts = s.verdicts,
+            windows = s.windows,
+            transactions = s.transactions,
+            pauses = s.pauses,
+            "gate stopped"
         );
     }
 }

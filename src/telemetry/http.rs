@@ -34,11 +34,7 @@ pub fn router(telemetry: Arc<Telemetry>) -> Router {
 
 /// Binds `addr` (an error names `metrics.listen`) and serves until `shutdown` resolves. Returns
 /// the bound address (port 0 picks a free one) and the server task.
-pub async fn serve(
-    addr: &str,
-    telemetry: Arc<Telemetry>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(addr: &str, telemetry: Arc<Telemetry>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     serve_with(addr, "metrics.listen", telemetry, Router::new(), shutdown).await
 }
 

@@ -271,7 +271,11 @@ impl std::fmt::Display for Escaped<'_> {
 impl Escaped<'_> {
     /// The escaped text, borrowed where nothing needed escaping.
     pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
-        if s.chars().any(|c| c.is_control() || c == '\\') { Escaped(s).to_string().into() } else { s.into() }
+        if s.chars().any(|c| c.is_control() || c == '\\') {
+            Escaped(s).to_string().into()
+        } else {
+            s.into()
+        }
     }
 }
 

@@ -329,10 +329,7 @@ impl Schema {
     }
 
     fn class(&self, label: &str, field: &str) -> Result<u32, Rejection> {
-        self.class_index
-            .get(label)
-            .copied()
-            .ok_or_else(|| Rejection::new(DlqReason::UnknownClass, format!("{field} `{label}` is not one of the configured classes")))
+        self.class_index.get(label).copied().ok_or_else(|| Rejection::new(DlqReason::UnknownClass, format!("{field} `{label}` is not one of the configured classes")))
     }
 
     /// Parses and validates one input message.
@@ -366,7 +363,8 @@ impl Schema {
                 if has_text && (raw.features.is_some() || raw.image.is_some()) {
                     return Err(Rejection::new(DlqReason::MixedPayload, "give one of `features`, `image` or `text`"));
                 }
-                let mut a = Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: Vec::new(), text: None, gold_label, item, image_shape: None, image_uri: None };
+                let mut a =
+                    Annotation { sample_id, batch_id, vendor_id, annotator_id: raw.annotator_id, label, features: Vec::new(), text: None, gold_label, item, image_shape: None, image_uri: None };
                 if has_text || self.input.is_text() {
                     a.text = Some(self.text(raw.text, raw.text_pair, raw.features.is_some() || raw.image.is_some())?);
                     return Ok(Inbound::Annotation(a));
@@ -429,7 +427,8 @@ impl Schema {
     /// The `[height, width, channels]` encoded images are converted to, checked against the
     /// feature dimension.
     fn converted_shape(&self) -> Result<[usize; 3], Rejection> {
-        let [h, w, c] = self.image_shape.ok_or_else(|| Rejection::new(DlqReason::InvalidImage, "an encoded image at a gate without gate.image_shape (the [height, width, channels] to convert it to)"))?;
+        let [h, w, c] =
+            self.image_shape.ok_or_else(|| Rejection::new(DlqReason::InvalidImage, "an encoded image at a gate without gate.image_shape (the [height, width, channels] to convert it to)"))?;
         if h * w * c != self.feature_dim {
             return Err(Rejection::new(DlqReason::WrongFeatureLength, format!("gate.image_shape of {} values, expected {}", h * w * c, self.feature_dim)));
         }

@@ -333,7 +333,11 @@ pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, rows: usize, pool_
     let (near, far): (Vec<&Reading>, Vec<&Reading>) = if readings.len() == 2 {
         // Two readings are both within half their distance of their midpoint: compare them
         // with each other instead.
-        if (readings[0].wrong_share - readings[1].wrong_share).abs() <= policy.max_estimator_gap { (readings.iter().collect(), Vec::new()) } else { (Vec::new(), readings.iter().collect()) }
+        if (readings[0].wrong_share - readings[1].wrong_share).abs() <= policy.max_estimator_gap {
+            (readings.iter().collect(), Vec::new())
+        } else {
+            (Vec::new(), readings.iter().collect())
+        }
     } else {
         readings.iter().partition(|r| (r.wrong_share - median).abs() <= policy.max_estimator_gap)
     };

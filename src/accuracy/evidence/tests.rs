@@ -97,11 +97,7 @@ fn the_pool_control_recovers_the_wrong_share() {
 fn confident_learning_counts_labels_the_network_puts_elsewhere() {
     // Four rows labelled 0 and four labelled 1; the network puts row 3 (labelled 0) in 1.
     let labels = [0, 0, 0, 0, 1, 1, 1, 1];
-    let p: Vec<f32> = labels
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &l)| if i == 3 || l == 1 { [0.1, 0.9] } else { [0.9, 0.1] })
-        .collect();
+    let p: Vec<f32> = labels.iter().enumerate().flat_map(|(i, &l)| if i == 3 || l == 1 { [0.1, 0.9] } else { [0.9, 0.1] }).collect();
     let s = WindowSignals { scores: &[0.0; 8], labels: &labels, pending: 8, classes: 2, heldout: Some(&p), final_loss: 0.1, seed: 1 };
     let r = confident_learning(&p, &s, 1.96, 100).unwrap();
     assert!((r.wrong_share - 1.0 / 8.0).abs() < 1e-9, "{r:?}");

@@ -17,7 +17,6 @@ use candle_core::Device;
 use serde::Serialize;
 
 use super::metrics::spearman;
-use streams::{build, wire_record, Stream};
 use crate::{
     accuracy::{self, evidence::EvidenceStatus, ReviewStats},
     config::GateConfig,
@@ -27,6 +26,7 @@ use crate::{
     state::{MemoryState, StateStore},
     wire::{Decision, VerdictMessage},
 };
+use streams::{build, wire_record, Stream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
