@@ -231,7 +231,8 @@ async fn run_scenario(s: &Scenario, mock: &MockCluster<'static, rdkafka::produce
     let config = scenario_config(s, &mock.bootstrap_servers(), prefix)?;
     let k = &config.kafka;
     mock.create_topic(&k.input_topic, 8, 1)?;
-    for t in [&k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic] {
+    // The reviews topic too: the gate subscribes to it at start (a reviewer's answers arrive there).
+    for t in [&k.accepted_topic, &k.rereview_topic, &k.verdicts_topic, &k.dlq_topic, &k.reviews_topic] {
         mock.create_topic(t, 4, 1)?;
     }
     mock.create_topic(&k.progress_topic, 1, 1)?;

@@ -126,8 +126,13 @@ fn demo_routes_every_record_and_gives_each_delivery_a_verdict() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let reports = reports.as_array().unwrap();
-    // scripts/test.sh installs the sentence encoder, so the text scenario runs too.
-    assert_eq!(reports.len(), 3, "MNIST vendors, music-genre workers and text vendors: {}", String::from_utf8_lossy(&run.stdout));
+    // A healthy run says nothing alarming (no topic it subscribes to is missing, no error).
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!stderr.contains("ERROR") && !stderr.contains("Unknown topic"), "{stderr}");
+    // scripts/test.sh installs the sentence encoder, so the text scenario runs too; without it
+    // (plain `cargo test`) the demo says so and skips that part.
+    let with_text = cfg!(feature = "test-text-model");
+    assert!(reports.len() == 3 || (!with_text && reports.len() == 2), "MNIST vendors, music-genre workers (and text vendors): {}", String::from_utf8_lossy(&run.stdout));
     for r in reports {
         let s = &r["summary"];
         let dlq: u64 = s["dead_letters"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
@@ -141,9 +146,10 @@ fn demo_routes_every_record_and_gives_each_delivery_a_verdict() {
     // Texts: each bad text record in the DLQ with its reason, and suspects far above the share of
     // wrong labels (16.7 %), though a sentiment network on 3,000 sentences is too weak for the
     // window to say how many are wrong (docs/benchmarks.md §11).
-    let text = &reports[2];
-    assert_eq!(text["summary"]["dead_letters"], serde_json::json!({"empty_text": 1, "mixed_payload": 1}));
-    assert!(text["suspect_precision"].as_f64().unwrap() > 0.3, "text suspect precision {}", text["suspect_precision"]);
+    if let Some(text) = reports.get(2) {
+        assert_eq!(text["summary"]["dead_letters"], serde_json::json!({"empty_text": 1, "mixed_payload": 1}));
+        assert!(text["suspect_precision"].as_f64().unwrap() > 0.3, "text suspect precision {}", text["suspect_precision"]);
+    }
     let mnist = &reports[0];
     assert_eq!(mnist["deliveries"].as_array().unwrap().len(), 6);
     assert_eq!(mnist["summary"]["dead_letters"].as_object().unwrap().len(), 3, "three kinds of bad record");

@@ -397,7 +397,8 @@ fn a_thousand_suspects_become_a_thousand_tasks_across_a_bridge_kill_and_a_label_
         }
         let p = &t["predictions"][0];
         assert_eq!(p["result"][0]["value"]["choices"][0], s.predicted_label.as_str());
-        assert!((p["score"].as_f64().unwrap() - s.score as f64).abs() < 1e-6);
+        assert!((p["score"].as_f64().unwrap() - s.rank_percentile).abs() < 1e-6, "the prediction's score is the suspect's rank, which Label Studio shows as a percentage");
+        assert_eq!(t["data"]["score"], format!("{:.3}", s.score));
         assert_eq!(t["data"]["vendor_label"], s.label.as_str());
         assert_eq!(t["data"]["batch_id"], s.batch_id.as_str());
     }

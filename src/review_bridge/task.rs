@@ -61,7 +61,10 @@ pub fn task(msg: &RereviewMessage) -> Value {
         "data": data,
         "predictions": [{
             "model_version": msg.model_version,
-            "score": msg.score,
+            // Label Studio shows a prediction's score as a percentage: the suspect's rank in its
+            // window (0.99 = more suspect than 99 % of it) reads as that; the O2U score (a mean
+            // normalised loss, unbounded) is in the task's data.
+            "score": msg.rank_percentile,
             "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [msg.predicted_label]}}],
         }],
     })
@@ -102,6 +105,7 @@ mod tests {
         let t = task(&msg);
         assert_eq!(t["data"][KEY_FIELD], r#"["v","s1"]"#);
         assert_eq!(t["predictions"][0]["result"][0]["value"]["choices"][0], "dog");
+        assert_eq!(t["predictions"][0]["score"], 0.99, "a share Label Studio can show as a percentage");
         assert!(t["data"]["item_html"].as_str().unwrap().contains("a &lt;b&gt;"));
         let pair = RereviewMessage { item: None, text: Some("a man <sleeps>".into()), text_pair: Some("a person rests".into()), ..msg.clone() };
         let html = task(&pair)["data"]["item_html"].as_str().unwrap().to_string();
