@@ -2,6 +2,7 @@
 //!
 //! From the bottom up (a module uses only those above it in this list):
 //! - [`clock`], [`stats`]: wall-clock milliseconds; Wilson intervals, the normal distribution.
+//! - [`retry`]: the one failure policy (retry or stop) and its jittered back-off.
 //! - [`o2u`]: the engine (pure computation: models, SGD, the three stages, scores, noise rate).
 //! - [`device`]: where training runs (CPU, or CUDA when built with it).
 //! - [`progress`]: the terminal progress bar of training.
@@ -35,6 +36,7 @@ pub mod image_fetch;
 pub mod noise;
 pub mod o2u;
 pub mod progress;
+pub mod retry;
 pub mod review_bridge;
 pub mod service;
 pub mod state;

@@ -67,6 +67,10 @@ fn names(test: &str) -> Names {
 
 /// `labelgate review-bridge` on `n`'s topics and project, serving on `port`.
 fn bridge(n: &Names, port: u16, webhook: Option<&str>, poll_secs: u64) -> KillOnDrop {
+    KillOnDrop(bridge_command(n, port, webhook, poll_secs).spawn().unwrap())
+}
+
+fn bridge_command(n: &Names, port: u16, webhook: Option<&str>, poll_secs: u64) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelgate"));
     cmd.arg("review-bridge")
         .env("LABELGATE_LOG", "info,librdkafka=warn")
@@ -89,7 +93,38 @@ fn bridge(n: &Names, port: u16, webhook: Option<&str>, poll_secs: u64) -> KillOn
         .env("LABELGATE__REVIEW_BRIDGE__WEBHOOK_URL", webhook.unwrap_or(""))
         .env("LABELGATE__REVIEW_BRIDGE__WEBHOOK_SECRET", WEBHOOK_SECRET)
         .stderr(Stdio::inherit());
-    KillOnDrop(cmd.spawn().unwrap())
+    cmd
+}
+
+/// What waiting cannot fix ends the bridge at once with the reason: a token Label Studio refuses,
+/// and a setting that cannot work (a CA file that is not there). Within 10 s each.
+#[test]
+fn the_bridge_stops_with_the_reason_on_a_refused_token_or_a_bad_setting() {
+    let n = names("fatal");
+    let runs = [
+        ("a refused token", vec![("LABELGATE__REVIEW_BRIDGE__TOKEN", "not-a-token".to_string())], "token_refused"),
+        (
+            "a CA file that is not there",
+            vec![("LABELGATE__STATE__REDIS__URL", var("LABELGATE_REDIS_TLS_URL")), ("LABELGATE__STATE__REDIS__TLS_CA_FILE", "/nonexistent/ca.pem".to_string())],
+            "state.redis.tls_ca_file",
+        ),
+    ];
+    for (what, env, reason) in runs {
+        let mut cmd = bridge_command(&n, free_port(), None, 5);
+        cmd.envs(env).stderr(Stdio::piped());
+        let started = std::time::Instant::now();
+        let mut child = KillOnDrop(cmd.spawn().unwrap());
+        while child.0.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}: the bridge still runs after 10 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let status = child.0.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{what}: exited {status}");
+        assert!(stderr.contains(reason), "{what}: no `{reason}` in\n{stderr}");
+        eprintln!("{what}: exited in {:.1} s", started.elapsed().as_secs_f64());
+    }
 }
 
 const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";

@@ -23,7 +23,7 @@ use rdkafka::{
 
 use super::{
     answers::{self, Forwarder, WebhookState},
-    client::LabelStudio,
+    client::{LabelStudio, LsError},
     import::{self, Importer},
     metrics::BridgeMetrics,
     task,
@@ -31,24 +31,15 @@ use super::{
 };
 use crate::{
     config::{Config, ConfigErrors},
+    retry::{Backoff, Recovery},
     state::{redis::RedisState, StateError},
     telemetry::{http, Telemetry},
     wire::RereviewMessage,
 };
 
-/// Exponential back-off from 500 ms to 30 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Self(Duration::from_millis(500))
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(30));
-        now
-    }
+/// The bridge's back-off: from 500 ms to 30 s (Label Studio restarts take tens of seconds).
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
 }
 
 /// Readiness from the two loops: ready while both last succeeded.
@@ -122,30 +113,41 @@ async fn pause(d: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bo
     !slept || *stop.borrow()
 }
 
-/// Retries `f` with back-off (not ready meanwhile) until it succeeds; `None` when stopping.
+/// Retries `f` with back-off (not ready meanwhile) until it succeeds; `None` when stopping. A
+/// failure that `recovery` says waiting cannot fix (a refused token, a bad setting) ends the
+/// bridge with it, at once, instead of retrying it forever.
 async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     health: &Health,
     which: &AtomicBool,
     kind: impl Fn(&E) -> String,
+    recovery: impl Fn(&E) -> Recovery,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     mut f: impl FnMut() -> F,
-) -> Option<T> {
-    let mut backoff = Backoff::new();
+) -> Result<Option<T>> {
+    let mut backoff = backoff();
     loop {
         if *stop.borrow() {
-            return None;
+            return Ok(None);
         }
         match f().await {
-            Ok(v) => return Some(v),
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if recovery(&e) == Recovery::Stop => {
+                health.failed(which, &kind(&e), &e, Duration::ZERO);
+                anyhow::bail!("review bridge: {} ({e}); waiting cannot fix this", kind(&e));
+            }
             Err(e) => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 health.failed(which, &kind(&e), &e, wait);
                 if pause(wait, stop).await {
-                    return None;
+                    return Ok(None);
                 }
             }
         }
     }
+}
+
+fn ls_kind(e: &LsError) -> String {
+    format!("label_studio_{}", e.kind())
 }
 
 async fn open_map(config: &Config) -> Result<TaskMap, StateError> {
@@ -163,20 +165,19 @@ async fn bridge(config: &Config, health: Arc<Health>, metrics: Arc<BridgeMetrics
     let timeout = Duration::from_secs(bc.request_timeout_secs);
     let client = Arc::new(LabelStudio::new(&bc.label_studio_url, bc.token.clone().expect("validated"), timeout)?);
     let import_ok = &health.import_ok;
-    let Some(map) = retry(&health, import_ok, |e: &StateError| if matches!(e, StateError::Config { .. }) { "config".into() } else { "state".into() }, &mut stop, || open_map(config)).await else {
+    let state_kind = |e: &StateError| if matches!(e, StateError::Config { .. }) { "config".into() } else { "state".into() };
+    let Some(map) = retry(&health, import_ok, state_kind, StateError::recovery, &mut stop, || open_map(config)).await? else {
         return Ok(());
     };
     let map = Arc::new(map);
     let label_config = task::label_config(&config.gate.classes);
-    let Some(project) =
-        retry(&health, import_ok, |e: &super::client::LsError| format!("label_studio_{}", e.kind()), &mut stop, || import::ensure_project(&client, &bc.project_title, &label_config)).await
-    else {
+    let Some(project) = retry(&health, import_ok, ls_kind, LsError::recovery, &mut stop, || import::ensure_project(&client, &bc.project_title, &label_config)).await? else {
         return Ok(());
     };
     tracing::info!(project, url = client.base_url(), "review bridge: Label Studio project ready");
     if let Some(secret) = &webhook_state.secret {
         let url = bc.webhook_url.clone();
-        if retry(&health, import_ok, |e: &super::client::LsError| format!("label_studio_{}", e.kind()), &mut stop, || answers::ensure_webhook(&client, project, &url, secret)).await.is_none() {
+        if retry(&health, import_ok, ls_kind, LsError::recovery, &mut stop, || answers::ensure_webhook(&client, project, &url, secret)).await?.is_none() {
             return Ok(());
         }
     }
@@ -191,7 +192,7 @@ async fn bridge(config: &Config, health: Arc<Health>, metrics: Arc<BridgeMetrics
 }
 
 async fn poll_loop(forwarder: Arc<Forwarder>, health: Arc<Health>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     // Polls start every `every` (not `every` after the last one ended), so an answer the webhook
     // missed arrives within one interval plus one export.
     let mut next = Instant::now();
@@ -201,13 +202,13 @@ async fn poll_loop(forwarder: Arc<Forwarder>, health: Arc<Health>, every: Durati
                 if n > 0 {
                     tracing::info!(answers = n, "poll forwarded answers the webhook did not");
                 }
-                backoff = Backoff::new();
+                backoff.reset();
                 health.ok(&health.poll_ok);
                 next += every;
                 next.saturating_duration_since(Instant::now())
             }
             Err(e) => {
-                let wait = backoff.next().min(every);
+                let wait = backoff.next_wait().min(every);
                 health.failed(&health.poll_ok, &e.kind(), &e, wait);
                 next = Instant::now() + wait;
                 wait
@@ -255,7 +256,7 @@ async fn import_loop(config: &Config, importer: &Importer, health: &Health, metr
     consumer.subscribe(&[&config.kafka.rereview_topic]).context("subscribe to kafka.rereview_topic")?;
     let import_ok = &health.import_ok;
     // Settle what a crash left before reading anything.
-    if retry(health, import_ok, |e: &import::ImportError| e.kind(), stop, || importer.reconcile()).await.is_none() {
+    if retry(health, import_ok, import::ImportError::kind, import::ImportError::recovery, stop, || importer.reconcile()).await?.is_none() {
         return Ok(());
     }
     health.ok(import_ok);
@@ -292,17 +293,11 @@ async fn import_loop(config: &Config, importer: &Importer, health: &Health, metr
             offsets.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
         }
         // Reconcile first on every retry: the failed attempt may have made some tasks.
-        let imported = retry(
-            health,
-            import_ok,
-            |e: &import::ImportError| e.kind(),
-            stop,
-            || async {
-                importer.reconcile().await?;
-                importer.import(&suspects).await
-            },
-        )
-        .await;
+        let imported = retry(health, import_ok, import::ImportError::kind, import::ImportError::recovery, stop, || async {
+            importer.reconcile().await?;
+            importer.import(&suspects).await
+        })
+        .await?;
         let Some(imported) = imported else { return Ok(()) };
         health.ok(import_ok);
         let now = import::now_ms() as i64;

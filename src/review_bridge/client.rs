@@ -28,6 +28,14 @@ impl LsError {
     }
 
     /// The metric label of this kind of failure.
+    /// A refused token stays refused: waiting cannot fix it.
+    pub fn recovery(&self) -> crate::retry::Recovery {
+        match self {
+            LsError::TokenRefused { .. } => crate::retry::Recovery::Stop,
+            _ => crate::retry::Recovery::Retry,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             LsError::Unreachable { .. } => "unreachable",

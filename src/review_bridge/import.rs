@@ -32,6 +32,14 @@ pub enum ImportError {
 }
 
 impl ImportError {
+    pub fn recovery(&self) -> crate::retry::Recovery {
+        match self {
+            ImportError::LabelStudio(e) => e.recovery(),
+            ImportError::State(e) => e.recovery(),
+            ImportError::InFlight(_) => crate::retry::Recovery::Retry,
+        }
+    }
+
     pub fn kind(&self) -> String {
         match self {
             ImportError::LabelStudio(e) => format!("label_studio_{}", e.kind()),

@@ -24,7 +24,7 @@ use rdkafka::{
 
 use super::{
     clients::client_config,
-    store_retry::{left_of, Backoff},
+    store_retry::{self, left_of},
 };
 use crate::{config::Config, telemetry::throttle::Throttle};
 
@@ -132,7 +132,7 @@ pub fn wait_for_kafka(config: &Config, stop: &AtomicBool) -> Result<()> {
     let probe: BaseConsumer<QuietClient> = client_config(config).create_with_context(QuietClient::default())?;
     let limit = Duration::from_secs(config.runtime.startup_timeout_secs);
     let started = Instant::now();
-    let mut backoff = Backoff::new();
+    let mut backoff = store_retry::backoff();
     loop {
         let error = match probe.fetch_metadata(None, Duration::from_secs(5)) {
             Ok(_) => return Ok(()),
@@ -162,7 +162,7 @@ pub fn wait_for_kafka(config: &Config, stop: &AtomicBool) -> Result<()> {
 pub fn retry_while_settling<T>(what: &str, config: &Config, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let limit = Duration::from_secs(config.runtime.startup_timeout_secs);
     let started = Instant::now();
-    let mut backoff = Backoff::new();
+    let mut backoff = store_retry::backoff();
     loop {
         match f() {
             Ok(v) => return Ok(v),

@@ -13,7 +13,6 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use rand::RngExt as _;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -21,40 +20,19 @@ use super::{clients::GateContext, input};
 use crate::{
     config::{Config, StateBackend},
     gate::InputMessage,
-    state::{redis::RedisState, MemoryState, Recovery, StateError, StateStore},
+    retry::{Backoff, Recovery},
+    state::{redis::RedisState, MemoryState, StateError, StateStore},
     telemetry::{events, Telemetry},
 };
 
-/// Exponential back-off from 250 ms to [`BACKOFF_CAP`], each wait jittered by ±20 % so that
-/// replicas that lost the store together do not retry in lockstep.
+/// The gate's back-off, from 250 ms to [`BACKOFF_CAP`] (see [`crate::retry::Backoff`]).
 /// The longest wait between tries: a server that answers again is used within this (a 10 s cap
 /// left the gate idle up to 11 s after Redis came back), and one request from each replica every
 /// 2 s costs a server nothing.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
-pub struct Backoff {
-    next: Duration,
-    rng: rand_chacha::ChaCha8Rng,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        use rand::SeedableRng;
-        let seed = crate::clock::unix_millis() ^ u64::from(std::process::id()) << 32;
-        Self { next: Duration::from_millis(250), rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed) }
-    }
-
-    pub fn next_wait(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_CAP);
-        base.mul_f64(self.rng.random_range(0.8..1.2))
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
+pub(super) fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), BACKOFF_CAP)
 }
 
 /// What is left of a start-up limit: `None` once it has passed. Each retry sleeps at most this,
@@ -191,7 +169,7 @@ pub fn wait_out<T, E>(
 where
     E: std::fmt::Display,
 {
-    let mut backoff = Backoff::new();
+    let mut backoff = backoff();
     let mut failed_since: Option<Instant> = None;
     // Readiness is given back only if this outage took it (not during start-up).
     let was_ready = telemetry.loop_says_ready();
@@ -228,18 +206,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_with_jitter() {
-        let mut b = Backoff::new();
-        let waits: Vec<f64> = (0..10).map(|_| b.next_wait().as_secs_f64()).collect();
-        assert!((0.2..=0.3).contains(&waits[0]), "{waits:?}");
-        assert!((0.4..=0.6).contains(&waits[1]), "{waits:?}");
-        assert!(waits[9] >= 1.6 && waits[9] <= 2.4, "{waits:?}");
-        // Two replicas starting together do not wait the same.
-        let other: Vec<f64> = (0..10).map(|_| Backoff { next: Duration::from_millis(250), rng: rand::SeedableRng::seed_from_u64(7) }.next_wait().as_secs_f64()).collect();
-        assert!(other.iter().zip(&waits).any(|(a, b)| a != b));
-    }
 
     struct Counting(usize, usize);
 

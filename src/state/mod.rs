@@ -44,14 +44,7 @@ pub enum StateError {
     Config { key: &'static str, message: String },
 }
 
-/// What a caller does about a failed state-store call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
-    /// Back off and call again (hold the input meanwhile).
-    Retry,
-    /// Stop with the error: waiting cannot fix it.
-    Stop,
-}
+pub use crate::retry::Recovery;
 
 impl StateError {
     /// A Redis error, told apart: refused credentials are [`StateError::Refused`].
