@@ -68,6 +68,12 @@ impl Health {
         self.set(which, false, kind);
     }
 
+    /// A failure no retry fixes: counted, and not ready with it as the reason, until the bridge exits.
+    fn stopped(&self, which: &AtomicBool, kind: &str) {
+        self.metrics.errors.with_label_values(&[kind]).inc();
+        self.set(which, false, kind);
+    }
+
     fn ok(&self, which: &AtomicBool) {
         self.metrics.label_studio_up.set(1);
         self.set(which, true, "label studio answers");
@@ -93,12 +99,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     };
     let (_, server) = http::serve_with(&bc.listen, "review_bridge.listen", telemetry.clone(), answers::webhook_router(webhook_state.clone()), stopped).await?;
+    let stop_tx = Arc::new(stop_tx);
+    let on_shutdown = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutdown requested: finishing the batch in flight");
-        let _ = stop_tx.send(true);
+        let _ = on_shutdown.send(true);
     });
     let result = bridge(&config, health, metrics, webhook_state, stop_rx.clone()).await;
+    // Ended by itself (a failure waiting cannot fix): the HTTP server stops too.
+    let _ = stop_tx.send(true);
     telemetry.set_ready(false, "stopped");
     let _ = server.await;
     result
@@ -132,7 +142,7 @@ async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
         match f().await {
             Ok(v) => return Ok(Some(v)),
             Err(e) if recovery(&e) == Recovery::Stop => {
-                health.failed(which, &kind(&e), &e, Duration::ZERO);
+                health.stopped(which, &kind(&e));
                 anyhow::bail!("review bridge: {} ({e}); waiting cannot fix this", kind(&e));
             }
             Err(e) => {
