@@ -15,15 +15,10 @@ use std::{
 };
 
 use common::{
-    kafka::{gate_command, produce, test_config},
+    kafka::{gate_command, produce, routed, test_config},
     process::{http_get, reserve_port, sample, wait_for, KillOnDrop},
 };
-use labelgate::{
-    data::mnist,
-    noise::NoiseModel,
-    service,
-    wire::{RereviewMessage, VerdictMessage},
-};
+use labelgate::{data::mnist, noise::NoiseModel, service, wire::VerdictMessage};
 use rdkafka::{message::Headers, Message};
 use serde_json::json;
 
@@ -154,16 +149,8 @@ fn ten_thousand_image_uris_survive_their_server_being_killed_for_30_s() {
     assert_eq!(http_get(http_port, "/readyz").map(|r| r.0), Some(200), "ready again");
 
     // Every record in exactly one place: accepted, re-review, or the DLQ for a reason of its own.
-    let mut routed: HashMap<String, usize> = HashMap::new();
-    service::read_topic(&config, &config.kafka.accepted_topic, |_, v| {
-        let r: serde_json::Value = serde_json::from_slice(v).unwrap();
-        *routed.entry(r["sample_id"].as_str().unwrap().to_string()).or_default() += 1;
-    })
-    .unwrap();
-    let mut suspects: Vec<RereviewMessage> = Vec::new();
-    service::read_topic(&config, &config.kafka.rereview_topic, |_, v| suspects.push(serde_json::from_slice(v).unwrap())).unwrap();
+    let (routed, suspects) = routed(&config);
     for s in &suspects {
-        *routed.entry(s.sample_id.clone()).or_default() += 1;
         assert_eq!(s.image_uri.as_deref(), Some(format!("http://127.0.0.1:{port}/{}.png", s.sample_id).as_str()), "re-review links the image's URI");
         assert_eq!(s.image.as_ref().map(|i| i.shape), Some([28, 28, 1]), "and shows the pixels that were scored");
     }

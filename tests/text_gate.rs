@@ -8,14 +8,14 @@ mod common;
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use common::{
-    kafka::{gate_command, produce, test_config},
+    kafka::{gate_command, produce, routed, test_config},
     process::{http_get, reserve_port, sample, wait_for, KillOnDrop},
 };
 use labelgate::{
     data::{sentence_polarity, LabelledSet},
     noise::NoiseModel,
     service,
-    wire::{Decision, RereviewMessage, VerdictMessage},
+    wire::{Decision, VerdictMessage},
 };
 use rdkafka::{message::Headers, Message};
 use serde_json::json;
@@ -111,17 +111,7 @@ fn a_text_gate_embeds_routes_and_judges_vendor_sentences() {
     assert_eq!(sample(&metrics, "labelgate_texts_truncated_total"), Some(0.0));
 
     // Every record in exactly one place.
-    let mut routed: HashMap<String, usize> = HashMap::new();
-    service::read_topic(&config, &config.kafka.accepted_topic, |_, v| {
-        let r: serde_json::Value = serde_json::from_slice(v).unwrap();
-        *routed.entry(r["sample_id"].as_str().unwrap().to_string()).or_default() += 1;
-    })
-    .unwrap();
-    let mut suspects: Vec<RereviewMessage> = Vec::new();
-    service::read_topic(&config, &config.kafka.rereview_topic, |_, v| suspects.push(serde_json::from_slice(v).unwrap())).unwrap();
-    for s in &suspects {
-        *routed.entry(s.sample_id.clone()).or_default() += 1;
-    }
+    let (routed, suspects) = routed(&config);
     assert_eq!(routed.len(), VENDORS.len() * 2 * PER_DELIVERY);
     assert!(routed.values().all(|&n| n == 1), "a record routed twice");
     let mut reasons = Vec::new();

@@ -9,6 +9,7 @@ use std::{
 use labelgate::{
     config::Config,
     service::{self, Hooks, RunSummary},
+    wire::RereviewMessage,
 };
 use rdkafka::{
     config::ClientConfig,
@@ -106,4 +107,21 @@ pub fn gate_command(config: &Config) -> Command {
         cmd.env("LABELGATE__STATE__REDIS__PASSWORD", p.expose());
     }
     cmd
+}
+
+/// Where the gate routed records, read back from its output topics: how often each `sample_id`
+/// was routed (accepted or re-review), and the re-review records.
+pub fn routed(config: &Config) -> (std::collections::HashMap<String, usize>, Vec<RereviewMessage>) {
+    let mut routed = std::collections::HashMap::new();
+    service::read_topic(config, &config.kafka.accepted_topic, |_, v| {
+        let r: serde_json::Value = serde_json::from_slice(v).unwrap();
+        *routed.entry(r["sample_id"].as_str().unwrap().to_string()).or_default() += 1;
+    })
+    .unwrap();
+    let mut suspects: Vec<RereviewMessage> = Vec::new();
+    service::read_topic(config, &config.kafka.rereview_topic, |_, v| suspects.push(serde_json::from_slice(v).unwrap())).unwrap();
+    for s in &suspects {
+        *routed.entry(s.sample_id.clone()).or_default() += 1;
+    }
+    (routed, suspects)
 }
