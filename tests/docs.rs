@@ -1,5 +1,7 @@
 //! The operator's documentation stays true: every configuration key of the embedded defaults is in
-//! the README's reference with its environment variable, and every alert has a runbook entry.
+//! the reference of docs/configuration.md with its environment variable, every alert has a runbook
+//! entry and a row in docs/gate.md that links it, the README's layout table matches `src/`, and
+//! every relative link in README.md and docs/ names a file that exists.
 
 use figment::{
     providers::{Format, Toml},
@@ -24,24 +26,25 @@ fn keys(prefix: &str, value: &Value, out: &mut Vec<String>) {
 }
 
 #[test]
-fn every_configuration_key_is_in_the_readme_with_its_variable() {
+fn every_configuration_key_is_in_the_reference_with_its_variable() {
     let defaults: Value = Figment::from(Toml::string(&read("config/default.toml"))).extract().unwrap();
     let mut all = Vec::new();
     keys("", &defaults, &mut all);
     assert!(all.len() > 40, "{all:?}");
-    let readme = read("README.md");
-    for key in all.iter().map(String::as_str).chain(["kafka.sasl_password", "state.redis.password", "state.redis.tls_ca_file"]) {
+    let reference = read("docs/configuration.md");
+    let secrets = ["kafka.sasl_password", "state.redis.password", "state.redis.tls_ca_file", "review_bridge.token", "review_bridge.webhook_secret"];
+    for key in all.iter().map(String::as_str).chain(secrets) {
         let env = format!("LABELGATE__{}", key.replace('.', "__").to_uppercase());
-        let row = readme.lines().find(|l| l.starts_with(&format!("| `{key}` |"))).unwrap_or_else(|| panic!("README has no reference row for `{key}`"));
+        let row = reference.lines().find(|l| l.starts_with(&format!("| `{key}` |"))).unwrap_or_else(|| panic!("docs/configuration.md has no reference row for `{key}`"));
         assert!(row.contains(&format!("`{env}`")), "row of `{key}` lacks `{env}`: {row}");
     }
 }
 
 #[test]
-fn every_alert_has_a_runbook_entry_and_a_readme_row() {
+fn every_alert_has_a_runbook_entry_and_a_linked_row() {
     let rules = read("charts/labelgate/files/alerts.yaml");
     let runbook = read("docs/runbook.md");
-    let readme = read("README.md");
+    let gate = read("docs/gate.md");
     let alerts: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
     assert_eq!(alerts.len(), 7);
     for a in alerts {
@@ -50,7 +53,8 @@ fn every_alert_has_a_runbook_entry_and_a_readme_row() {
             let section = runbook.split(&format!("## {a}\n")).nth(1).unwrap().split("\n## ").next().unwrap();
             assert!(section.contains(part), "runbook entry {a} lacks {part}");
         }
-        assert!(readme.contains(&format!("docs/runbook.md#{}", a.to_lowercase())), "README does not link the runbook entry of {a}");
+        let row = gate.lines().find(|l| l.starts_with(&format!("| `{a}` |"))).unwrap_or_else(|| panic!("docs/gate.md's alerts table has no row for {a}"));
+        assert!(row.contains(&format!("](runbook.md#{})", a.to_lowercase())), "docs/gate.md's row of {a} does not link its runbook entry: {row}");
     }
 }
 
@@ -74,4 +78,61 @@ fn the_layout_table_names_every_module_and_only_those() {
     for path in named.iter().filter(|n| n.starts_with("src/")) {
         assert!(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path).exists(), "README's layout table names {path}, which does not exist");
     }
+}
+
+/// The targets of the inline links and images on one line of markdown, code spans left out.
+fn link_targets(line: &str) -> Vec<String> {
+    let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join("");
+    prose
+        .match_indices("](")
+        .filter_map(|(i, _)| {
+            let rest = &prose[i + 2..];
+            let target = &rest[..rest.find(')')?];
+            Some(target.split_whitespace().next().unwrap_or("").trim_matches(['<', '>']).to_string())
+        })
+        .collect()
+}
+
+/// Every relative link and image in README.md and in the markdown pages under `docs/` names a file
+/// or folder that exists, read relative to the page (any `#anchor` stripped). Links in fenced code
+/// blocks and code spans are not links; web addresses and in-page anchors are not checked.
+#[test]
+fn every_relative_link_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                pages.push(path);
+            }
+        }
+    }
+    let (mut checked, mut broken) = (0, Vec::new());
+    for page in &pages {
+        let mut fenced = false;
+        for (n, line) in std::fs::read_to_string(page).unwrap().lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            if fenced || line.trim_start().starts_with("```") {
+                continue;
+            }
+            for target in link_targets(line) {
+                if target.contains("://") || target.starts_with("mailto:") || target.starts_with('#') {
+                    continue;
+                }
+                checked += 1;
+                let file = target.split('#').next().unwrap();
+                if file.is_empty() || !page.parent().unwrap().join(file).exists() {
+                    broken.push(format!("{}:{}: {target}", page.strip_prefix(root).unwrap().display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(pages.len() > 10 && checked > 50, "{} pages, {checked} relative links: the scan found too little", pages.len());
+    assert!(broken.is_empty(), "relative links to nothing:\n{}", broken.join("\n"));
 }
