@@ -3,7 +3,7 @@
 //! a bad setting, refused credentials), and retries wait an exponential back-off jittered by
 //! ±20 %, so that replicas that lost a dependency together do not retry in lockstep.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::{RngExt as _, SeedableRng};
 
@@ -40,6 +40,23 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.first;
     }
+}
+
+/// The gate's back-off towards what it depends on (Kafka at start-up, Redis, image hosts), from
+/// 250 ms to [`BACKOFF_CAP`].
+/// The longest wait between tries: a server that answers again is used within this (a 10 s cap
+/// left the gate idle up to 11 s after Redis came back), and one request from each replica every
+/// 2 s costs a server nothing.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+pub fn dependency_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), BACKOFF_CAP)
+}
+
+/// What is left of a start-up limit: `None` once it has passed. Each retry sleeps at most this,
+/// so the last try comes at the limit, not a back-off step before it.
+pub fn left_of(limit: Duration, started: Instant) -> Option<Duration> {
+    limit.checked_sub(started.elapsed()).filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ mod common;
 
 use candle_core::Device;
 use labelgate::{
-    accuracy::offline::{self, JudgeSettings},
+    accuracy::offline,
+    config::Config,
     data::{self, Builtin},
     eval,
     noise::NoiseModel,
@@ -18,7 +19,7 @@ fn finds_injected_symmetric_noise_on_10k_mnist() {
     let (mut train, test) = data::load_builtin(Builtin::Mnist, &common::data_dir()).expect("MNIST in the data directory");
     train.truncate(10_000);
     eval::inject_noise(&mut train, NoiseModel::Symmetric(0.2), 0).unwrap();
-    let report = eval::evaluate(&train, &test, Some(NoiseModel::Symmetric(0.2)), &O2uConfig::default(), &JudgeSettings::gate_defaults(false), false, &Device::Cpu, 1, &mut Silent).unwrap();
+    let report = eval::evaluate(&train, &test, Some(NoiseModel::Symmetric(0.2)), &O2uConfig::default(), &Config::defaults().gate.judge_settings(), false, &Device::Cpu, 1, &mut Silent).unwrap();
     eprintln!(
         "LP {:.4} AP {:.4} F1 {:.4} est {:.4} true {:.4} test acc {:?}",
         report.label_precision, report.average_precision, report.f1_auto, report.noise_rate_estimate, report.true_noise_rate, report.test_accuracy_before
@@ -56,7 +57,7 @@ fn a_nearly_clean_set_is_flagged_sparingly_with_an_interval_that_holds_the_truth
     data::Standardizer::standardize_in_place(&mut test.features, test.shape);
     let config = O2uConfig::default();
     let outcome = o2u::score(test.samples(), None, &config, &Device::Cpu, &mut Silent).unwrap();
-    let judged = offline::judge(test.samples(), &outcome, o2u::suspects::NoiseRate::Auto, &config, &JudgeSettings::gate_defaults(false), &Device::Cpu);
+    let judged = offline::judge(test.samples(), &outcome, o2u::suspects::NoiseRate::Auto, &config, &Config::defaults().gate.judge_settings(), &Device::Cpu);
     let e = &judged.evidence;
     eprintln!("{:?}: share {:.4} [{:.4}, {:.4}], {} flagged, readings {:?}", e.status, e.wrong_share, e.wrong_share_ci_low, e.wrong_share_ci_high, judged.flagged.len(), e.readings);
     assert!(e.status.sets_the_flag_count(), "the network learns MNIST: {:?} is not the answer", e.status);

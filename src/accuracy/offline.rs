@@ -24,16 +24,6 @@ pub struct JudgeSettings {
     pub crossfit_min_steps: usize,
 }
 
-impl JudgeSettings {
-    /// The gate's defaults (`config/default.toml`, and a text gate's for `texts`): the offline
-    /// commands judge as the gate does.
-    pub fn gate_defaults(texts: bool) -> Self {
-        use crate::config::Config;
-        let gate = if texts { Config::text_defaults() } else { Config::defaults() }.gate;
-        JudgeSettings { evidence: EvidencePolicy::from_config(&gate), crossfit_min_steps: gate.crossfit_min_steps }
-    }
-}
-
 /// What was decided for a set.
 #[derive(Debug, Clone, Serialize)]
 pub struct SetJudgement {

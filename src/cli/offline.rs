@@ -114,7 +114,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     let mut progress = ProgressReporter::new(set.len(), config.stage1_epochs + config.stage2_epochs());
     let outcome = o2u::score(set.samples(), None, &config, &device, &mut progress)?;
     progress.finish();
-    let judgement = offline::judge(set.samples(), &outcome, args.noise_rate, &config, &offline::JudgeSettings::gate_defaults(set.texts.is_some()), &device);
+    let judgement = offline::judge(set.samples(), &outcome, args.noise_rate, &config, &crate::config::Config::defaults_for(set.texts.is_some()).gate.judge_settings(), &device);
     let flagged: std::collections::HashSet<usize> = judgement.flagged.iter().copied().collect();
     let rows: Vec<usize> = if args.all { o2u::suspects::rank_descending(&outcome.scores) } else { judgement.flagged.clone() };
     let mut out: Box<dyn Write> = if args.output == Path::new("-") {
@@ -189,7 +189,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let epochs = config.stage1_epochs + config.stage2_epochs() + if args.retrain { config.retrain_epochs } else { 0 };
     tracing::info!(samples = train.len(), device = device::describe(&device), threads = args.common.threads, "evaluating");
     let mut progress = ProgressReporter::new(train.len(), epochs);
-    let judge = offline::JudgeSettings::gate_defaults(train.texts.is_some());
+    let judge = crate::config::Config::defaults_for(train.texts.is_some()).gate.judge_settings();
     let mut report = eval::evaluate(&train, &test, args.noise, &config, &judge, args.retrain, &device, args.common.threads, &mut progress)?;
     progress.finish();
     report.dataset = clap::ValueEnum::to_possible_value(&args.dataset).expect("named").get_name().to_string();

@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Secret;
 pub use crate::wire::GatedInput;
-use crate::{device::DeviceChoice, o2u::suspects::NoiseRate};
+use crate::{
+    accuracy::{evidence::EvidencePolicy, offline::JudgeSettings},
+    device::DeviceChoice,
+    o2u::suspects::NoiseRate,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +187,23 @@ fn default_image_batch_size() -> usize {
 impl GateConfig {
     pub fn sla(&self, vendor: &str) -> f64 {
         self.vendor_sla.get(vendor).copied().unwrap_or(self.default_sla_accuracy)
+    }
+
+    /// The evidence bounds these settings set.
+    pub fn evidence_policy(&self) -> EvidencePolicy {
+        EvidencePolicy {
+            max_estimator_gap: self.max_estimator_gap,
+            min_evidence_rows: self.min_evidence_rows,
+            min_model_lift: self.min_model_lift,
+            min_pool_control_rows: self.min_pool_control_rows,
+            z: crate::stats::z_for(self.confidence),
+        }
+    }
+
+    /// How `score` and `eval` judge a file with these settings (with the defaults' settings, as
+    /// the gate judges its windows).
+    pub fn judge_settings(&self) -> JudgeSettings {
+        JudgeSettings { evidence: self.evidence_policy(), crossfit_min_steps: self.crossfit_min_steps }
     }
 }
 

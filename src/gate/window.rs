@@ -229,7 +229,7 @@ impl WindowPolicy {
         WindowPolicy {
             noise_rate: g.noise_rate,
             min_overlap_share: g.min_overlap_share,
-            evidence: EvidencePolicy::from_config(g),
+            evidence: g.evidence_policy(),
             crossfit_min_steps: g.crossfit_min_steps,
             agreement_min_stage1_steps: g.agreement_min_stage1_steps,
             max_feature_shift: g.max_feature_shift,

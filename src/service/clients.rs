@@ -14,7 +14,7 @@ use rdkafka::{
     ClientContext,
 };
 
-use super::startup::{QuietClient, QuietLogs};
+use super::client_logs::{QuietClient, QuietLogs};
 use crate::{
     config::Config,
     telemetry::{events, health::Health, Telemetry},

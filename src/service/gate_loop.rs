@@ -17,8 +17,9 @@ use rdkafka::{
 
 use super::{
     clients::{self, GateContext, OutputProducer, RebalanceEvent, ReviewsConsumer},
-    images, input, startup, store_retry,
-    store_retry::HoldInput,
+    images, input,
+    input::HoldInput,
+    startup, store_retry,
     topics::{self, progress_key},
     transaction,
     window_thread::WindowThread,
@@ -518,7 +519,17 @@ impl<'a> GateLoop<'a> {
             self.commit(&commit)?;
         }
         self.consumer.unsubscribe();
-        self.telemetry.emit(events::GateStopped { summary: &self.summary });
+        let s = &self.summary;
+        self.telemetry.emit(events::GateStopped {
+            consumed: s.consumed,
+            accepted: s.accepted,
+            rereview: s.rereview,
+            dead_letters: s.dead_letters.values().sum(),
+            verdicts: s.verdicts,
+            windows: s.windows,
+            transactions: s.transactions,
+            pauses: s.pauses,
+        });
         Ok(self.summary)
     }
 }

@@ -1,6 +1,6 @@
-//! Reading the input topic: polling messages in batches that stop at a rebalance, and parsing a
-//! batch on the parser pool before the gate ingests it in order (after the edge has fetched the
-//! images it names, `super::images`).
+//! Reading the input topic: polling messages in batches that stop at a rebalance, holding the
+//! input while a dependency is away, and parsing a batch on the parser pool before the gate
+//! ingests it in order (after the edge has fetched the images it names, `super::images`).
 
 use std::time::{Duration, Instant};
 
@@ -12,14 +12,49 @@ use rdkafka::{
     Message,
 };
 
-use super::{clients::GateContext, RunSummary};
+use super::{clients::GateContext, store_retry::WhileRetrying, RunSummary};
 use crate::{
     gate::{Gate, Ingested, InputMessage, SourcePos},
+    telemetry::{events, Telemetry},
     wire::{Inbound, Rejection},
 };
 
 /// Up to this many messages are taken per poll round and parsed in parallel.
 const POLL_BATCH: usize = 512;
+
+/// Holds the input while the state store or an image host is unreachable (the gate's
+/// [`WhileRetrying`]): pauses it, polls only to stay in the group
+/// (what arrives waits in the stash), and gives up on a rebalance.
+pub(super) struct HoldInput<'l> {
+    pub(super) consumer: &'l BaseConsumer<GateContext>,
+    pub(super) stash: &'l mut Vec<InputMessage>,
+    pub(super) telemetry: &'l Telemetry,
+}
+
+impl WhileRetrying for HoldInput<'_> {
+    fn outage_started(&mut self) -> Result<()> {
+        self.consumer.pause(&self.consumer.assignment()?)?;
+        Ok(())
+    }
+
+    fn wait(&mut self, wait: Duration) -> Result<()> {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            // The loop is alive, waiting out the outage; a consumer that failed fatally ends it.
+            self.telemetry.health().beat(Instant::now());
+            super::clients::stop_if_fatal("input consumer", self.consumer.client(), self.telemetry)?;
+            let (before, after) = poll_batch(self.consumer, Duration::from_millis(100), &mut |e| self.telemetry.emit(events::ConsumerError { error: &e }));
+            self.stash.extend(before);
+            self.stash.extend(after);
+            // Stashed records must not be ingested ahead of an assignment's progress record, and
+            // a revocation invalidates the pending commit: either way, restart.
+            if self.consumer.context().has_rebalance() {
+                anyhow::bail!("a rebalance arrived while the state store or an image host was unreachable; a restart resumes from the last committed transaction");
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Polls up to [`POLL_BATCH`] messages (waiting up to `wait` for the first). A rebalance ends
 /// the batch: the messages polled before it are returned first, and a message that came with the

@@ -16,6 +16,7 @@
 //!   input is ahead of the loop, for readiness, liveness and the lag gauge;
 //! - [`gate_loop`]: the loop that ties them together, one named step at a time.
 
+mod client_logs;
 mod clients;
 mod gate_loop;
 mod images;

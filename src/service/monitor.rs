@@ -18,7 +18,7 @@ use rdkafka::{
     Offset, TopicPartitionList,
 };
 
-use super::{clients::client_config, startup::QuietClient};
+use super::{client_logs::QuietClient, clients::client_config};
 use crate::{
     config::Config,
     telemetry::{events, Telemetry},

@@ -14,32 +14,12 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-
-use super::{clients::GateContext, input};
 use crate::{
     config::{Config, StateBackend},
-    gate::InputMessage,
-    retry::{Backoff, Recovery},
+    retry::{self, left_of, Recovery},
     state::{redis::RedisState, MemoryState, StateError, StateStore},
     telemetry::{events, Telemetry},
 };
-
-/// The gate's back-off, from 250 ms to [`BACKOFF_CAP`] (see [`crate::retry::Backoff`]).
-/// The longest wait between tries: a server that answers again is used within this (a 10 s cap
-/// left the gate idle up to 11 s after Redis came back), and one request from each replica every
-/// 2 s costs a server nothing.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-pub(super) fn backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(250), BACKOFF_CAP)
-}
-
-/// What is left of a start-up limit: `None` once it has passed. Each retry sleeps at most this,
-/// so the last try comes at the limit, not a back-off step before it.
-pub(super) fn left_of(limit: Duration, started: Instant) -> Option<Duration> {
-    limit.checked_sub(started.elapsed()).filter(|d| !d.is_zero())
-}
 
 /// What the caller does while a call is being retried.
 pub trait WhileRetrying {
@@ -47,39 +27,6 @@ pub trait WhileRetrying {
     fn outage_started(&mut self) -> Result<()>;
     /// Spend `wait` before the next try (keep the consumer in its group meanwhile).
     fn wait(&mut self, wait: Duration) -> Result<()>;
-}
-
-/// Holds the input while the store is unreachable: pauses it, polls only to stay in the group
-/// (what arrives waits in the stash), and gives up on a rebalance.
-pub(super) struct HoldInput<'l> {
-    pub(super) consumer: &'l BaseConsumer<GateContext>,
-    pub(super) stash: &'l mut Vec<InputMessage>,
-    pub(super) telemetry: &'l Telemetry,
-}
-
-impl WhileRetrying for HoldInput<'_> {
-    fn outage_started(&mut self) -> Result<()> {
-        self.consumer.pause(&self.consumer.assignment()?)?;
-        Ok(())
-    }
-
-    fn wait(&mut self, wait: Duration) -> Result<()> {
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            // The loop is alive, waiting out the outage; a consumer that failed fatally ends it.
-            self.telemetry.health().beat(Instant::now());
-            super::clients::stop_if_fatal("input consumer", self.consumer.client(), self.telemetry)?;
-            let (before, after) = input::poll_batch(self.consumer, Duration::from_millis(100), &mut |e| self.telemetry.emit(events::ConsumerError { error: &e }));
-            self.stash.extend(before);
-            self.stash.extend(after);
-            // Stashed records must not be ingested ahead of an assignment's progress record, and
-            // a revocation invalidates the pending commit: either way, restart.
-            if self.consumer.context().has_rebalance() {
-                anyhow::bail!("a rebalance arrived while the state store or an image host was unreachable; a restart resumes from the last committed transaction");
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Start-up: nothing to hold, just sleep.
@@ -169,7 +116,7 @@ pub fn wait_out<T, E>(
 where
     E: std::fmt::Display,
 {
-    let mut backoff = backoff();
+    let mut backoff = retry::dependency_backoff();
     let mut failed_since: Option<Instant> = None;
     // Readiness is given back only if this outage took it (not during start-up).
     let was_ready = telemetry.loop_says_ready();

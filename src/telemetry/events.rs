@@ -392,26 +392,22 @@ impl Event for PoolRestored {
     }
 }
 
-/// The loop ended cleanly.
-pub struct GateStopped<'a> {
-    pub summary: &'a crate::service::RunSummary,
+/// The loop ended cleanly, with the run's counts.
+pub struct GateStopped {
+    pub consumed: u64,
+    pub accepted: u64,
+    pub rereview: u64,
+    pub dead_letters: u64,
+    pub verdicts: u64,
+    pub windows: u64,
+    pub transactions: u64,
+    pub pauses: u64,
 }
 
-impl Event for GateStopped<'_> {
+impl Event for GateStopped {
     fn emit(self, _: &Telemetry) {
-        let s = self.summary;
-        let dead_letters: u64 = s.dead_letters.values().sum();
-        tracing::info!(
-            consumed = s.consumed,
-            accepted = s.accepted,
-            rereview = s.rereview,
-            dead_letters,
-            verdicts = s.verdicts,
-            windows = s.windows,
-            transactions = s.transactions,
-            pauses = s.pauses,
-            "gate stopped"
-        );
+        let GateStopped { consumed, accepted, rereview, dead_letters, verdicts, windows, transactions, pauses } = self;
+        tracing::info!(consumed, accepted, rereview, dead_letters, verdicts, windows, transactions, pauses, "gate stopped");
     }
 }
 

@@ -225,19 +225,6 @@ pub struct EvidencePolicy {
     pub z: f64,
 }
 
-impl EvidencePolicy {
-    /// The bounds the gate's configuration sets (`score` and `eval` use the defaults).
-    pub fn from_config(g: &crate::config::GateConfig) -> Self {
-        EvidencePolicy {
-            max_estimator_gap: g.max_estimator_gap,
-            min_evidence_rows: g.min_evidence_rows,
-            min_model_lift: g.min_model_lift,
-            min_pool_control_rows: g.min_pool_control_rows,
-            z: crate::stats::z_for(g.confidence),
-        }
-    }
-}
-
 const BOOTSTRAP_ROUNDS: usize = 200;
 
 /// Everything the estimators read. Rows `0..pending` are the window's records; the rest are
