@@ -2,6 +2,7 @@
 //! rate, stage 2 cycles the rate and records every sample's loss, stage 3 (optional) retrains on
 //! the samples that were kept. See Huang, Qu, Jia, Zhao, "O2U-Net", ICCV 2019.
 
+mod cpu_mlp;
 mod crossfit;
 mod error;
 pub mod loss_record;
@@ -17,6 +18,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use cpu_mlp::CpuMlp;
 pub use crossfit::heldout_probabilities;
 pub use error::WindowError;
 pub use loss_record::LossRecord;
@@ -277,15 +279,18 @@ pub(crate) fn check(s: &Samples) -> Result<()> {
     Ok(())
 }
 
-struct DeviceSamples {
+/// Samples as tensors on the training device, beside the host rows they came from (the CPU
+/// MLP trains on those directly).
+struct DeviceSamples<'a> {
+    host: Samples<'a>,
     x: Tensor,
     y: Tensor,
     n: usize,
 }
 
-impl DeviceSamples {
-    fn upload(s: &Samples, device: &Device) -> Result<Self> {
-        Ok(Self { x: Tensor::from_slice(s.features, (s.len(), s.shape.len()), device)?, y: Tensor::from_slice(s.labels, s.len(), device)?, n: s.len() })
+impl<'a> DeviceSamples<'a> {
+    fn upload(s: &Samples<'a>, device: &Device) -> Result<Self> {
+        Ok(Self { host: *s, x: Tensor::from_slice(s.features, (s.len(), s.shape.len()), device)?, y: Tensor::from_slice(s.labels, s.len(), device)?, n: s.len() })
     }
 }
 
@@ -295,6 +300,9 @@ struct Trainer {
     rng: WeightRng,
     batch_size: usize,
     device: Device,
+    /// An MLP on the CPU trains through [`cpu_mlp`] (data-parallel, no autograd); other
+    /// networks and devices through candle.
+    cpu_mlp: Option<CpuMlp>,
 }
 
 impl Trainer {
@@ -302,7 +310,8 @@ impl Trainer {
         let mut rng = WeightRng::new(seed);
         let net = Network::new(&config.model, shape, classes, &mut rng, device)?;
         let opt = SgdMomentum::new(net.params(), config.momentum, config.weight_decay);
-        Ok(Self { net, opt, rng, batch_size: config.batch_size, device: device.clone() })
+        let cpu_mlp = if device.is_cpu() && !net.is_convolutional() { Some(CpuMlp::new(net.params(), config.momentum, config.weight_decay, candle_core::utils::get_num_threads())?) } else { None };
+        Ok(Self { net, opt, rng, batch_size: config.batch_size, device: device.clone(), cpu_mlp })
     }
 
     /// Shuffled mini-batches covering every sample once. A trailing batch of one sample is
@@ -322,22 +331,19 @@ impl Trainer {
     /// training forward pass, indexed by sample.
     fn epoch(&mut self, data: &DeviceSamples, lr: f64, record: bool, observer: &mut dyn TrainingObserver) -> Result<(f64, Option<Vec<f32>>)> {
         let batches = self.batches(data.n);
-        let mut losses = Vec::with_capacity(batches.len());
-        let mut done = 0;
-        for batch in &batches {
-            let idx = Tensor::from_slice(batch, batch.len(), &self.device)?;
-            let xb = data.x.index_select(&idx, 0)?;
-            let yb = data.y.index_select(&idx, 0)?;
-            let logits = self.net.forward(&xb, Some(&mut self.rng))?;
-            let per_sample = per_sample_nll(&logits, &yb)?;
-            let loss = per_sample.mean_all()?;
-            self.opt.step(&loss.backward()?, lr)?;
-            losses.push(per_sample.detach());
-            done += batch.len();
-            observer.on_batch(done);
-        }
-        // One device-to-host copy per epoch, not per batch.
-        let flat = Tensor::cat(&losses, 0)?.to_vec1::<f32>()?;
+        let flat = match self.cpu_mlp.as_mut() {
+            Some(mlp) => {
+                mlp.load()?;
+                let mut flat = Vec::with_capacity(data.n);
+                for batch in &batches {
+                    mlp.step(data.host.features, data.host.labels, batch, lr, &mut flat);
+                    observer.on_batch(flat.len());
+                }
+                mlp.store()?;
+                flat
+            }
+            None => self.candle_epoch(data, &batches, lr, observer)?,
+        };
         let mean = flat.iter().map(|&l| l as f64).sum::<f64>() / flat.len().max(1) as f64;
         if !mean.is_finite() {
             candle_core::bail!("training diverged (mean loss {mean}); lower the learning rate");
@@ -350,6 +356,26 @@ impl Trainer {
             by_sample
         });
         Ok((mean, per_sample))
+    }
+
+    /// An epoch's steps through candle's autograd; each sample's loss in the batches' order.
+    fn candle_epoch(&mut self, data: &DeviceSamples, batches: &[Vec<u32>], lr: f64, observer: &mut dyn TrainingObserver) -> Result<Vec<f32>> {
+        let mut losses = Vec::with_capacity(batches.len());
+        let mut done = 0;
+        for batch in batches {
+            let idx = Tensor::from_slice(batch, batch.len(), &self.device)?;
+            let xb = data.x.index_select(&idx, 0)?;
+            let yb = data.y.index_select(&idx, 0)?;
+            let logits = self.net.forward(&xb, Some(&mut self.rng))?;
+            let per_sample = per_sample_nll(&logits, &yb)?;
+            let loss = per_sample.mean_all()?;
+            self.opt.step(&loss.backward()?, lr)?;
+            losses.push(per_sample.detach());
+            done += batch.len();
+            observer.on_batch(done);
+        }
+        // One device-to-host copy per epoch, not per batch.
+        Tensor::cat(&losses, 0)?.to_vec1::<f32>()
     }
 
     fn predict(&self, x: &Tensor) -> Result<Vec<u32>> {

@@ -113,42 +113,6 @@ struct ConvBn {
     bn: BatchNorm,
 }
 
-/// `x · wᵀ` for the network's input layer on the CPU. The input needs no gradient, but candle's
-/// matmul backward always computes one: for a 784-wide input that is a quarter of all training
-/// FLOPs. This op computes the product with the same gemm kernels and returns only the
-/// weight's gradient.
-struct InputProduct;
-
-impl candle_core::CustomOp2 for InputProduct {
-    fn name(&self) -> &'static str {
-        "input-product"
-    }
-
-    fn cpu_fwd(&self, xs: &candle_core::CpuStorage, xl: &candle_core::Layout, ws: &candle_core::CpuStorage, wl: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(x), candle_core::CpuStorage::F32(w)) = (xs, ws) else { candle_core::bail!("input-product: f32 only") };
-        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else { candle_core::bail!("input-product: contiguous operands only") };
-        let ((m, k), (n, k2)) = (xl.shape().dims2()?, wl.shape().dims2()?);
-        if k != k2 {
-            candle_core::bail!("input-product: {m}×{k} by ({n}×{k2})ᵀ");
-        }
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
-        let mut dst = vec![0f32; m * n];
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: the slices hold m·k, n·k and m·n elements and the strides below stay inside
-        // them: x is m×k row-major, wᵀ is read as k×n with column stride k, dst is m×n.
-        unsafe {
-            gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, parallelism);
-        }
-        Ok((candle_core::CpuStorage::F32(dst), candle_core::Shape::from((m, n))))
-    }
-
-    fn bwd(&self, x: &Tensor, _w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // d(x·wᵀ)/dw = gradᵀ · x, already in w's [out, in] layout.
-        Ok((None, Some(grad.t()?.matmul(x)?)))
-    }
-}
-
 enum Layers {
     Mlp(Vec<Linear>),
     Cnn9 { blocks: Vec<ConvBn>, head: Linear, dropout: f32 },
@@ -220,16 +184,7 @@ impl Network {
             Layers::Mlp(layers) => {
                 let mut h = x.clone();
                 for (i, layer) in layers.iter().enumerate() {
-                    h = if i == 0 && x.device().is_cpu() && !x.track_op() {
-                        let x = x.contiguous()?;
-                        let product = x.apply_op2(&layer.weight().contiguous()?, InputProduct)?;
-                        match layer.bias() {
-                            Some(b) => product.broadcast_add(b)?,
-                            None => product,
-                        }
-                    } else {
-                        layer.forward(&h)?
-                    };
+                    h = layer.forward(&h)?;
                     if i + 1 < layers.len() {
                         h = h.relu()?;
                     }
@@ -319,23 +274,6 @@ mod tests {
             let diff = (ours - reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(diff < 1e-4, "k={k} p={padding}: max difference {diff}");
         }
-        Ok(())
-    }
-
-    #[test]
-    fn input_product_matches_matmul_in_value_and_weight_gradient() -> Result<()> {
-        let mut rng = WeightRng::new(4);
-        let x = Tensor::from_vec(rng.uniform(5 * 7, 1.0), (5, 7), &Device::Cpu)?;
-        let w = rng.var(&[3, 7], 7, &Device::Cpu)?;
-        let ours = x.apply_op2(w.as_tensor(), InputProduct)?;
-        let reference = x.matmul(&w.as_tensor().t()?)?;
-        let close = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
-        assert!(close(&ours, &reference)? < 1e-5);
-        let g_ours = ours.sqr()?.sum_all()?.backward()?;
-        let g_ref = reference.sqr()?.sum_all()?.backward()?;
-        let (a, b) = (g_ours.get(w.as_tensor()).unwrap(), g_ref.get(w.as_tensor()).unwrap());
-        assert!(close(a, b)? < 1e-4);
-        assert!(a.is_contiguous(), "no copy needed before the SGD step");
         Ok(())
     }
 
