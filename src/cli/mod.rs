@@ -228,7 +228,16 @@ fn review_bridge(args: ReviewBridgeArgs) -> Result<()> {
 
 fn bench_ingest(args: BenchIngestArgs) -> Result<()> {
     let config = crate::config::Config::load(args.config.as_deref())?;
-    let seconds = crate::bench::measure_ingest(&config, args.records)?;
-    println!("{{\"records\": {}, \"seconds\": {seconds:.3}, \"records_per_second\": {:.0}}}", args.records, args.records as f64 / seconds.max(1e-9));
+    let m = crate::bench::measure_ingest(&config, args.records)?;
+    let report = serde_json::json!({
+        "records": args.records,
+        "seconds": m.seconds,
+        "records_per_second": args.records as f64 / m.seconds.max(1e-9),
+        "rss_bytes": m.rss_bytes,
+        "rss_before_bytes": m.rss_before_bytes,
+        "buffered_bytes": m.buffered_bytes,
+        "feature_bytes": m.feature_bytes,
+    });
+    println!("{report}");
     Ok(())
 }

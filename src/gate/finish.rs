@@ -103,7 +103,13 @@ impl Gate {
             rejudged_flag: None,
         });
         if !scores.flagged[i] {
-            commit.outputs.push(Output::Accepted { key: r.key, payload: r.payload, score: scores.scores[i], window_id: window_id.into(), vendor_id: r.annotation.vendor_id });
+            commit.outputs.push(Output::Accepted {
+                key: r.keyed.then(|| r.annotation.batch_id.clone().into_bytes()),
+                payload: r.payload.bytes(),
+                score: scores.scores[i],
+                window_id: window_id.into(),
+                vendor_id: r.annotation.vendor_id,
+            });
         }
         commit.routed += 1;
     }

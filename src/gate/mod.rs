@@ -7,6 +7,7 @@
 mod finish;
 pub mod pool;
 mod progress;
+mod stored_payload;
 pub mod verdict;
 pub mod window;
 pub mod window_state;
@@ -23,6 +24,7 @@ use crate::{
 use pool::ReferencePool;
 pub use progress::PartitionProgress;
 use progress::PartitionTrack;
+use stored_payload::StoredPayload;
 use window::WindowData;
 use window_state::WindowState;
 
@@ -99,10 +101,14 @@ pub struct Commit {
     pub state: WindowState,
 }
 
+/// A buffered record. While it waits in its delivery, its annotation's `batch_id` and
+/// `vendor_id` are left empty (the delivery holds them once, not each of its records) and its key,
+/// which can only be the batch_id, is a flag; [`Delivery::take`] puts them back.
 struct PendingRecord {
     annotation: Annotation,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    /// Whether the message was keyed (by its batch_id: other keys are dead-lettered).
+    keyed: bool,
+    payload: StoredPayload,
     pos: SourcePos,
     /// Its features from an encoder (a text's, or an image's at a gate that embeds images),
     /// set by the window thread: what the pool keeps. The annotation keeps what came (the pixels
@@ -110,15 +116,34 @@ struct PendingRecord {
     embedded: Option<Vec<f32>>,
 }
 
+impl PendingRecord {
+    fn held_bytes(&self) -> usize {
+        let floats = self.annotation.features.capacity() + self.embedded.as_ref().map_or(0, Vec::capacity);
+        floats * std::mem::size_of::<f32>() + self.payload.held_bytes()
+    }
+}
+
 struct Delivery {
     batch_id: String,
     vendor_id: String,
     partition: i32,
     records: Vec<PendingRecord>,
-    sample_ids: HashSet<String>,
+    /// Hashes of the records' sample_ids: a repeated hash is confirmed against the records.
+    sample_id_hashes: HashSet<u64>,
     end: Option<(usize, SourcePos)>,
     last_seen: Instant,
     closed: Option<(Instant, &'static str)>,
+}
+
+impl Delivery {
+    /// The delivery leaving the buffer, its records whole again.
+    fn take(mut self) -> Self {
+        for r in &mut self.records {
+            r.annotation.batch_id.clone_from(&self.batch_id);
+            r.annotation.vendor_id.clone_from(&self.vendor_id);
+        }
+        self
+    }
 }
 
 /// Deliveries taken out for scoring.
@@ -226,6 +251,9 @@ pub struct Gate {
     partitions: BTreeMap<i32, PartitionTrack>,
     pool: ReferencePool,
     buffered: usize,
+    /// Keys the hashes of sample_ids per delivery (random per process, so no vendor can choose
+    /// sample_ids that collide).
+    sample_id_hasher: std::hash::RandomState,
     window_seq: u64,
     /// Wall-clock start of this gate (ms since the epoch): window ids stay unique across restarts.
     started_ms: u64,
@@ -260,6 +288,7 @@ impl Gate {
             partitions: BTreeMap::new(),
             pool,
             buffered: 0,
+            sample_id_hasher: std::hash::RandomState::new(),
             window_seq: 0,
             started_ms: crate::clock::unix_millis(),
         }
@@ -277,6 +306,13 @@ impl Gate {
     /// Records held in memory (buffered deliveries and dead letters awaiting commit).
     pub fn buffered(&self) -> usize {
         self.buffered + self.dead_letters.len()
+    }
+
+    /// Bytes the buffered records hold: their features, the embeddings made of them, and their
+    /// stored original bytes (the gauge `labelgate_buffered_bytes`; O(records), so read it now
+    /// and then, not per message).
+    pub fn buffered_bytes(&self) -> usize {
+        self.deliveries.values().flat_map(|d| &d.records).map(PendingRecord::held_bytes).sum()
     }
 
     pub fn is_full(&self) -> bool {
@@ -384,7 +420,7 @@ impl Gate {
             vendor_id: vendor_id.to_string(),
             partition,
             records: Vec::new(),
-            sample_ids: HashSet::new(),
+            sample_id_hashes: HashSet::new(),
             end: None,
             last_seen: now,
             closed: None,
@@ -400,6 +436,7 @@ impl Gate {
             // has no pixels to train on.
             return Err((DlqReason::InvalidImage, "the image named by `image.uri` was not fetched".into()));
         }
+        let hash = std::hash::BuildHasher::hash_one(&self.sample_id_hasher, &a.sample_id);
         let d = self.delivery(msg.pos.partition, &a.batch_id, &a.vendor_id, now);
         if d.closed.is_some() {
             return Err((DlqReason::LateRecord, format!("delivery `{}` is closed and awaiting its window", a.batch_id)));
@@ -407,11 +444,12 @@ impl Gate {
         if d.vendor_id != a.vendor_id {
             return Err((DlqReason::VendorMismatch, format!("delivery `{}` belongs to vendor `{}`, record says `{}`", a.batch_id, d.vendor_id, a.vendor_id)));
         }
-        if !d.sample_ids.insert(a.sample_id.clone()) {
+        if !d.sample_id_hashes.insert(hash) && d.records.iter().any(|r| r.annotation.sample_id == a.sample_id) {
             return Err((DlqReason::DuplicateSampleId, format!("sample `{}` appears twice in delivery `{}`", a.sample_id, a.batch_id)));
         }
         d.last_seen = now;
-        d.records.push(PendingRecord { annotation: a, key: msg.key.clone(), payload: msg.payload.clone(), pos: msg.pos, embedded: None });
+        let annotation = Annotation { batch_id: String::new(), vendor_id: String::new(), ..a };
+        d.records.push(PendingRecord { annotation, keyed: msg.key.is_some(), payload: StoredPayload::keep(&msg.payload), pos: msg.pos, embedded: None });
         let closed = matches!(d.end, Some((count, _)) if d.records.len() >= count);
         if closed {
             d.closed = Some((now, "batch_end"));
@@ -474,7 +512,7 @@ impl Gate {
             if records >= self.config.max_window_records {
                 break;
             }
-            let d = self.deliveries.remove(&key).expect("listed");
+            let d = self.deliveries.remove(&key).expect("listed").take();
             self.in_window.insert(d.batch_id.clone(), d.partition);
             records += d.records.len();
             deliveries.push(d);

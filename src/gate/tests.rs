@@ -375,3 +375,36 @@ fn images_at_a_gate_with_an_image_encoder_train_and_pool_by_embedding_and_re_rev
     assert_eq!(pooled, vec![(1, vec![3.0, 4.0]), (0, vec![5.0, 6.0])], "the two accepted records, by their embeddings");
     assert_eq!(g.restore_pool([(0, vec![1.0, 2.0]), (0, vec![1.0, 2.0, 3.0])]), 1, "a restored pool row has the encoder's length");
 }
+
+/// A buffered record is held compressed and without its ids (the delivery has them); what the
+/// accepted topic gets is still the original bytes, keyed as they came, and re-review names the
+/// batch and vendor.
+#[test]
+fn accepted_records_leave_byte_for_byte_with_their_key_and_ids() {
+    let now = Instant::now();
+    let mut g = Gate::new(config(), 10_000, "m".into(), "t".into());
+    let bodies: Vec<String> = (0..4).map(|i| format!(r#"{{"sample_id":"s{i}", "batch_id":"b1","vendor_id":"acme","label":"a","features":[{i}.50, -2e0]}}"#)).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let key = (i % 2 == 0).then(|| b"b1".to_vec());
+        assert_eq!(g.ingest(InputMessage { key, ..msg(i as i64, body) }, now), Ingested::Buffered);
+    }
+    g.ingest(msg(4, r#"{"type":"batch_end","batch_id":"b1","vendor_id":"acme","count":4}"#), now);
+    let job = g.take_window().unwrap();
+    let commit = g.finish_window(job, &scores(4, &[3]), &HashMap::new(), 0);
+    let accepted: Vec<(Option<Vec<u8>>, Vec<u8>, String)> = commit
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Accepted { key, payload, vendor_id, .. } => Some((key.clone(), payload.clone(), vendor_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(accepted.len(), 3);
+    for (i, (key, payload, vendor)) in accepted.iter().enumerate() {
+        assert_eq!(payload, bodies[i].as_bytes(), "the original bytes, unchanged");
+        assert_eq!(key.as_deref(), (i % 2 == 0).then_some(&b"b1"[..]), "keyed as it came");
+        assert_eq!(vendor, "acme");
+    }
+    let Some(Output::Rereview(r)) = commit.outputs.iter().find(|o| matches!(o, Output::Rereview(_))) else { panic!("one suspect") };
+    assert_eq!((r.batch_id.as_str(), r.vendor_id.as_str(), r.sample_id.as_str()), ("b1", "acme", "s3"));
+}

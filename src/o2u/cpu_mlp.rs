@@ -98,6 +98,9 @@ pub(super) struct CpuMlp {
     params: Vec<f32>,
     velocity: Vec<f32>,
     parts: Vec<Part>,
+    /// Threads that take every part but the first (the caller takes that): one fewer than the
+    /// parts, so no third thread competes for two cores. `None` with one part.
+    helpers: Option<rayon::ThreadPool>,
     momentum: f32,
     weight_decay: f32,
     /// The first step sets the velocity to the gradient (PyTorch's SGD).
@@ -119,7 +122,11 @@ impl CpuMlp {
             offset += (inputs + 1) * outputs;
         }
         let parts = (0..threads.max(1)).map(|_| Part { grads: vec![0.0; offset], ..Part::default() }).collect();
-        Ok(Self { vars, layers, params: vec![0.0; offset], velocity: vec![0.0; offset], parts, momentum: momentum as f32, weight_decay: weight_decay as f32, stepped: false })
+        let helpers = match threads {
+            0 | 1 => None,
+            n => Some(rayon::ThreadPoolBuilder::new().num_threads(n - 1).thread_name(|i| format!("labelgate-mlp-{i}")).build().map_err(candle_core::Error::wrap)?),
+        };
+        Ok(Self { vars, layers, params: vec![0.0; offset], velocity: vec![0.0; offset], parts, helpers, momentum: momentum as f32, weight_decay: weight_decay as f32, stepped: false })
     }
 
     /// Reads the weights out of the network's `Var`s (before an epoch).
@@ -151,7 +158,7 @@ impl CpuMlp {
         let per_part = n.div_ceil(self.parts.len());
         let (params, layers) = (&self.params, &self.layers);
         let used = batch.chunks(per_part).len();
-        side_by_side(&mut self.parts[..used], |i, part| part.gradients(params, layers, features, labels, &batch[i * per_part..((i + 1) * per_part).min(n)], n));
+        side_by_side(self.helpers.as_ref(), &mut self.parts[..used], |i, part| part.gradients(params, layers, features, labels, &batch[i * per_part..((i + 1) * per_part).min(n)], n));
         for part in &self.parts[..used] {
             losses.extend_from_slice(&part.losses);
         }
@@ -162,11 +169,11 @@ impl CpuMlp {
     fn update(&mut self, used: usize, lr: f32) {
         let (momentum, decay) = (if self.stepped { self.momentum } else { 0.0 }, self.weight_decay);
         self.stepped = true;
-        let (first, others) = self.parts[..used].split_first_mut().expect("a batch has a part");
         // Small networks are updated on this thread: a hand-over costs more than the pass.
-        let chunk = self.params.len().div_ceil(rayon::current_num_threads()).max(1 << 14);
+        let chunk = self.params.len().div_ceil(self.parts.len()).max(1 << 14);
+        let (first, others) = self.parts[..used].split_first_mut().expect("a batch has a part");
         let mut slices: Vec<_> = self.params.chunks_mut(chunk).zip(self.velocity.chunks_mut(chunk)).zip(first.grads.chunks_mut(chunk)).collect();
-        side_by_side(&mut slices, |c, ((p, v), g)| {
+        side_by_side(self.helpers.as_ref(), &mut slices, |c, ((p, v), g)| {
             let range = c * chunk..c * chunk + g.len();
             for other in others.iter() {
                 g.iter_mut().zip(&other.grads[range.clone()]).for_each(|(g, &o)| *g += o);
@@ -252,11 +259,15 @@ impl Part {
     }
 }
 
-/// `f` on every item, the first on the calling thread and the others on the pool's threads at the
-/// same time: the caller works instead of waiting, and one item costs no hand-over at all.
-fn side_by_side<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
+/// `f` on every item, the first on the calling thread and the others on `helpers` at the same
+/// time: the caller works instead of waiting, and one item costs no hand-over at all.
+fn side_by_side<T: Send>(helpers: Option<&rayon::ThreadPool>, items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
     let Some((first, rest)) = items.split_first_mut() else { return };
-    rayon::in_place_scope(|scope| {
+    let Some(helpers) = helpers.filter(|_| !rest.is_empty()) else {
+        items.iter_mut().enumerate().for_each(|(i, item)| f(i, item));
+        return;
+    };
+    helpers.in_place_scope(|scope| {
         for (i, item) in rest.iter_mut().enumerate() {
             let f = &f;
             scope.spawn(move |_| f(i + 1, item));

@@ -489,6 +489,7 @@ impl<'a> GateLoop<'a> {
         if self.last_positions.elapsed() >= POSITIONS_EVERY {
             self.last_positions = Instant::now();
             self.publish_positions();
+            self.telemetry.set_buffered_bytes(self.gate.buffered_bytes());
         }
         if self.last_vendor_refresh.elapsed() >= VENDOR_REFRESH {
             self.last_vendor_refresh = Instant::now();

@@ -66,6 +66,7 @@ pub struct Telemetry {
     image_fetches: IntCounterVec,
     consumer_lag: IntGauge,
     buffered: IntGauge,
+    buffered_bytes: IntGauge,
     buffer_over_bound: IntGauge,
     state_errors: IntCounterVec,
     consumer_errors: IntCounter,
@@ -153,6 +154,10 @@ impl Telemetry {
             ),
             consumer_lag: register(&r, IntGauge::new("labelgate_consumer_lag_records", "Input records not yet consumed, over this replica's partitions.").unwrap()),
             buffered: register(&r, IntGauge::new("labelgate_buffered_records", "Input records held in memory awaiting a window.").unwrap()),
+            buffered_bytes: register(
+                &r,
+                IntGauge::new("labelgate_buffered_bytes", "Bytes the buffered records hold: features as f32, embeddings, and their original bytes compressed until routed.").unwrap(),
+            ),
             buffer_over_bound: register(&r, IntGauge::new("labelgate_buffer_over_bound", "1 while the buffer holds more than gate.max_buffered_records because every delivery in it is still open.").unwrap()),
             state_errors: register(&r, IntCounterVec::new(Opts::new("labelgate_state_errors_total", "Failed state-store (Redis) calls, by operation."), &["operation"]).unwrap()),
             consumer_errors: register(&r, IntCounter::new("labelgate_consumer_errors_total", "Errors the Kafka consumers reported (librdkafka retries them; a steady rate means the broker is unreachable or refusing).").unwrap()),
@@ -240,6 +245,10 @@ impl Telemetry {
 
     pub fn set_buffered(&self, records: usize) {
         self.buffered.set(records as i64);
+    }
+
+    pub fn set_buffered_bytes(&self, bytes: usize) {
+        self.buffered_bytes.set(bytes as i64);
     }
 
     pub fn set_consumer_lag(&self, records: i64) {

@@ -378,6 +378,9 @@ impl Schema {
                             return Err(Rejection::new(DlqReason::NonFiniteFeature, format!("feature {i} is beyond the f32 range")));
                         }
                         a.features = f;
+                        // Parsed into a vector that grew by doubling: held until the window, it
+                        // should cost its length, not up to twice that.
+                        a.features.shrink_to_fit();
                     }
                     (None, Some(image)) if image.uri.is_some() => {
                         // Fetched at the edge before the gate ingests it (`Annotation::image_uri`).
