@@ -175,7 +175,7 @@ impl Gate {
         }
     }
 
-    /// The delivery's verdict and its record in the vendor's history.
+    /// The delivery's verdict and its record in the vendor's history, from the window's evidence.
     #[allow(clippy::too_many_arguments)] // the pieces of one delivery's outcome, computed by the caller
     fn judge_delivery(
         &mut self,
@@ -193,19 +193,45 @@ impl Gate {
         let evidence = scores.evidence.status;
         let sla = self.config.sla(&d.vendor_id);
         let a = verdict::assess(estimate, records, evidence, tally.gold_items, tally.gold_correct, sla, self.config.min_gold_items, self.z);
+        let outcome = DeliveryOutcome {
+            records,
+            flagged: tally.flagged,
+            history_accuracy: estimate.accuracy,
+            gold: (tally.gold_items, tally.gold_correct),
+            // No figure where the evidence cannot pin the share down: any would be a guess (the
+            // interval still says how far apart the readings are).
+            estimated_accuracy: a.estimate.filter(|_| evidence.supports_a_decision()).map(|e| e.accuracy),
+            interval: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { (0.0, 1.0) } else { e.ci }),
+            calibration,
+            noise_rate_from: scores.noise_rate_from,
+            gold_accuracy: a.gold_accuracy,
+            sla,
+            decision: a.decision,
+            decided_by: a.decided_by,
+            review_reason: a.review_reason,
+            evidence_status: evidence,
+            evidence: Some(Box::new(scores.evidence.clone())),
+        };
+        self.close_delivery(d, window_id, outcome, now_ms, commit, done);
+    }
+
+    /// A delivery leaves the gate: its verdict, its record in the vendor's history, its end marker
+    /// done, and its batch_id remembered as gated. Windows that judged and windows that failed
+    /// both end here.
+    fn close_delivery(&mut self, d: Delivery, window_id: &str, o: DeliveryOutcome, now_ms: u64, commit: &mut Commit, done: &mut Vec<SourcePos>) {
         commit.state.deliveries.push(DeliveryRecord {
             batch_id: d.batch_id.clone(),
             vendor_id: d.vendor_id.clone(),
-            records,
-            flagged: tally.flagged,
-            estimated_accuracy: estimate.accuracy,
-            gold_items: tally.gold_items,
-            gold_correct: tally.gold_correct,
+            records: o.records,
+            flagged: o.flagged,
+            estimated_accuracy: o.history_accuracy,
+            gold_items: o.gold.0,
+            gold_correct: o.gold.1,
             gated_at_ms: now_ms,
-            decision: a.decision,
+            decision: o.decision,
             window_id: window_id.into(),
-            calibration: calibration.into(),
-            evidence: Some(evidence),
+            calibration: o.calibration.into(),
+            evidence: Some(o.evidence_status),
             revised_wrong: 0.0,
             rejudged: Default::default(),
         });
@@ -214,25 +240,23 @@ impl Gate {
             schema_version: wire::SCHEMA_VERSION,
             batch_id: d.batch_id.clone(),
             vendor_id: d.vendor_id.clone(),
-            records,
+            records: o.records,
             announced_count: d.end.map(|(c, _)| c),
             closed_by: closed_by.into(),
-            accepted: records - tally.flagged,
-            rereview: tally.flagged,
-            // No figure where the evidence cannot pin the share down: any would be a guess (the
-            // interval still says how far apart the readings are).
-            estimated_accuracy: a.estimate.filter(|_| evidence.supports_a_decision()).map(|e| e.accuracy),
-            accuracy_ci_low: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 0.0 } else { e.ci.0 }),
-            accuracy_ci_high: a.estimate.map(|e| if evidence == EvidenceStatus::Insufficient { 1.0 } else { e.ci.1 }),
-            calibration: calibration.into(),
-            noise_rate_from: scores.noise_rate_from,
-            gold_items: a.gold_items,
-            gold_accuracy: a.gold_accuracy,
-            sla_accuracy: sla,
-            decision: a.decision,
-            decided_by: a.decided_by,
-            review_reason: a.review_reason.map(Into::into),
-            evidence: Some(Box::new(scores.evidence.clone())),
+            accepted: o.records - o.flagged,
+            rereview: o.flagged,
+            estimated_accuracy: o.estimated_accuracy,
+            accuracy_ci_low: o.interval.map(|i| i.0),
+            accuracy_ci_high: o.interval.map(|i| i.1),
+            calibration: o.calibration.into(),
+            noise_rate_from: o.noise_rate_from,
+            gold_items: o.gold.0,
+            gold_accuracy: o.gold_accuracy,
+            sla_accuracy: o.sla,
+            decision: o.decision,
+            decided_by: o.decided_by,
+            review_reason: o.review_reason.map(Into::into),
+            evidence: o.evidence,
             window_id: window_id.into(),
             model_version: self.model_version.clone(),
         }));
@@ -241,6 +265,29 @@ impl Gate {
         }
         self.remember_gated(d.batch_id);
     }
+}
+
+/// What one delivery's verdict and its history record say.
+struct DeliveryOutcome {
+    records: usize,
+    /// Records sent to re-review.
+    flagged: usize,
+    /// The estimate the vendor's history keeps (the verdict shows it only where the evidence
+    /// supports a decision).
+    history_accuracy: f64,
+    /// Gold items and how many of them were right.
+    gold: (usize, usize),
+    estimated_accuracy: Option<f64>,
+    interval: Option<(f64, f64)>,
+    calibration: &'static str,
+    noise_rate_from: wire::NoiseRateFrom,
+    gold_accuracy: Option<f64>,
+    sla: f64,
+    decision: wire::Decision,
+    decided_by: wire::DecidedBy,
+    review_reason: Option<&'static str>,
+    evidence_status: EvidenceStatus,
+    evidence: Option<Box<accuracy::evidence::WindowEvidence>>,
 }
 
 impl Gate {
@@ -264,51 +311,24 @@ impl Gate {
                 done.push(r.pos);
                 commit.routed += 1;
             }
-            commit.state.deliveries.push(DeliveryRecord {
-                batch_id: d.batch_id.clone(),
-                vendor_id: d.vendor_id.clone(),
+            let outcome = DeliveryOutcome {
                 records,
                 flagged: records,
-                estimated_accuracy: 0.0,
-                gold_items: 0,
-                gold_correct: 0,
-                gated_at_ms: now_ms,
-                decision: wire::Decision::Review,
-                window_id: job.id.clone(),
-                calibration: "none".into(),
-                evidence: Some(EvidenceStatus::Insufficient),
-                revised_wrong: 0.0,
-                rejudged: Default::default(),
-            });
-            let (_, closed_by) = d.closed.expect("windows take closed deliveries");
-            commit.outputs.push(Output::Verdict(VerdictMessage {
-                schema_version: wire::SCHEMA_VERSION,
-                batch_id: d.batch_id.clone(),
-                vendor_id: d.vendor_id.clone(),
-                records,
-                announced_count: d.end.map(|(c, _)| c),
-                closed_by: closed_by.into(),
-                accepted: 0,
-                rereview: records,
+                history_accuracy: 0.0,
+                gold: (0, 0),
                 estimated_accuracy: None,
-                accuracy_ci_low: Some(0.0),
-                accuracy_ci_high: Some(1.0),
-                calibration: "none".into(),
+                interval: Some((0.0, 1.0)),
+                calibration: "none",
                 noise_rate_from: wire::NoiseRateFrom::Estimators,
-                gold_items: 0,
                 gold_accuracy: None,
-                sla_accuracy: sla,
+                sla,
                 decision: wire::Decision::Review,
                 decided_by: wire::DecidedBy::Estimate,
-                review_reason: Some("window_failed".into()),
+                review_reason: Some("window_failed"),
+                evidence_status: EvidenceStatus::Insufficient,
                 evidence: None,
-                window_id: job.id.clone(),
-                model_version: self.model_version.clone(),
-            }));
-            if let Some((_, pos)) = d.end {
-                done.push(pos);
-            }
-            self.remember_gated(d.batch_id);
+            };
+            self.close_delivery(d, &job.id, outcome, now_ms, &mut commit, &mut done);
         }
         self.drain_dead_letters(&mut commit, &mut done);
         commit.progress = self.mark_done(&done);

@@ -256,6 +256,13 @@ impl WindowPolicy {
 /// late window's earlier labels out and ranked the vendors worse (docs/benchmarks.md §6).
 const MAX_EARLIER_ROWS_PER_RECORD: usize = 4;
 
+/// The narrowest half-width an agreement reading may claim: the posterior's own spread
+/// understates the crowd model's error (it takes the one-coin model as true).
+const MIN_AGREEMENT_HALF_WIDTH: f64 = 0.02;
+
+/// Scores a window in four steps: train on its labels (and earlier labels of its sample_ids),
+/// [`weigh_evidence`] for how many are wrong, [`pick_suspects`] for which, and rank every pending
+/// row among all scored rows.
 pub fn score_window(mut data: WindowData, config: &O2uConfig, policy: &WindowPolicy, device: &Device, observer: &mut dyn TrainingObserver) -> Result<WindowScores, o2u::WindowError> {
     let shape = InputShape::Vector { dim: data.dim };
     Standardizer::standardize_in_place(&mut data.features, shape);
@@ -269,58 +276,100 @@ pub fn score_window(mut data: WindowData, config: &O2uConfig, policy: &WindowPol
     // Earlier labels are scored by this window's network, on the same scale as its own labels.
     let earlier_scores = outcome.scores.split_off(rows);
     outcome.predicted.truncate(rows);
+    let trained = Trained { data: &data, index: &index, earlier: &earlier, training, outcome: &outcome };
+    let weighed = weigh_evidence(&trained, config, policy, device);
+    let picked = pick_suspects(&trained, earlier_scores, &weighed, policy);
     let pending = data.pending;
-    let pool_rows = rows - pending;
-    let pending_scores = &outcome.scores[..pending];
-    let mut p_wrong = None;
-    let mut p_wrong_with_own = None;
-    let mut network_weight = None;
-    let mut network_knows_more = false;
-    let mut earlier_p_wrong: Vec<f32> = Vec::new();
-    let evidence = match policy.noise_rate {
-        suspects::NoiseRate::Fixed(rate) => evidence::fixed(rate, pending, pool_rows, policy.evidence.z),
-        suspects::NoiseRate::Auto => {
-            // Out-of-fold probabilities on every training row, an item's labels in one fold: no
-            // network judges a label it saw, nor an item whose other labels it saw. A window too
-            // small to split still gets the other readings; the missing fit makes the evidence
-            // insufficient rather than failing the window.
-            let groups = index.training_groups(rows, training.len());
-            let heldout_all = o2u::heldout_probabilities(training, config, offline::CROSSFIT_FOLDS, policy.crossfit_min_steps, Some(&groups), device).ok();
-            let (agreement, coverage, posterior) = agreement_reading(&data, &index, heldout_all.as_deref(), rows, &earlier, policy);
-            if let Some(judged) = posterior {
-                network_weight = Some(judged.network_weight);
-                network_knows_more = judged.network_knows_more;
-                earlier_p_wrong = judged.p_wrong[pending..].iter().map(|&p| p as f32).collect();
-                p_wrong = Some(judged.p_wrong[..pending].to_vec());
-                p_wrong_with_own = Some(judged.p_wrong_with_own[..pending].to_vec());
-            }
-            let heldout = heldout_all.as_ref().map(|p| &p[..rows * data.classes]);
-            let signals = WindowSignals { scores: &outcome.scores, labels: &data.labels, pending, classes: data.classes, heldout, final_loss: outcome.final_loss, seed: config.seed };
-            let shift = (pool_rows > 0).then(|| shift::check(&data.features, &data.labels, pending, data.dim, data.classes, policy.max_feature_shift)).flatten();
-            let mut evidence = evidence::gather(&signals, agreement, coverage, &policy.evidence).with_shift(shift);
-            evidence.network_weight = network_weight;
-            evidence
-        }
-    };
-    let noise_rate_from = match (evidence.status, evidence.readings.iter().any(|r| r.estimator == Estimator::Agreement)) {
+    Ok(WindowScores {
+        scores: outcome.scores[..pending].to_vec(),
+        predicted: outcome.predicted[..pending].to_vec(),
+        flagged: picked.flagged,
+        rank: picked.rank,
+        percentile: percentiles(&outcome.scores, pending),
+        noise_rate_from: noise_rate_from(&weighed.evidence),
+        pool_control: picked.pool_control,
+        p_wrong: weighed.judged.as_ref().map(|j| j.p_wrong[..pending].to_vec()),
+        p_wrong_with_own: weighed.judged.as_ref().map(|j| j.p_wrong_with_own[..pending].to_vec()),
+        ranked_by_votes: picked.ranked_by_votes,
+        revised: picked.revised,
+        evidence: weighed.evidence,
+        final_loss: outcome.final_loss,
+        training_seconds: outcome.training_seconds,
+    })
+}
+
+/// A trained window: its data, which labels share items, the earlier labels it trained with, and
+/// the network's scores (the window's rows, then the pool's).
+struct Trained<'a> {
+    data: &'a WindowData,
+    index: &'a LabelIndex,
+    earlier: &'a [usize],
+    training: Samples<'a>,
+    outcome: &'a o2u::O2uOutcome,
+}
+
+/// How many of the window's labels are wrong, and the agreement model's judgement of each label
+/// where it applied.
+struct Weighed {
+    evidence: WindowEvidence,
+    judged: Option<AgreementJudgement>,
+}
+
+/// The window's evidence: out-of-fold probabilities on every training row, an item's labels in
+/// one fold (no network judges a label it saw, nor an item whose other labels it saw), agreement
+/// where labels share items, the estimators, and the shift from the pool. A window too small to
+/// split still gets the other readings; the missing fit makes the evidence insufficient rather
+/// than failing the window.
+fn weigh_evidence(t: &Trained, config: &O2uConfig, policy: &WindowPolicy, device: &Device) -> Weighed {
+    let (data, rows, pending) = (t.data, t.data.labels.len(), t.data.pending);
+    if let suspects::NoiseRate::Fixed(rate) = policy.noise_rate {
+        return Weighed { evidence: evidence::fixed(rate, pending, rows - pending, policy.evidence.z), judged: None };
+    }
+    let groups = t.index.training_groups(rows, t.training.len());
+    let heldout_all = o2u::heldout_probabilities(t.training, config, offline::CROSSFIT_FOLDS, policy.crossfit_min_steps, Some(&groups), device).ok();
+    let (agreement, coverage, judged) = agreement_reading(data, t.index, heldout_all.as_deref(), rows, t.earlier, policy);
+    let heldout = heldout_all.as_ref().map(|p| &p[..rows * data.classes]);
+    let signals = WindowSignals { scores: &t.outcome.scores, labels: &data.labels, pending, classes: data.classes, heldout, final_loss: t.outcome.final_loss, seed: config.seed };
+    let shift = (rows > pending).then(|| shift::check(&data.features, &data.labels, pending, data.dim, data.classes, policy.max_feature_shift)).flatten();
+    let mut evidence = evidence::gather(&signals, agreement, coverage, &policy.evidence).with_shift(shift);
+    evidence.network_weight = judged.as_ref().map(|j| j.network_weight);
+    Weighed { evidence, judged }
+}
+
+fn noise_rate_from(evidence: &WindowEvidence) -> NoiseRateFrom {
+    match (evidence.status, evidence.readings.iter().any(|r| r.estimator == Estimator::Agreement)) {
         (EvidenceStatus::Fixed, _) => NoiseRateFrom::Fixed,
         (_, true) => NoiseRateFrom::Agreement,
         _ => NoiseRateFrom::Estimators,
-    };
-    // The evidence says how many; which records: by the scores, except where agreement judged
-    // the labels and the network did not learn or earned no more than its own probabilities
-    // ([`agreement::VoteFit::network_knows_more_than_it_says`]): then by agreement's probability
-    // that each is wrong, judged by the item's other labels. Scores from a network
-    // that learned nothing ranked the music-genre workers at ρ 0.64–0.67 against 0.71–0.80 by the
-    // votes (docs/benchmarks.md §10).
+    }
+}
+
+/// Which records are suspects, and what that says of earlier labels.
+struct Picked {
+    flagged: Vec<bool>,
+    rank: Vec<usize>,
+    ranked_by_votes: bool,
+    revised: Vec<Revision>,
+    pool_control: Option<GoldCalibration>,
+}
+
+/// The evidence says how many; which records: by the scores, except where agreement judged the
+/// labels and the network did not learn or earned no more than its own probabilities
+/// ([`agreement::VoteFit::network_knows_more_than_it_says`]): then by agreement's probability
+/// that each is wrong, judged by the item's other labels. Scores from a network that learned
+/// nothing ranked the music-genre workers at ρ 0.64–0.67 against 0.71–0.80 by the votes
+/// (docs/benchmarks.md §10). A window that cannot decide sends each vendor at most its review
+/// budget, and judges no earlier label.
+fn pick_suspects(t: &Trained, earlier_scores: Vec<f32>, weighed: &Weighed, policy: &WindowPolicy) -> Picked {
+    let (data, pending, evidence) = (t.data, t.data.pending, &weighed.evidence);
     let learned = evidence.model_fit.is_some_and(|f| f.lift >= policy.evidence.min_model_lift);
-    let ranked_by_votes = network_weight.is_some() && !(learned && network_knows_more);
-    let (suspicion, earlier_suspicion): (Vec<f32>, Vec<f32>) = match &p_wrong {
-        Some(p) if ranked_by_votes => (p.iter().map(|&x| x as f32).collect(), earlier_p_wrong),
-        _ => (pending_scores.to_vec(), earlier_scores),
+    let ranked_by_votes = weighed.judged.as_ref().is_some_and(|j| !(learned && j.network_knows_more));
+    let (suspicion, earlier_suspicion): (Vec<f32>, Vec<f32>) = match &weighed.judged {
+        Some(j) if ranked_by_votes => (j.p_wrong[..pending].iter().map(|&x| x as f32).collect(), j.p_wrong[pending..].iter().map(|&p| p as f32).collect()),
+        _ => (t.outcome.scores[..pending].to_vec(), earlier_scores),
     };
-    let mut earlier_judged: Vec<(PriorLabel, f32)> = match network_weight {
-        Some(_) => earlier.iter().map(|&i| data.prior_labels[i].clone()).zip(earlier_suspicion).collect(),
+    let mut earlier_judged: Vec<(PriorLabel, f32)> = match &weighed.judged {
+        Some(_) => t.earlier.iter().map(|&i| data.prior_labels[i].clone()).zip(earlier_suspicion).collect(),
         None => Vec::new(),
     };
     let order = suspects::rank_descending(&suspicion);
@@ -332,35 +381,23 @@ pub fn score_window(mut data: WindowData, config: &O2uConfig, policy: &WindowPol
     let mut flagged: Vec<bool> = rank.iter().map(|&r| r < k).collect();
     if !evidence.status.supports_a_decision() {
         policy.review_budget.limit(&mut flagged, &order, &data.vendors);
-        // A window that cannot tell how many of its own labels are wrong judges no earlier one.
         earlier_judged.clear();
     }
     let revised = revise_earlier_labels(earlier_judged, k.checked_sub(1).map(|last| suspicion[order[last]]));
-    let pool_control = flag_error_rates(&outcome.scores, pending, &order[..k], &evidence, policy);
-    let all_order = suspects::rank_descending(&outcome.scores);
-    let total = outcome.scores.len();
+    let pool_control = flag_error_rates(&t.outcome.scores, pending, &order[..k], evidence, policy);
+    Picked { flagged, rank, ranked_by_votes, revised, pool_control }
+}
+
+/// Per pending row: the share of all scored rows (window and pool) with a lower score.
+fn percentiles(scores: &[f32], pending: usize) -> Vec<f64> {
+    let total = scores.len();
     let mut percentile = vec![0.0; pending];
-    for (r, &i) in all_order.iter().enumerate() {
+    for (r, &i) in suspects::rank_descending(scores).iter().enumerate() {
         if i < pending {
             percentile[i] = (total - r - 1) as f64 / (total.max(2) - 1) as f64;
         }
     }
-    Ok(WindowScores {
-        scores: pending_scores.to_vec(),
-        predicted: outcome.predicted[..pending].to_vec(),
-        flagged,
-        rank,
-        percentile,
-        evidence,
-        noise_rate_from,
-        pool_control,
-        p_wrong,
-        p_wrong_with_own,
-        ranked_by_votes,
-        revised,
-        final_loss: outcome.final_loss,
-        training_seconds: outcome.training_seconds,
-    })
+    percentile
 }
 
 /// Top-k flags are not perfect: some right labels score above the k-th record and as many wrong
@@ -503,9 +540,8 @@ fn agreement_reading(data: &WindowData, index: &LabelIndex, heldout: Option<&[f3
     let n = pending.max(1) as f64;
     let share = 1.0 - p.iter().sum::<f64>() / n;
     let sd = p.iter().map(|q| q * (1.0 - q)).sum::<f64>().sqrt() / n;
-    // The posterior's own spread understates the model's error; never claim better than ±0.02,
-    // and where few labels are shared, most labels are judged by the network alone: wider still.
-    let half = (policy.evidence.z * sd).max(0.02) / coverage.sqrt();
+    // Where few labels are shared, most labels are judged by the network alone: wider still.
+    let half = (policy.evidence.z * sd).max(MIN_AGREEMENT_HALF_WIDTH) / coverage.sqrt();
     // Judged with their own votes, the labels read the share that the interval must reach too.
     let with_own = 1.0 - fit.p_correct_with_own[..pending].iter().sum::<f64>() / n;
     let (lo, hi) = evidence::no_narrower_than_its_sample(((share.min(with_own) - half).max(0.0), (share.max(with_own) + half).min(1.0)), share, pending, policy.evidence.z);

@@ -37,6 +37,20 @@
 //! `readings_agree` when they agreed, so that such windows may still seed the pool). Only
 //! `consistent`, `outlier` and `fixed` (the buyer set the rate) evidence may accept or reject a
 //! delivery; the others send it to review with the reason.
+//!
+//! | agreement reading | network learned¹ | rows ≥ `min_evidence_rows` | readings | status | estimate, interval |
+//! |---|---|---|---|---|---|
+//! | coverage ≥ [`AGREEMENT_CARRIES_COVERAGE`] | any | any | any | `consistent` | agreement's |
+//! | lower coverage | yes | yes | any | `consistent` | agreement's |
+//! | none, or lower coverage | no | any | any | `insufficient` | median, [0, 1] |
+//! | none | yes | no | any | `insufficient` | median, [0, 1]; `readings_agree` unless they disagree |
+//! | none | yes | yes | one only | `uncorroborated` | it, its interval reaching down to 0 |
+//! | none | yes | yes | all within `max_estimator_gap` of the median (two: of each other) | `consistent` | median, hull |
+//! | none | yes | yes | all but one, at least two agreeing | `outlier` | mean of the others, their hull |
+//! | none | yes | yes | otherwise | `disagree` | median, hull of all |
+//!
+//! ¹ out-of-fold lift ≥ `min_model_lift`. A window drawn away from the pool (shift above
+//! `gate.max_feature_shift`) is `shifted` afterwards unless agreement decided at high coverage.
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -253,7 +267,7 @@ pub fn gather(s: &WindowSignals<'_>, agreement: Option<Reading>, agreement_cover
         readings.extend(confident_learning(p, s, policy.z, policy.min_pool_control_rows));
     }
     readings.extend(agreement);
-    let mut evidence = combine(readings, fit, s.scores.len(), s.scores.len() - s.pending, agreement_coverage, policy);
+    let mut evidence = combine(Gathered { readings, model_fit: fit, rows: s.scores.len(), pool_rows: s.scores.len() - s.pending, agreement_coverage }, policy);
     evidence.mixture_separation = separation;
     evidence
 }
@@ -285,9 +299,31 @@ pub fn fixed(rate: f64, pending: usize, pool_rows: usize, z: f64) -> WindowEvide
 /// were, with a narrow interval, on the music-genre crowd labels (docs/benchmarks.md §6).
 pub const AGREEMENT_CARRIES_COVERAGE: f64 = 0.6;
 
+/// What a window's estimators read, for [`combine`] to judge.
+pub struct Gathered {
+    pub readings: Vec<Reading>,
+    /// How well the network's out-of-fold probabilities fit the labels (`None`: no fit).
+    pub model_fit: Option<ModelFit>,
+    /// Every row the network trained on (the window's records and the pool).
+    pub rows: usize,
+    pub pool_rows: usize,
+    /// The share of the window's labels with another vendor's label of the same sample_id.
+    pub agreement_coverage: f64,
+}
+
+/// Each bootstrap draws from the window's seed with its own salt, so the estimators' resamples
+/// are reproducible and not the same draws.
+const POOL_CONTROL_SEED_SALT: u64 = 0x9001;
+const CONFIDENT_LEARNING_SEED_SALT: u64 = 0xc1;
+
+/// The most of the pool's right labels confident learning may call wrong before its reading is
+/// corrected by that rate: at a rate of one half or more the network is no better than a coin on
+/// the pool, and dividing by 1 − rate would blow the reading up rather than correct it.
+const MAX_POOL_FALSE_FLAG_RATE: f64 = 0.5;
+
 /// The decision rule described in the module documentation.
-/// `rows` is every row the network trained on (the window's records and the pool).
-pub fn combine(readings: Vec<Reading>, fit: Option<ModelFit>, rows: usize, pool_rows: usize, agreement_coverage: f64, policy: &EvidencePolicy) -> WindowEvidence {
+pub fn combine(gathered: Gathered, policy: &EvidencePolicy) -> WindowEvidence {
+    let Gathered { readings, model_fit: fit, rows, pool_rows, agreement_coverage } = gathered;
     let base = |status, share: f64, lo: f64, hi: f64, outliers| WindowEvidence {
         status,
         wrong_share: share,
@@ -405,7 +441,7 @@ fn pool_control(s: &WindowSignals<'_>, z: f64) -> Option<Reading> {
     let pool = by_class(s.pending..s.scores.len(), s.labels, s.classes);
     let all_pool: Vec<usize> = (s.pending..s.scores.len()).collect();
     let point = storey_right_share(s.scores, &pending, &pool, &all_pool)?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed ^ 0x9001);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed ^ POOL_CONTROL_SEED_SALT);
     let mut resample = |rows: &[usize]| -> Vec<usize> { (0..rows.len()).map(|_| rows[rng.random_range(0..rows.len())]).collect() };
     let mut replicates = Vec::with_capacity(BOOTSTRAP_ROUNDS);
     for _ in 0..BOOTSTRAP_ROUNDS {
@@ -504,11 +540,11 @@ fn confident_learning(p: &[f32], s: &WindowSignals<'_>, z: f64, min_pool_rows: u
         if pool.len() < min_pool_rows {
             return raw;
         }
-        let false_flags = cl_share(&verdicts, pool, s.labels, s.classes).min(0.5);
+        let false_flags = cl_share(&verdicts, pool, s.labels, s.classes).min(MAX_POOL_FALSE_FLAG_RATE);
         ((raw - false_flags) / (1.0 - false_flags)).clamp(0.0, 1.0)
     };
     let point = corrected(&rows, &pool);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed ^ 0xc1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed ^ CONFIDENT_LEARNING_SEED_SALT);
     let replicates = (0..BOOTSTRAP_ROUNDS)
         .map(|_| {
             let sample: Vec<usize> = (0..s.pending).map(|_| rng.random_range(0..s.pending)).collect();

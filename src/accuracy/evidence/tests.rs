@@ -15,7 +15,7 @@ fn fit(lift: f64) -> Option<ModelFit> {
 #[test]
 fn an_outlier_is_named_and_left_out_of_the_interval() {
     let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::PoolControl, 0.08), reading(Estimator::ConfidentLearning, 0.1)];
-    let e = combine(rs, fit(0.8), 6000, 5000, 0.0, &POLICY);
+    let e = combine(Gathered { readings: rs, model_fit: fit(0.8), rows: 6000, pool_rows: 5000, agreement_coverage: 0.0 }, &POLICY);
     assert_eq!(e.status, EvidenceStatus::Outlier);
     assert_eq!(e.outliers, vec![Estimator::ScoreMixture]);
     assert!((e.wrong_share - 0.09).abs() < 1e-12, "the mean of the two that agree");
@@ -25,7 +25,7 @@ fn an_outlier_is_named_and_left_out_of_the_interval() {
 #[test]
 fn two_readings_far_apart_disagree_with_a_wide_interval() {
     let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::ConfidentLearning, 0.1)];
-    let e = combine(rs, fit(0.8), 3000, 0, 0.0, &POLICY);
+    let e = combine(Gathered { readings: rs, model_fit: fit(0.8), rows: 3000, pool_rows: 0, agreement_coverage: 0.0 }, &POLICY);
     assert_eq!(e.status, EvidenceStatus::Disagree);
     assert!(e.wrong_share_ci_low <= 0.08 && e.wrong_share_ci_high >= 0.92, "{e:?}");
     assert!(!e.status.supports_a_decision());
@@ -34,20 +34,24 @@ fn two_readings_far_apart_disagree_with_a_wide_interval() {
 #[test]
 fn a_network_that_learned_nothing_gives_insufficient_evidence() {
     let rs = vec![reading(Estimator::ScoreMixture, 0.05), reading(Estimator::ConfidentLearning, 0.06)];
-    let e = combine(rs.clone(), fit(0.05), 3000, 0, 0.0, &POLICY);
+    let e = combine(Gathered { readings: rs.clone(), model_fit: fit(0.05), rows: 3000, pool_rows: 0, agreement_coverage: 0.0 }, &POLICY);
     assert_eq!((e.status, e.wrong_share_ci_low, e.wrong_share_ci_high), (EvidenceStatus::Insufficient, 0.0, 1.0));
-    assert_eq!(combine(rs.clone(), None, 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit: no proof of learning");
-    assert_eq!(combine(rs.clone(), fit(0.5), 400, 0, 0.0, &POLICY).status, EvidenceStatus::Insufficient, "a 400-row network");
-    assert_eq!(combine(rs, fit(0.5), 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Consistent);
+    assert_eq!(
+        combine(Gathered { readings: rs.clone(), model_fit: None, rows: 3000, pool_rows: 0, agreement_coverage: 0.0 }, &POLICY).status,
+        EvidenceStatus::Insufficient,
+        "no out-of-fold fit: no proof of learning"
+    );
+    assert_eq!(combine(Gathered { readings: rs.clone(), model_fit: fit(0.5), rows: 400, pool_rows: 0, agreement_coverage: 0.0 }, &POLICY).status, EvidenceStatus::Insufficient, "a 400-row network");
+    assert_eq!(combine(Gathered { readings: rs, model_fit: fit(0.5), rows: 3000, pool_rows: 0, agreement_coverage: 0.0 }, &POLICY).status, EvidenceStatus::Consistent);
     // Two readings 0.18 apart are each within 0.1 of their midpoint, but not of each other.
     let apart = vec![reading(Estimator::ScoreMixture, 0.44), reading(Estimator::ConfidentLearning, 0.26)];
-    assert_eq!(combine(apart, fit(0.6), 3000, 0, 0.0, &POLICY).status, EvidenceStatus::Disagree);
+    assert_eq!(combine(Gathered { readings: apart, model_fit: fit(0.6), rows: 3000, pool_rows: 0, agreement_coverage: 0.0 }, &POLICY).status, EvidenceStatus::Disagree);
 }
 
 #[test]
 fn agreement_decides_even_when_the_features_are_weak() {
     let rs = vec![reading(Estimator::ScoreMixture, 0.9), reading(Estimator::Agreement, 0.3)];
-    let e = combine(rs, fit(0.0), 3000, 0, 0.6, &POLICY);
+    let e = combine(Gathered { readings: rs, model_fit: fit(0.0), rows: 3000, pool_rows: 0, agreement_coverage: 0.6 }, &POLICY);
     assert_eq!((e.status, e.wrong_share), (EvidenceStatus::Consistent, 0.3));
 }
 
@@ -55,17 +59,21 @@ fn agreement_decides_even_when_the_features_are_weak() {
 fn agreement_over_few_shared_items_needs_a_network_that_learned_on_enough_rows() {
     let rs = vec![reading(Estimator::ScoreMixture, 0.3), reading(Estimator::Agreement, 0.25)];
     let low = AGREEMENT_CARRIES_COVERAGE / 2.0;
-    let cold = combine(rs.clone(), fit(0.1), 300, 0, low, &POLICY);
+    let cold = combine(Gathered { readings: rs.clone(), model_fit: fit(0.1), rows: 300, pool_rows: 0, agreement_coverage: low }, &POLICY);
     assert_eq!((cold.status, cold.wrong_share_ci_low, cold.wrong_share_ci_high), (EvidenceStatus::Insufficient, 0.0, 1.0), "cold start: 300 rows, nothing learned");
     assert!(!cold.may_feed_pool(), "a network that learned nothing must not seed the pool");
-    let small = combine(rs.clone(), fit(0.5), 300, 0, low, &POLICY);
+    let small = combine(Gathered { readings: rs.clone(), model_fit: fit(0.5), rows: 300, pool_rows: 0, agreement_coverage: low }, &POLICY);
     assert_eq!(small.status, EvidenceStatus::Insufficient, "learned, but on 300 rows");
     assert!(small.may_feed_pool(), "only too small, readings agree: it may seed the pool, or small windows never get one");
-    assert_eq!(combine(rs.clone(), fit(0.1), 3000, 0, low, &POLICY).status, EvidenceStatus::Insufficient, "enough rows, nothing learned");
-    assert_eq!(combine(rs.clone(), None, 3000, 0, low, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit");
-    assert_eq!(combine(rs.clone(), fit(0.5), 3000, 0, low, &POLICY).status, EvidenceStatus::Consistent);
+    assert_eq!(
+        combine(Gathered { readings: rs.clone(), model_fit: fit(0.1), rows: 3000, pool_rows: 0, agreement_coverage: low }, &POLICY).status,
+        EvidenceStatus::Insufficient,
+        "enough rows, nothing learned"
+    );
+    assert_eq!(combine(Gathered { readings: rs.clone(), model_fit: None, rows: 3000, pool_rows: 0, agreement_coverage: low }, &POLICY).status, EvidenceStatus::Insufficient, "no out-of-fold fit");
+    assert_eq!(combine(Gathered { readings: rs.clone(), model_fit: fit(0.5), rows: 3000, pool_rows: 0, agreement_coverage: low }, &POLICY).status, EvidenceStatus::Consistent);
     // Most labels shared: agreement carries the share, whatever the network.
-    let shared = combine(rs, None, 300, 0, AGREEMENT_CARRIES_COVERAGE, &POLICY);
+    let shared = combine(Gathered { readings: rs, model_fit: None, rows: 300, pool_rows: 0, agreement_coverage: AGREEMENT_CARRIES_COVERAGE }, &POLICY);
     assert_eq!((shared.status, shared.wrong_share), (EvidenceStatus::Consistent, 0.25));
 }
 
@@ -107,7 +115,7 @@ fn confident_learning_counts_labels_the_network_puts_elsewhere() {
 
 #[test]
 fn a_lone_reading_sets_the_flag_count_but_its_interval_reaches_zero() {
-    let e = combine(vec![reading(Estimator::ConfidentLearning, 0.04)], fit(0.9), 10_000, 0, 0.0, &POLICY);
+    let e = combine(Gathered { readings: vec![reading(Estimator::ConfidentLearning, 0.04)], model_fit: fit(0.9), rows: 10_000, pool_rows: 0, agreement_coverage: 0.0 }, &POLICY);
     assert_eq!((e.status, e.wrong_share, e.wrong_share_ci_low), (EvidenceStatus::Uncorroborated, 0.04, 0.0));
     assert!((e.wrong_share_ci_high - 0.06).abs() < 1e-12);
     assert!(e.status.sets_the_flag_count() && !e.status.supports_a_decision());
@@ -141,13 +149,17 @@ fn confident_learning_on_a_clean_window_keeps_an_upper_bound() {
 fn a_shift_keeps_the_window_from_deciding_unless_agreement_carried_it() {
     let rs = vec![reading(Estimator::ScoreMixture, 0.1), reading(Estimator::PoolControl, 0.3), reading(Estimator::ConfidentLearning, 0.11)];
     let shifted = Some(ShiftCheck { statistic: 0.8, threshold: 0.25, shifted: true });
-    let e = combine(rs.clone(), fit(0.8), 6000, 5000, 0.0, &POLICY).with_shift(shifted);
+    let e = combine(Gathered { readings: rs.clone(), model_fit: fit(0.8), rows: 6000, pool_rows: 5000, agreement_coverage: 0.0 }, &POLICY).with_shift(shifted);
     assert_eq!(e.status, EvidenceStatus::Shifted);
     assert_eq!(e.status.review_reason(), Some("distribution_shift"));
     assert!(e.wrong_share_ci_high >= 0.32 && e.outliers.is_empty(), "spans every reading: {e:?}");
     assert!(e.may_feed_pool(), "the readings but one agreed: a stream that moved for good can re-seed its pool");
-    let calm = combine(rs, fit(0.8), 6000, 5000, 0.0, &POLICY).with_shift(Some(ShiftCheck { statistic: 0.1, threshold: 0.25, shifted: false }));
+    let calm = combine(Gathered { readings: rs, model_fit: fit(0.8), rows: 6000, pool_rows: 5000, agreement_coverage: 0.0 }, &POLICY).with_shift(Some(ShiftCheck {
+        statistic: 0.1,
+        threshold: 0.25,
+        shifted: false,
+    }));
     assert_eq!(calm.status, EvidenceStatus::Outlier);
-    let agreed = combine(vec![reading(Estimator::Agreement, 0.2)], fit(0.0), 3000, 0, 0.8, &POLICY).with_shift(shifted);
+    let agreed = combine(Gathered { readings: vec![reading(Estimator::Agreement, 0.2)], model_fit: fit(0.0), rows: 3000, pool_rows: 0, agreement_coverage: 0.8 }, &POLICY).with_shift(shifted);
     assert_eq!(agreed.status, EvidenceStatus::Consistent);
 }
