@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ACLs labelgate's Kafka principals need and nothing more, applied with Kafka's own AclCommand
-# by an admin principal (the README's "Kafka security" section lists them).
+# by an admin principal (docs/deploying.md, "Kafka security" lists them).
 #   scripts/kafka-acls.sh gate User:labelgate       # the gate: read input and reviews, write the outputs
 #   scripts/kafka-acls.sh vendor User:vendor-acme   # a vendor: write the input topic, read nothing
 #   scripts/kafka-acls.sh list [User:NAME]          # what the broker holds

@@ -205,7 +205,7 @@ fn the_gate_gates_over_sasl_ssl_with_only_its_acls() {
     grant(&base, "gate", "User:labelgate");
     grant(&base, "vendor", "User:vendor-acme");
 
-    // The broker holds exactly the README's list for the gate, and nothing more.
+    // The broker holds exactly the list in docs/deploying.md for the gate, and nothing more.
     let k = &base.kafka;
     let mut want = BTreeSet::new();
     let mut add = |t: &str, names: &[&str], pattern: &str, ops: &[&str]| {

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::Secret;
 
-/// `[review_bridge]`: see config/default.toml and the README.
+/// `[review_bridge]`: see config/default.toml and docs/label-studio.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
