@@ -131,8 +131,6 @@ impl Config {
         Self::from_figment(Self::defaults_figment()).expect("the embedded defaults are valid")
     }
 
-    /// The embedded defaults of a text gate: `gate.input = "text"` with the engine settings for
-    /// sentence embeddings.
     /// The text gate's defaults for `texts`, else the feature gate's.
     pub fn defaults_for(texts: bool) -> Self {
         if texts {
@@ -142,6 +140,8 @@ impl Config {
         }
     }
 
+    /// The embedded defaults of a text gate: `gate.input = "text"` with the engine settings for
+    /// sentence embeddings.
     pub fn text_defaults() -> Self {
         use figment::providers::Serialized;
         let figment = Self::defaults_figment().merge(text_engine_defaults()).merge(Serialized::default("gate.input", GatedInput::Text));

@@ -13,19 +13,21 @@ use candle_core::{Result, Tensor, Var};
 
 /// Rows × columns of a row-major block, read through strides so that a transposed view needs no
 /// copy.
+/// The lifetime ties a view to the slice it reads, so it cannot outlive a reallocation.
 #[derive(Clone, Copy)]
-struct View {
+struct View<'a> {
     ptr: *const f32,
     rows: usize,
     cols: usize,
     row_stride: usize,
     col_stride: usize,
+    data: std::marker::PhantomData<&'a [f32]>,
 }
 
-impl View {
-    fn rows_of(data: &[f32], rows: usize, cols: usize) -> Self {
+impl<'a> View<'a> {
+    fn rows_of(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols);
-        View { ptr: data.as_ptr(), rows, cols, row_stride: cols, col_stride: 1 }
+        View { ptr: data.as_ptr(), rows, cols, row_stride: cols, col_stride: 1, data: std::marker::PhantomData }
     }
 
     fn t(self) -> Self {
