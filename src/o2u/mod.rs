@@ -296,22 +296,30 @@ impl<'a> DeviceSamples<'a> {
 
 struct Trainer {
     net: Network,
-    opt: SgdMomentum,
+    steps: Steps,
     rng: WeightRng,
     batch_size: usize,
     device: Device,
-    /// An MLP on the CPU trains through [`cpu_mlp`] (data-parallel, no autograd); other
-    /// networks and devices through candle.
-    cpu_mlp: Option<CpuMlp>,
+}
+
+/// How a trainer takes its SGD steps, each with its own optimiser state.
+enum Steps {
+    /// An MLP on the CPU: [`cpu_mlp`] (data-parallel, no autograd).
+    CpuMlp(CpuMlp),
+    /// Other networks and devices: candle's autograd.
+    Candle(SgdMomentum),
 }
 
 impl Trainer {
     fn new(config: &O2uConfig, shape: InputShape, classes: usize, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = WeightRng::new(seed);
         let net = Network::new(&config.model, shape, classes, &mut rng, device)?;
-        let opt = SgdMomentum::new(net.params(), config.momentum, config.weight_decay);
-        let cpu_mlp = if device.is_cpu() && !net.is_convolutional() { Some(CpuMlp::new(net.params(), config.momentum, config.weight_decay, candle_core::utils::get_num_threads())?) } else { None };
-        Ok(Self { net, opt, rng, batch_size: config.batch_size, device: device.clone(), cpu_mlp })
+        let steps = if device.is_cpu() && !net.is_convolutional() {
+            Steps::CpuMlp(CpuMlp::new(net.params(), config.momentum, config.weight_decay, candle_core::utils::get_num_threads())?)
+        } else {
+            Steps::Candle(SgdMomentum::new(net.params(), config.momentum, config.weight_decay))
+        };
+        Ok(Self { net, steps, rng, batch_size: config.batch_size, device: device.clone() })
     }
 
     /// Shuffled mini-batches covering every sample once. A trailing batch of one sample is
@@ -331,8 +339,8 @@ impl Trainer {
     /// training forward pass, indexed by sample.
     fn epoch(&mut self, data: &DeviceSamples, lr: f64, record: bool, observer: &mut dyn TrainingObserver) -> Result<(f64, Option<Vec<f32>>)> {
         let batches = self.batches(data.n);
-        let flat = match self.cpu_mlp.as_mut() {
-            Some(mlp) => {
+        let flat = match &mut self.steps {
+            Steps::CpuMlp(mlp) => {
                 mlp.load()?;
                 let mut flat = Vec::with_capacity(data.n);
                 for batch in &batches {
@@ -342,7 +350,7 @@ impl Trainer {
                 mlp.store()?;
                 flat
             }
-            None => self.candle_epoch(data, &batches, lr, observer)?,
+            Steps::Candle(_) => self.candle_epoch(data, &batches, lr, observer)?,
         };
         let mean = flat.iter().map(|&l| l as f64).sum::<f64>() / flat.len().max(1) as f64;
         if !mean.is_finite() {
@@ -360,16 +368,17 @@ impl Trainer {
 
     /// An epoch's steps through candle's autograd; each sample's loss in the batches' order.
     fn candle_epoch(&mut self, data: &DeviceSamples, batches: &[Vec<u32>], lr: f64, observer: &mut dyn TrainingObserver) -> Result<Vec<f32>> {
+        let Self { net, steps: Steps::Candle(opt), rng, device, .. } = self else { unreachable!("called for candle's steps only") };
         let mut losses = Vec::with_capacity(batches.len());
         let mut done = 0;
         for batch in batches {
-            let idx = Tensor::from_slice(batch, batch.len(), &self.device)?;
+            let idx = Tensor::from_slice(batch, batch.len(), device)?;
             let xb = data.x.index_select(&idx, 0)?;
             let yb = data.y.index_select(&idx, 0)?;
-            let logits = self.net.forward(&xb, Some(&mut self.rng))?;
+            let logits = net.forward(&xb, Some(rng))?;
             let per_sample = per_sample_nll(&logits, &yb)?;
             let loss = per_sample.mean_all()?;
-            self.opt.step(&loss.backward()?, lr)?;
+            opt.step(&loss.backward()?, lr)?;
             losses.push(per_sample.detach());
             done += batch.len();
             observer.on_batch(done);
